@@ -1,1 +1,130 @@
+//! Hearth's VM engine.
+//!
+//! Runs Linux microVMs and brings them back from snapshots: boot from kernel +
+//! initramfs + root disk, snapshot a running microVM to files, launch any
+//! number of copy-on-write clones of a snapshot, suspend a microVM to its own
+//! files and resume it later. No HTTP and no AWS types live here; the control
+//! plane stands on this crate.
+//!
+//! * [`VmBackend`] / [`MicroVm`]: the engine's contract, so a Firecracker
+//!   backend can sit beside the QEMU one on KVM hosts.
+//! * [`qemu`]: the QEMU `microvm` backend driven over [`qmp`].
+//! * [`agent`]: the host side of the guest agent channel.
+//! * [`memory`]: memory files and per-microVM memory diffs.
+//! * [`state`]: the lifecycle state machine.
+//!
+//! Everything async runs on the caller's Tokio runtime; blocking file work is
+//! moved to `spawn_blocking`.
 
+pub mod accel;
+pub mod agent;
+pub mod disk;
+pub mod memory;
+pub mod process;
+pub mod qemu;
+pub mod qmp;
+pub mod state;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use accel::{Accel, AccelChoice, AccelDecision};
+pub use agent::{AgentClient, AgentClientError, ChannelHealth};
+pub use qemu::{
+    BootSpec, LaunchSpec, QemuBackend, QemuConfig, QemuVm, Snapshot, SnapshotManifest, SnapshotMode,
+    SuspendedVm, VmError,
+};
+pub use state::{VmEvent, VmState};
+
+/// A microVM id: 1-63 characters of `[a-z0-9-]`, not starting or ending with
+/// `-` (it becomes a directory name and the guest's hostname).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VmId(String);
+
+impl VmId {
+    pub fn new(id: impl Into<String>) -> Result<Self, String> {
+        let id = id.into();
+        let ok = hearth_proto::valid_hostname(&id) && id.bytes().all(|b| !b.is_ascii_uppercase());
+        if ok {
+            Ok(Self(id))
+        } else {
+            Err(format!("invalid microVM id {id:?}: use 1-63 of [a-z0-9-], not starting or ending with '-'"))
+        }
+    }
+
+    /// A fresh random id with a prefix, e.g. `vm-3f9c0a1b2d4e`.
+    pub fn random(prefix: &str) -> Self {
+        Self(format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VmId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+impl From<VmId> for String {
+    fn from(v: VmId) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The engine contract. Implementations own processes and files; every
+/// method either succeeds or leaves nothing behind.
+#[async_trait::async_trait]
+pub trait VmBackend: Send + Sync {
+    type Vm: MicroVm;
+
+    /// Cold-boot a microVM.
+    async fn boot(&self, spec: BootSpec) -> Result<Self::Vm, VmError>;
+    /// Start a copy-on-write clone of a snapshot.
+    async fn launch(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<Self::Vm, VmError>;
+    /// Bring a suspended microVM back.
+    async fn resume(&self, suspended: SuspendedVm) -> Result<Self::Vm, VmError>;
+}
+
+/// A running microVM.
+#[async_trait::async_trait]
+pub trait MicroVm: Send {
+    fn id(&self) -> &VmId;
+    /// Lifecycle state; `Failed` once the guest broke the agent protocol or QEMU died.
+    fn state(&mut self) -> VmState;
+    fn agent(&self) -> &AgentClient;
+    /// Write a snapshot of the running microVM into `dest` (a new directory).
+    async fn snapshot(&mut self, dest: PathBuf, mode: SnapshotMode) -> Result<Snapshot, VmError>;
+    /// Save memory, device state and disk to the microVM's own files and end its process.
+    async fn suspend(self) -> Result<SuspendedVm, VmError>;
+    /// End the process and delete the microVM's files.
+    async fn terminate(self) -> Result<(), VmError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_ids() {
+        assert!(VmId::new("vm-abc123").is_ok());
+        assert!(VmId::new("Vm").is_err());
+        assert!(VmId::new("a/b").is_err());
+        assert!(VmId::new("").is_err());
+        let r = VmId::random("vm");
+        assert!(VmId::new(r.as_str()).is_ok());
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<VmId>(&json).unwrap(), r);
+        assert!(serde_json::from_str::<VmId>("\"../x\"").is_err());
+    }
+}
