@@ -31,7 +31,7 @@ use std::path::PathBuf;
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use agent::{AgentClient, AgentClientError, ChannelHealth};
 pub use qemu::{
-    BootSpec, LaunchSpec, QemuBackend, QemuConfig, QemuVm, Snapshot, SnapshotManifest, SnapshotMode,
+    BootSpec, FullRamSnapshot, LaunchSpec, QemuBackend, QemuConfig, QemuVm, Snapshot, SnapshotManifest, SnapshotMode,
     SuspendedVm, VmError,
 };
 pub use state::{VmEvent, VmState};
@@ -42,14 +42,19 @@ pub use state::{VmEvent, VmState};
 #[serde(try_from = "String", into = "String")]
 pub struct VmId(String);
 
+/// A string that is not a valid [`VmId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid microVM id {0:?}: use 1-63 of [a-z0-9-], not starting or ending with '-'")]
+pub struct InvalidVmId(pub String);
+
 impl VmId {
-    pub fn new(id: impl Into<String>) -> Result<Self, String> {
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidVmId> {
         let id = id.into();
         let ok = hearth_proto::valid_hostname(&id) && id.bytes().all(|b| !b.is_ascii_uppercase());
         if ok {
             Ok(Self(id))
         } else {
-            Err(format!("invalid microVM id {id:?}: use 1-63 of [a-z0-9-], not starting or ending with '-'"))
+            Err(InvalidVmId(id))
         }
     }
 
@@ -64,8 +69,8 @@ impl VmId {
 }
 
 impl TryFrom<String> for VmId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = InvalidVmId;
+    fn try_from(s: String) -> Result<Self, InvalidVmId> {
         Self::new(s)
     }
 }

@@ -214,6 +214,8 @@ pub enum MemoryLayout {
     /// A snapshot's memory file, mapped privately; written pages are the
     /// microVM's own and are saved as a diff at suspend.
     Clone { base: PathBuf },
+    /// Anonymous RAM (benchmark baselines only): cannot be snapshotted or suspended.
+    Anonymous,
 }
 
 /// How `snapshot` treats the source microVM.
@@ -425,6 +427,42 @@ fn tokio_stream_from(f: File) -> std::io::Result<tokio::net::UnixStream> {
     tokio::net::UnixStream::from_std(s)
 }
 
+/// Names the Hearth process that runs a microVM (`<pid> <start time>`).
+const OWNER_FILE: &str = "owner";
+
+/// `<pid> <start time in clock ticks>`: unique for a process across pid reuse.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_string();
+    Some(format!("{pid} {start}"))
+}
+
+/// Remove the directories of microVMs whose Hearth process died without
+/// cleaning up (killed with SIGKILL, host crash). Their QEMUs died with them
+/// (`PR_SET_PDEATHSIG`). Suspended microVMs (with `vm.json`) are kept.
+/// Returns the ids removed.
+pub fn reap_stale(state_dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(state_dir.join("vms")) else { return removed };
+    for e in entries.flatten() {
+        let dir = e.path();
+        if dir.join(PersistedVm::FILE).exists() {
+            continue;
+        }
+        let owner = std::fs::read_to_string(dir.join(OWNER_FILE)).unwrap_or_default();
+        let alive = owner
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(process_identity)
+            .is_some_and(|now| now == owner.trim());
+        if !alive && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    removed
+}
+
 /// The QEMU backend.
 #[derive(Clone)]
 pub struct QemuBackend {
@@ -447,9 +485,10 @@ pub struct QemuVm {
 }
 
 /// How to back guest RAM when starting QEMU.
-struct RamBacking {
-    path: PathBuf,
-    shared: bool,
+enum RamBacking {
+    File { path: PathBuf, shared: bool },
+    /// Plain anonymous RAM: only for the baselines `hearth bench` compares against.
+    Anonymous,
 }
 
 /// What `start` produces before the guest is ready.
@@ -484,7 +523,13 @@ impl QemuBackend {
             source,
         })?;
         match std::fs::create_dir(&path) {
-            Ok(()) => Ok(VmDir { path, remove_on_drop: true }),
+            Ok(()) => {
+                let dir = VmDir { path, remove_on_drop: true };
+                let owner = dir.path.join(OWNER_FILE);
+                std::fs::write(&owner, process_identity(std::process::id()).unwrap_or_default())
+                    .map_err(|source| VmError::Io { id: id.to_string(), op: "write", path: owner, source })?;
+                Ok(dir)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(VmError::Exists(id.to_string())),
             Err(source) => Err(VmError::Io { id: id.to_string(), op: "create", path, source }),
         }
@@ -500,15 +545,16 @@ impl QemuBackend {
         push(&["-cpu", if cfg.accel == Accel::Kvm { "host" } else { "max" }]);
         push(&["-m", &format!("{}M", machine.mem_size_mib)]);
         push(&["-smp", &machine.vcpu_count.to_string()]);
-        push(&[
-            "-object",
-            &format!(
+        let mem = match ram {
+            RamBacking::File { path, shared } => format!(
                 "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
                 machine.mem_size_mib,
-                ram.path.display(),
-                if ram.shared { "on" } else { "off" }
+                path.display(),
+                if *shared { "on" } else { "off" }
             ),
-        ]);
+            RamBacking::Anonymous => format!("memory-backend-ram,id=mem,size={}M", machine.mem_size_mib),
+        };
+        push(&["-object", &mem]);
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
         push(&["-global", "migration.send-configuration=off"]);
         push(&["-kernel", &machine.kernel.to_string_lossy()]);
@@ -651,8 +697,9 @@ impl QemuBackend {
         diff: Option<(&MemoryDiff, PathBuf)>,
     ) -> Result<Started, VmError> {
         let ram = match memory {
-            MemoryLayout::Own => RamBacking { path: dir.join("memory"), shared: true },
-            MemoryLayout::Clone { base } => RamBacking { path: base.clone(), shared: false },
+            MemoryLayout::Own => RamBacking::File { path: dir.join("memory"), shared: true },
+            MemoryLayout::Clone { base } => RamBacking::File { path: base.clone(), shared: false },
+            MemoryLayout::Anonymous => RamBacking::Anonymous,
         };
         let state = File::open(devstate)
             .map_err(|source| VmError::Io { id: id.to_string(), op: "open", path: devstate.into(), source })?;
@@ -660,8 +707,10 @@ impl QemuBackend {
         if let Some((diff, data)) = diff {
             let pid = started.process.pid();
             let len = machine.mem_size_mib as u64 * 1024 * 1024;
-            let base = ram.path.clone();
-            let diff = diff.clone();
+            let RamBacking::File { path: base, .. } = &ram else {
+                return Err(VmError::Invalid("a memory diff needs file-backed RAM".into()));
+            };
+            let (base, diff) = (base.clone(), diff.clone());
             tokio::task::spawn_blocking(move || {
                 let map = memory::find_ram_mapping(pid, &base, len)?;
                 memory::apply_diff(&map, &diff, &data)
@@ -708,11 +757,53 @@ async fn exited_or(p: &mut QemuProcess, id: &VmId, during: &str, stderr: &Tail, 
     None
 }
 
+/// A whole-RAM QEMU migration stream (benchmark baseline).
+#[derive(Debug, Clone)]
+pub struct FullRamSnapshot {
+    pub stream: PathBuf,
+    pub disk: Option<PathBuf>,
+    pub machine: MachineConfig,
+    pub stream_bytes: u64,
+}
+
+impl QemuBackend {
+    /// Baseline for benchmarks: restore a [`FullRamSnapshot`] into anonymous
+    /// RAM, RAM pages coming through the migration stream.
+    pub async fn restore_full_ram(&self, snap: &FullRamSnapshot, id: VmId) -> Result<QemuVm, VmError> {
+        let dir = self.create_dir(&id)?;
+        let disk_path = dir.path.join("disk.qcow2");
+        if let (Some(base), Some(size)) = (&snap.disk, snap.machine.disk_size_bytes) {
+            disk::create_overlay(&self.cfg.qemu_img, base, DiskFormat::Qcow2, size, &disk_path)
+                .map_err(|source| VmError::Disk { id: id.to_string(), source })?;
+        }
+        let disk = snap.disk.as_ref().map(|_| disk_path.as_path());
+        let started = self
+            .resume_into(&id, &dir.path, &snap.machine, &MemoryLayout::Anonymous, disk, &snap.stream, None)
+            .await?;
+        Ok(QemuVm::new(id, self.cfg.clone(), dir, snap.machine.clone(), MemoryLayout::Anonymous, started))
+    }
+}
+
 #[async_trait::async_trait]
 impl VmBackend for QemuBackend {
     type Vm = QemuVm;
 
     async fn boot(&self, spec: BootSpec) -> Result<QemuVm, VmError> {
+        self.boot_with(spec, false).await
+    }
+
+    async fn launch(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
+        self.launch_inner(snapshot, spec).await
+    }
+
+    async fn resume(&self, suspended: SuspendedVm) -> Result<QemuVm, VmError> {
+        self.resume_inner(suspended).await
+    }
+}
+
+impl QemuBackend {
+    /// Cold boot; `anonymous_ram` gives the plain-QEMU baseline (no memory file).
+    pub async fn boot_with(&self, spec: BootSpec, anonymous_ram: bool) -> Result<QemuVm, VmError> {
         if spec.mem_size_mib < 64 || spec.vcpu_count == 0 || spec.vcpu_count > 64 {
             return Err(VmError::Invalid(format!(
                 "need at least 64 MiB and 1-64 vCPUs, got {} MiB and {} vCPUs",
@@ -762,11 +853,15 @@ impl VmBackend for QemuBackend {
             cmdline: cmdline.join(" "),
             disk_size_bytes,
         };
-        let mem_path = dir.path.join("memory");
-        File::create(&mem_path)
-            .and_then(|f| f.set_len(spec.mem_size_mib as u64 * 1024 * 1024))
-            .map_err(io("create", mem_path.clone()))?;
-        let ram = RamBacking { path: mem_path, shared: true };
+        let ram = if anonymous_ram {
+            RamBacking::Anonymous
+        } else {
+            let mem_path = dir.path.join("memory");
+            File::create(&mem_path)
+                .and_then(|f| f.set_len(spec.mem_size_mib as u64 * 1024 * 1024))
+                .map_err(io("create", mem_path.clone()))?;
+            RamBacking::File { path: mem_path, shared: true }
+        };
         let disk = spec.root_disk.as_ref().map(|_| disk_path.as_path());
         let mut started = self.start(&id, &dir.path, &machine, &ram, disk, None).await?;
         let agent = started.agent.clone();
@@ -782,10 +877,11 @@ impl VmBackend for QemuBackend {
             console: started.console.text(),
             source,
         })?;
-        Ok(QemuVm::new(id, self.cfg.clone(), dir, machine, MemoryLayout::Own, started))
+        let layout = if anonymous_ram { MemoryLayout::Anonymous } else { MemoryLayout::Own };
+        Ok(QemuVm::new(id, self.cfg.clone(), dir, machine, layout, started))
     }
 
-    async fn launch(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
+    async fn launch_inner(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
         let id = spec.id;
         let dir = self.create_dir(&id)?;
         let machine = snapshot.manifest.machine.clone();
@@ -805,7 +901,7 @@ impl VmBackend for QemuBackend {
         Ok(QemuVm::new(id, self.cfg.clone(), dir, machine, memory, started))
     }
 
-    async fn resume(&self, suspended: SuspendedVm) -> Result<QemuVm, VmError> {
+    async fn resume_inner(&self, suspended: SuspendedVm) -> Result<QemuVm, VmError> {
         let rec = &suspended.record;
         let id = rec.id.clone();
         // Until the resumed guest runs, the files stay the suspended microVM's.
@@ -816,6 +912,9 @@ impl VmBackend for QemuBackend {
                 MemoryDiff::load(&diff_json).map_err(|source| VmError::Memory { id: id.to_string(), source })?,
             ),
             MemoryLayout::Own => None,
+            MemoryLayout::Anonymous => {
+                return Err(VmError::Invalid("anonymous-RAM microVMs cannot be resumed".into()));
+            }
         };
         let disk_path = dir.path.join("disk.qcow2");
         let disk = rec.machine.disk_size_bytes.map(|_| disk_path.as_path());
@@ -922,9 +1021,52 @@ impl QemuVm {
 
     fn ram_mapping_path(&self) -> PathBuf {
         match &self.memory {
-            MemoryLayout::Own => self.dir.path.join("memory"),
+            MemoryLayout::Own | MemoryLayout::Anonymous => self.dir.path.join("memory"),
             MemoryLayout::Clone { base } => base.clone(),
         }
+    }
+
+    fn refuse_anonymous(&self, what: &str) -> Result<(), VmError> {
+        if self.memory == MemoryLayout::Anonymous {
+            return Err(VmError::Invalid(format!("{what} needs file-backed RAM; {} has anonymous RAM", self.id)));
+        }
+        Ok(())
+    }
+
+    /// Baseline for benchmarks: QEMU's own full-RAM migration to a file, as a
+    /// user without Hearth's memory files would do it. Quiesces the agent,
+    /// stops, saves everything (RAM included) and quits. Returns stream bytes.
+    pub async fn save_full_ram(mut self, path: &Path) -> Result<FullRamSnapshot, VmError> {
+        self.agent.quiesce(false, AGENT_TIMEOUT).await.map_err(self.err_agent("quiesce"))?;
+        self.qmp.execute("stop", json!({}), QMP_TIMEOUT).await.map_err(self.err_qmp("stop"))?;
+        let uri = format!("exec:cat > '{}'", path.display());
+        self.qmp.execute("migrate", json!({ "uri": uri }), QMP_TIMEOUT).await.map_err(self.err_qmp("migrate"))?;
+        let deadline = Instant::now() + QMP_TIMEOUT;
+        loop {
+            let v = self.qmp.execute("query-migrate", json!({}), QMP_TIMEOUT).await.map_err(self.err_qmp("query-migrate"))?;
+            match v.get("status").and_then(|s| s.as_str()) {
+                Some("completed") => break,
+                Some("failed") | Some("cancelled") => {
+                    return Err(VmError::Incoming { id: self.id.to_string(), status: v.to_string() })
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(VmError::Incoming { id: self.id.to_string(), status: "migration timed out".into() })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        self.quit().await;
+        let disk = match self.machine.disk_size_bytes {
+            Some(_) => {
+                let dst = path.with_extension("disk.qcow2");
+                let src = self.dir.path.join("disk.qcow2");
+                std::fs::rename(&src, &dst).map_err(self.err_io("move", &src))?;
+                Some(dst)
+            }
+            None => None,
+        };
+        let stream_bytes = std::fs::metadata(path).map(|m| m.len()).map_err(self.err_io("stat", path))?;
+        Ok(FullRamSnapshot { stream: path.into(), disk, machine: self.machine.clone(), stream_bytes })
     }
 
     /// Quiesce the agent and stop the vCPUs.
@@ -959,11 +1101,13 @@ impl QemuVm {
     }
 
     async fn snapshot_inner(&mut self, dest: &Path, mode: SnapshotMode) -> Result<SnapshotManifest, VmError> {
+        self.refuse_anonymous("snapshot")?;
         std::fs::create_dir(dest).map_err(self.err_io("create snapshot directory", dest))?;
         self.freeze().await?;
         let devstate_bytes = self.save_devstate(&dest.join("devstate")).await?;
         let mem_dst = dest.join("memory");
         let memory_allocated_bytes = match (&self.memory, mode) {
+            (MemoryLayout::Anonymous, _) => unreachable!("refused above"),
             (MemoryLayout::Own, SnapshotMode::Consume) => 0, // renamed below, after QEMU is gone
             (MemoryLayout::Own, SnapshotMode::KeepRunning) => {
                 let src = self.dir.path.join("memory");
@@ -1025,6 +1169,7 @@ impl QemuVm {
     }
 
     async fn suspend_inner(&mut self) -> Result<(), VmError> {
+        self.refuse_anonymous("suspend")?;
         self.freeze().await?;
         let dir = self.dir.path.clone();
         self.save_devstate(&dir.join("devstate")).await?;
@@ -1197,7 +1342,7 @@ mod tests {
     #[test]
     fn command_line_differs_only_in_accelerator() {
         let mk = |accel| QemuBackend::new(QemuConfig::new("/tmp/x".into(), accel));
-        let ram = RamBacking { path: "/m".into(), shared: false };
+        let ram = RamBacking::File { path: "/m".into(), shared: false };
         let tcg = mk(Accel::Tcg).qemu_args(&machine(), &ram, Some(Path::new("/d.qcow2")), true);
         let kvm = mk(Accel::Kvm).qemu_args(&machine(), &ram, Some(Path::new("/d.qcow2")), true);
         let diff: Vec<_> = tcg.iter().zip(kvm.iter()).filter(|(a, b)| a != b).collect();

@@ -1,1 +1,242 @@
-fn main() {}
+//! `hearth`: the one binary.
+//!
+//! Owns the command line: provisioning (`setup`), the engine demo (`demo`),
+//! ad-hoc microVMs (`vm`), housekeeping (`gc`) and benchmarks (`bench`).
+//! Runs on a multi-threaded Tokio runtime created in `main`.
+
+mod bench;
+mod demo;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hearth_vmm::accel::{decide, AccelChoice, HostKvmFacts};
+use hearth_vmm::{BootSpec, MicroVm, QemuBackend, QemuConfig, VmBackend, VmId};
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Self-hosted Lambda MicroVMs: dedicated, snapshot-launched, suspendable microVMs")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Where microVM and snapshot state lives.
+    #[arg(long, global = true, env = "HEARTH_STATE", default_value_os_t = default_state_dir())]
+    state_dir: PathBuf,
+    /// Artifact cache (kernel, initramfs, base images).
+    #[arg(long, global = true, env = "HEARTH_CACHE", default_value_os_t = hearth_artifacts::cache_dir())]
+    cache_dir: PathBuf,
+    /// Accelerator: auto (KVM if it runs standard guests, else TCG), kvm or tcg.
+    #[arg(long, global = true, default_value = "auto")]
+    accel: AccelChoice,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install host packages and build the kernel, initramfs and base images (idempotent).
+    Setup(SetupArgs),
+    /// The engine demo: boot, snapshot, clone, suspend, resume, with timings.
+    Demo,
+    /// Run ad-hoc microVMs.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Remove files of microVMs whose Hearth process died.
+    Gc,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct SetupArgs {
+    /// The static hearth-agent binary to put in the initramfs (default: $HEARTH_AGENT,
+    /// then `hearth-agent` next to this binary).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Managed images to build (default: all).
+    #[arg(long = "image")]
+    images: Vec<String>,
+    /// Debian mirror for the base images (default: the host's apt source).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Do not apt-get install missing host packages.
+    #[arg(long)]
+    no_install: bool,
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Boot a microVM, run a command in it (or hold it until Ctrl-C).
+    Boot {
+        /// Managed base image for the root disk.
+        #[arg(long, default_value = "debian-12-minimal")]
+        image: String,
+        #[arg(long, default_value_t = 512)]
+        mem_mib: u32,
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Keep the microVM running until interrupted; print its id and QEMU pid as JSON.
+        #[arg(long)]
+        hold: bool,
+        /// Command to run in the guest after boot.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Engine: cold boot, snapshot, clone launch, suspend, resume, memory, with baselines.
+    Engine(bench::EngineArgs),
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/state/hearth"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/hearth"))
+}
+
+impl Global {
+    /// Build the backend; logs the accelerator decision once.
+    fn backend(&self) -> Result<QemuBackend> {
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("create state dir {}", self.state_dir.display()))?;
+        let decision = decide(self.accel, HostKvmFacts::probe());
+        tracing::info!(accel = %decision.accel, "{}", decision.reason);
+        let reaped = hearth_vmm::qemu::reap_stale(&self.state_dir);
+        if !reaped.is_empty() {
+            tracing::info!("removed files of {} microVM(s) left by a dead Hearth process: {reaped:?}", reaped.len());
+        }
+        Ok(QemuBackend::new(QemuConfig::new(self.state_dir.clone(), decision.accel)))
+    }
+
+    fn manifest(&self) -> Result<hearth_artifacts::Manifest> {
+        hearth_artifacts::Manifest::load(&self.cache_dir).map_err(anyhow::Error::from)
+    }
+
+    fn boot_spec(&self, id: VmId, image: Option<&str>, mem_size_mib: u32, vcpu_count: u32) -> Result<BootSpec> {
+        let m = self.manifest()?;
+        let root_disk = match image {
+            Some(name) => Some(
+                m.images
+                    .iter()
+                    .find(|i| i.name == name)
+                    .with_context(|| {
+                        let known: Vec<_> = m.images.iter().map(|i| i.name.as_str()).collect();
+                        format!("no image {name:?} in the cache (have: {known:?}); run `hearth setup --image {name}`")
+                    })?
+                    .path
+                    .clone(),
+            ),
+            None => None,
+        };
+        Ok(BootSpec {
+            id,
+            kernel: m.kernel.path.clone(),
+            initramfs: m.initramfs.path.clone(),
+            root_disk,
+            mem_size_mib,
+            vcpu_count,
+            extra_cmdline: vec![],
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.cmd {
+        Cmd::Setup(a) => setup(&g, a),
+        Cmd::Demo => demo::run(&g).await,
+        Cmd::Vm(VmCmd::Boot { image, mem_mib, vcpus, hold, command }) => vm_boot(&g, &image, mem_mib, vcpus, hold, command).await,
+        Cmd::Gc => {
+            let reaped = hearth_vmm::qemu::reap_stale(&g.state_dir);
+            println!("{}", serde_json::json!({ "removed": reaped }));
+            Ok(())
+        }
+        Cmd::Bench(BenchCmd::Engine(a)) => bench::engine(&g, a).await,
+    }
+}
+
+fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit.or_else(|| std::env::var_os("HEARTH_AGENT").map(PathBuf::from)) {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locate the hearth binary")?;
+    let dir = exe.parent().context("hearth binary has no directory")?;
+    for cand in [dir.join("hearth-agent"), dir.join("../x86_64-unknown-linux-gnu/release-agent/hearth-agent")] {
+        if cand.is_file() {
+            return Ok(cand);
+        }
+    }
+    bail!(
+        "no hearth-agent binary found: build it with \
+         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile release-agent -p hearth-agent \
+         --target x86_64-unknown-linux-gnu` and pass --agent, or use scripts/quickstart.sh"
+    )
+}
+
+fn setup(g: &Global, a: SetupArgs) -> Result<()> {
+    let agent = find_agent(a.agent)?;
+    let mut opts = hearth_artifacts::SetupOptions::new(g.cache_dir.clone(), agent);
+    if !a.images.is_empty() {
+        opts.images = a.images;
+    }
+    opts.mirror = a.mirror;
+    opts.install_host_packages = !a.no_install;
+    let manifest = hearth_artifacts::setup(&opts, &print_progress)
+        .map_err(|e| anyhow::anyhow!("setup failed: {e}"))?;
+    println!("{}", serde_json::to_string_pretty(&manifest)?);
+    Ok(())
+}
+
+fn print_progress(p: hearth_artifacts::Progress) {
+    use hearth_artifacts::Status;
+    match p.status {
+        Status::Started => eprintln!("[setup] {}: building...", p.step),
+        Status::Cached => eprintln!("[setup] {}: cached, nothing to do", p.step),
+        Status::Done { elapsed_ms } => eprintln!("[setup] {}: done in {:.1} s", p.step, elapsed_ms as f64 / 1000.0),
+        Status::Info(line) => eprintln!("[setup] {}: {line}", p.step),
+    }
+}
+
+async fn vm_boot(g: &Global, image: &str, mem_mib: u32, vcpus: u32, hold: bool, command: Vec<String>) -> Result<()> {
+    let backend = g.backend()?;
+    let id = VmId::random("vm");
+    let spec = g.boot_spec(id.clone(), Some(image), mem_mib, vcpus)?;
+    let t0 = std::time::Instant::now();
+    let vm = backend.boot(spec).await?;
+    eprintln!("booted {id} in {} ms (QEMU pid {})", t0.elapsed().as_millis(), vm.pid());
+    if !command.is_empty() {
+        let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+        let out = vm.agent().run(&argv, Duration::from_secs(600)).await?;
+        use std::io::Write;
+        std::io::stdout().write_all(&out.stdout)?;
+        std::io::stderr().write_all(&out.stderr)?;
+        vm.terminate().await?;
+        std::process::exit(out.status.code.unwrap_or(128 + out.status.signal.unwrap_or(0)));
+    }
+    if hold {
+        println!("{}", serde_json::json!({ "id": id.as_str(), "qemu_pid": vm.pid(), "dir": vm.dir() }));
+        tokio::signal::ctrl_c().await?;
+    }
+    vm.terminate().await?;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Shared set-up for the end-to-end engine tests: artifacts from
+//! `hearth setup`, a private state directory, and a machine-wide lock so that
+//! only one test boots TCG guests at a time (two busy TCG guests saturate
+//! both cores of a CI host). Under nextest the `vm` test group already
+//! serialises these tests; the lock covers plain `cargo test` too.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_artifacts::Manifest;
+use hearth_vmm::accel::{decide, AccelChoice, HostKvmFacts};
+use hearth_vmm::{BootSpec, QemuBackend, QemuConfig, VmId};
+
+pub const T: Duration = Duration::from_secs(60);
+pub const GUEST_MEM_MIB: u32 = 256;
+
+pub struct Env {
+    pub backend: QemuBackend,
+    pub manifest: Manifest,
+    pub state: tempfile::TempDir,
+    _lock: File,
+}
+
+/// Artifacts must exist: these tests fail (never skip) without them.
+pub fn env() -> Env {
+    let lock = File::create(std::env::temp_dir().join("hearth-e2e.lock")).expect("create lock file");
+    // SAFETY: flock on a valid fd we own; blocks until the lock is free.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let cache = hearth_artifacts::cache_dir();
+    let manifest = Manifest::load(&cache).unwrap_or_else(|e| {
+        panic!("end-to-end tests need the guest artifacts: {e}. Run `hearth setup` (scripts/test.sh does)")
+    });
+    let state = tempfile::Builder::new().prefix("hearth-e2e-").tempdir().expect("state dir");
+    let decision = decide(AccelChoice::Auto, HostKvmFacts::probe());
+    let backend = QemuBackend::new(QemuConfig::new(state.path().to_path_buf(), decision.accel));
+    Env { backend, manifest, state, _lock: lock }
+}
+
+impl Env {
+    pub fn image(&self, name: &str) -> PathBuf {
+        self.manifest
+            .images
+            .iter()
+            .find(|i| i.name == name)
+            .unwrap_or_else(|| panic!("image {name} missing from the manifest; run `hearth setup`"))
+            .path
+            .clone()
+    }
+
+    pub fn boot_spec(&self, id: &str, image: Option<&str>) -> BootSpec {
+        BootSpec {
+            id: VmId::new(id).unwrap(),
+            kernel: self.manifest.kernel.path.clone(),
+            initramfs: self.manifest.initramfs.path.clone(),
+            root_disk: image.map(|i| self.image(i)),
+            mem_size_mib: GUEST_MEM_MIB,
+            vcpu_count: 1,
+            extra_cmdline: vec![],
+        }
+    }
+
+    /// Nothing may be left in the state directory once every VM is gone.
+    pub fn assert_no_leftovers(&self) {
+        let vms = self.state.path().join("vms");
+        let left: Vec<_> = std::fs::read_dir(&vms)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "microVM files left behind: {left:?}");
+    }
+}
+
+/// Host wall clock in seconds (float).
+pub fn host_now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
