@@ -100,7 +100,10 @@ mod tests {
         let e = io_error("open /x", &io::Error::from_raw_os_error(libc::ENOENT));
         assert_eq!(e.kind, AgentErrorKind::NotFound);
         assert!(e.message.starts_with("open /x: "), "{}", e.message);
-        assert_eq!(kind_of_errno(libc::EACCES), AgentErrorKind::PermissionDenied);
+        assert_eq!(
+            kind_of_errno(libc::EACCES),
+            AgentErrorKind::PermissionDenied
+        );
         assert_eq!(
             kind_of_errno(libc::ECONNREFUSED),
             AgentErrorKind::ConnectionRefused

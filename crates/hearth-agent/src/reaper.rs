@@ -93,11 +93,11 @@ impl Registry {
                 Some(libc::EINTR) => {}
                 Some(libc::ECHILD) => {
                     let guard = lock(&self.waiters);
-                    let _ = self
-                        .spawned
-                        .wait_timeout_while(guard, Duration::from_millis(IDLE_RECHECK_MS), |w| {
-                            w.spawn_gen == gen_before
-                        });
+                    let _ = self.spawned.wait_timeout_while(
+                        guard,
+                        Duration::from_millis(IDLE_RECHECK_MS),
+                        |w| w.spawn_gen == gen_before,
+                    );
                 }
                 _ => {
                     agent_log!("waitpid failed: {err}");

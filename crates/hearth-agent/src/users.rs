@@ -37,24 +37,30 @@ struct PasswdEntry {
 /// Resolve `spec` using `<etc_dir>/passwd` and `<etc_dir>/group`.
 pub(crate) fn resolve(spec: &str, etc_dir: &Path) -> Result<Creds, AgentError> {
     if spec.is_empty() || spec.len() > 256 || spec.contains('\0') {
-        return Err(invalid(format_args!("user {spec:?} is not a valid user spec")));
+        return Err(invalid(format_args!(
+            "user {spec:?} is not a valid user spec"
+        )));
     }
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
     if user.is_empty() || group == Some("") {
-        return Err(invalid(format_args!("user {spec:?} is not a valid user spec")));
+        return Err(invalid(format_args!(
+            "user {spec:?} is not a valid user spec"
+        )));
     }
     let passwd_path = etc_dir.join("passwd");
     let passwd = read_db(&passwd_path)?;
     let entry = match user.parse::<u32>() {
-        Ok(uid) => passwd_entries(&passwd).find(|e| e.uid == uid).unwrap_or(PasswdEntry {
-            name: String::new(),
-            uid,
-            gid: 0,
-            home: "/".into(),
-        }),
+        Ok(uid) => passwd_entries(&passwd)
+            .find(|e| e.uid == uid)
+            .unwrap_or(PasswdEntry {
+                name: String::new(),
+                uid,
+                gid: 0,
+                home: "/".into(),
+            }),
         Err(_) => passwd_entries(&passwd)
             .find(|e| e.name == user)
             .ok_or_else(|| {
@@ -104,7 +110,8 @@ pub(crate) fn resolve(spec: &str, etc_dir: &Path) -> Result<Creds, AgentError> {
 }
 
 fn read_db(path: &Path) -> Result<String, AgentError> {
-    let file = File::open(path).map_err(|e| io_error(format_args!("open {}", path.display()), &e))?;
+    let file =
+        File::open(path).map_err(|e| io_error(format_args!("open {}", path.display()), &e))?;
     let mut bytes = Vec::new();
     file.take(MAX_DB_BYTES)
         .read_to_end(&mut bytes)
@@ -185,7 +192,10 @@ mod tests {
         assert_eq!((root.uid, root.gid, root.home.as_str()), (0, 0, "/root"));
         assert_eq!(root.groups, vec![0, 10]);
         let unknown = resolve("4242", &dir).unwrap();
-        assert_eq!((unknown.uid, unknown.gid, unknown.groups), (4242, 0, vec![0]));
+        assert_eq!(
+            (unknown.uid, unknown.gid, unknown.groups),
+            (4242, 0, vec![0])
+        );
         let with_group = resolve("app:staff", &dir).unwrap();
         assert_eq!((with_group.uid, with_group.gid), (1000, 50));
         assert_eq!(resolve("app:7", &dir).unwrap().gid, 7);
@@ -195,13 +205,32 @@ mod tests {
     #[test]
     fn unknown_or_malformed_users_fail() {
         let dir = etc();
-        assert_eq!(resolve("nobody", &dir).unwrap_err().kind, AgentErrorKind::NotFound);
-        assert_eq!(resolve("app:nogroup", &dir).unwrap_err().kind, AgentErrorKind::NotFound);
-        assert_eq!(resolve("", &dir).unwrap_err().kind, AgentErrorKind::InvalidRequest);
-        assert_eq!(resolve("app:", &dir).unwrap_err().kind, AgentErrorKind::InvalidRequest);
-        assert_eq!(resolve(":1", &dir).unwrap_err().kind, AgentErrorKind::InvalidRequest);
+        assert_eq!(
+            resolve("nobody", &dir).unwrap_err().kind,
+            AgentErrorKind::NotFound
+        );
+        assert_eq!(
+            resolve("app:nogroup", &dir).unwrap_err().kind,
+            AgentErrorKind::NotFound
+        );
+        assert_eq!(
+            resolve("", &dir).unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            resolve("app:", &dir).unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
+        assert_eq!(
+            resolve(":1", &dir).unwrap_err().kind,
+            AgentErrorKind::InvalidRequest
+        );
         let missing = resolve("app", Path::new("/nonexistent-etc")).unwrap_err();
         assert_eq!(missing.kind, AgentErrorKind::NotFound);
-        assert!(missing.message.contains("/nonexistent-etc/passwd"), "{}", missing.message);
+        assert!(
+            missing.message.contains("/nonexistent-etc/passwd"),
+            "{}",
+            missing.message
+        );
     }
 }

@@ -289,7 +289,10 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&frame);
         match dec.next::<GuestMessage>().unwrap().unwrap() {
-            GuestMessage::Response { id: 4, body: Err(e) } => {
+            GuestMessage::Response {
+                id: 4,
+                body: Err(e),
+            } => {
                 assert_eq!(e.kind, AgentErrorKind::Io)
             }
             other => panic!("unexpected {other:?}"),

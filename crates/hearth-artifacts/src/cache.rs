@@ -96,7 +96,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Creates the cache layout and removes staging directories left behind by
 /// processes that are gone.
 pub(crate) fn prepare(cache: &Path) -> Result<(), SetupError> {
-    let step = Step::Manifest;
+    let step = Step::Cache;
     for sub in ["kernel", "initramfs", "images"] {
         let dir = cache.join(sub);
         fs::create_dir_all(&dir).map_err(SetupError::io(&step, "create directory", &dir))?;
@@ -197,8 +197,10 @@ fn unescape_mount_path(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let digit = |c: u8| u16::from(c - b'0');
             let v = digit(b[i + 1]) * 64 + digit(b[i + 2]) * 8 + digit(b[i + 3]);
             out.push(v as u8);
@@ -255,9 +257,9 @@ pub(crate) struct Staging {
 impl Staging {
     /// Creates an empty `<final_dir>.tmp-<pid>` (replacing any previous one).
     pub(crate) fn begin(step: &Step, final_dir: &Path) -> Result<Self, SetupError> {
-        let name = final_dir
-            .file_name()
-            .ok_or_else(|| SetupError::unexpected(step, format!("bad artifact path {}", final_dir.display())))?;
+        let name = final_dir.file_name().ok_or_else(|| {
+            SetupError::unexpected(step, format!("bad artifact path {}", final_dir.display()))
+        })?;
         let mut tmp_name = name.to_os_string();
         tmp_name.push(format!("{TMP_MARKER}{}", std::process::id()));
         let tmp = final_dir.with_file_name(tmp_name);
@@ -326,26 +328,70 @@ mod tests {
     #[test]
     fn cache_dir_rule() {
         let os = |s: &str| Some(OsString::from(s));
-        assert_eq!(cache_dir_from(os("/x/c"), os("/root")), PathBuf::from("/x/c"));
-        assert_eq!(cache_dir_from(os(""), os("/root")), PathBuf::from("/root/.cache/hearth"));
-        assert_eq!(cache_dir_from(None, os("/home/u")), PathBuf::from("/home/u/.cache/hearth"));
-        assert_eq!(cache_dir_from(None, None), PathBuf::from("/var/cache/hearth"));
+        assert_eq!(
+            cache_dir_from(os("/x/c"), os("/root")),
+            PathBuf::from("/x/c")
+        );
+        assert_eq!(
+            cache_dir_from(os(""), os("/root")),
+            PathBuf::from("/root/.cache/hearth")
+        );
+        assert_eq!(
+            cache_dir_from(None, os("/home/u")),
+            PathBuf::from("/home/u/.cache/hearth")
+        );
+        assert_eq!(
+            cache_dir_from(None, None),
+            PathBuf::from("/var/cache/hearth")
+        );
     }
 
     #[test]
     fn keys_are_stable_and_sensitive_to_every_input() {
-        let base = || KeyBuilder::new("kernel").field("package", "p").field("version", "1").list("modules", &["a", "b"]);
+        let base = || {
+            KeyBuilder::new("kernel")
+                .field("package", "p")
+                .field("version", "1")
+                .list("modules", &["a", "b"])
+        };
         let k = base().finish();
         assert_eq!(k.len(), 32);
         assert_eq!(k, base().finish());
         // Pinned: a change here invalidates every cache in the field.
-        assert_eq!(k, KeyBuilder::new("kernel").field("package", "p").field("version", "1").list("modules", &["a", "b"]).finish());
+        assert_eq!(
+            k,
+            KeyBuilder::new("kernel")
+                .field("package", "p")
+                .field("version", "1")
+                .list("modules", &["a", "b"])
+                .finish()
+        );
         let variants = [
-            KeyBuilder::new("image").field("package", "p").field("version", "1").list("modules", &["a", "b"]).finish(),
-            KeyBuilder::new("kernel").field("package", "p").field("version", "2").list("modules", &["a", "b"]).finish(),
-            KeyBuilder::new("kernel").field("package", "p").field("version", "1").list("modules", &["b", "a"]).finish(),
-            KeyBuilder::new("kernel").field("package", "p").field("version", "1").list("modules", &["ab"]).finish(),
-            KeyBuilder::new("kernel").field("package", "p1").field("version", "").list("modules", &["a", "b"]).finish(),
+            KeyBuilder::new("image")
+                .field("package", "p")
+                .field("version", "1")
+                .list("modules", &["a", "b"])
+                .finish(),
+            KeyBuilder::new("kernel")
+                .field("package", "p")
+                .field("version", "2")
+                .list("modules", &["a", "b"])
+                .finish(),
+            KeyBuilder::new("kernel")
+                .field("package", "p")
+                .field("version", "1")
+                .list("modules", &["b", "a"])
+                .finish(),
+            KeyBuilder::new("kernel")
+                .field("package", "p")
+                .field("version", "1")
+                .list("modules", &["ab"])
+                .finish(),
+            KeyBuilder::new("kernel")
+                .field("package", "p1")
+                .field("version", "")
+                .list("modules", &["a", "b"])
+                .finish(),
         ];
         for v in variants {
             assert_ne!(v, k);
@@ -371,7 +417,10 @@ mod tests {
         assert!(!tmp.exists());
         assert!(fin.join("vmlinuz").is_file());
         assert!(fin.join("kernel.json").is_file());
-        assert_eq!(load_meta::<serde_json::Value>(&fin, "kernel.json"), Some(serde_json::json!({})));
+        assert_eq!(
+            load_meta::<serde_json::Value>(&fin, "kernel.json"),
+            Some(serde_json::json!({}))
+        );
     }
 
     #[test]
@@ -389,7 +438,11 @@ mod tests {
         assert!(build(true).is_err());
         assert!(!fin.exists());
         assert!(load_meta::<serde_json::Value>(&fin, "kernel.json").is_none());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "staging dir removed");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "staging dir removed"
+        );
         build(false).unwrap();
         assert!(load_meta::<serde_json::Value>(&fin, "kernel.json").is_some());
     }
@@ -427,7 +480,10 @@ mod tests {
         let cache = dir.path();
         // pid 4194304 is above the kernel's maximum pid, so never alive.
         let dead = cache.join("kernel").join("k1.tmp-4194304");
-        let mine = cache.join("images").join("debian-12-minimal").join(format!("k2.tmp-{}", std::process::id()));
+        let mine = cache
+            .join("images")
+            .join("debian-12-minimal")
+            .join(format!("k2.tmp-{}", std::process::id()));
         let alive = cache.join("initramfs").join("k3.tmp-1"); // init is alive
         let kept = cache.join("kernel").join("k4");
         for d in [&dead, &mine, &alive, &kept] {
@@ -451,7 +507,10 @@ mod tests {
         let m = mounts_under(info, Path::new("/c/img.tmp-9"));
         assert_eq!(
             m,
-            vec![PathBuf::from("/c/img.tmp-9/tree/proc"), PathBuf::from("/c/img.tmp-9/tree/dev/my dir")]
+            vec![
+                PathBuf::from("/c/img.tmp-9/tree/proc"),
+                PathBuf::from("/c/img.tmp-9/tree/dev/my dir")
+            ]
         );
     }
 }

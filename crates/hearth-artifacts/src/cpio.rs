@@ -121,7 +121,17 @@ impl<W: Write> Counting<W> {
     fn header(&mut self, h: &Header<'_>) -> io::Result<()> {
         let namesize = h.name.len() + 1;
         let fields = [
-            h.ino, h.mode, 0, 0, h.nlink, 0, h.filesize, 0, 0, h.rdevmajor, h.rdevminor,
+            h.ino,
+            h.mode,
+            0,
+            0,
+            h.nlink,
+            0,
+            h.filesize,
+            0,
+            0,
+            h.rdevmajor,
+            h.rdevminor,
             u32::try_from(namesize).map_err(|_| invalid("name too long"))?,
             0,
         ];
@@ -152,7 +162,10 @@ fn invalid(msg: &str) -> io::Error {
 /// Refuses (with `InvalidInput`) empty paths, paths containing NUL or `..`,
 /// and members larger than 4 GiB.
 pub fn write_newc<W: Write>(entries: &[Entry], out: W) -> io::Result<u64> {
-    let mut w = Counting { inner: out, written: 0 };
+    let mut w = Counting {
+        inner: out,
+        written: 0,
+    };
     for (i, e) in entries.iter().enumerate() {
         let name = e.path.trim_start_matches('/');
         if name.is_empty() || name.contains('\0') || name.split('/').any(|c| c == "..") {
@@ -165,7 +178,8 @@ pub fn write_newc<W: Write>(entries: &[Entry], out: W) -> io::Result<u64> {
             EntryKind::CharDevice { major, minor } => (&[], 1, (*major, *minor)),
             EntryKind::Symlink(t) => (t.as_bytes(), 1, (0, 0)),
         };
-        let filesize = u32::try_from(data.len()).map_err(|_| invalid("member larger than 4 GiB"))?;
+        let filesize =
+            u32::try_from(data.len()).map_err(|_| invalid("member larger than 4 GiB"))?;
         w.header(&Header {
             ino,
             mode: e.mode(),
@@ -237,12 +251,16 @@ pub fn read_newc(bytes: &[u8]) -> io::Result<Vec<ReadEntry>> {
     let mut pos = 0usize;
     let mut out = Vec::new();
     let take = |pos: &mut usize, n: usize| -> io::Result<&[u8]> {
-        let s = bytes.get(*pos..*pos + n).ok_or_else(|| bad("truncated archive"))?;
+        let s = bytes
+            .get(*pos..*pos + n)
+            .ok_or_else(|| bad("truncated archive"))?;
         *pos += n;
         Ok(s)
     };
     let skip_pad = |pos: &mut usize, n: usize| -> io::Result<()> {
-        let p = bytes.get(*pos..*pos + n).ok_or_else(|| bad("truncated padding"))?;
+        let p = bytes
+            .get(*pos..*pos + n)
+            .ok_or_else(|| bad("truncated padding"))?;
         if p.iter().any(|&b| b != 0) {
             return Err(bad(format!("non-zero padding at offset {}", *pos)));
         }
@@ -250,7 +268,7 @@ pub fn read_newc(bytes: &[u8]) -> io::Result<Vec<ReadEntry>> {
         Ok(())
     };
     loop {
-        if pos % 4 != 0 {
+        if pos & 3 != 0 {
             return Err(bad(format!("header at unaligned offset {pos}")));
         }
         let hdr = take(&mut pos, HEADER_LEN)?;
@@ -259,8 +277,12 @@ pub fn read_newc(bytes: &[u8]) -> io::Result<Vec<ReadEntry>> {
         }
         let mut f = [0u32; 13];
         for (i, v) in f.iter_mut().enumerate() {
-            let s = std::str::from_utf8(&hdr[6 + 8 * i..14 + 8 * i]).map_err(|_| bad("non-ASCII header"))?;
-            if !s.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+            let s = std::str::from_utf8(&hdr[6 + 8 * i..14 + 8 * i])
+                .map_err(|_| bad("non-ASCII header"))?;
+            if !s
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+            {
                 return Err(bad(format!("bad header field {s:?}")));
             }
             *v = u32::from_str_radix(s, 16).map_err(|_| bad("bad header field"))?;
@@ -273,7 +295,8 @@ pub fn read_newc(bytes: &[u8]) -> io::Result<Vec<ReadEntry>> {
         if raw_name[namesize - 1] != 0 {
             return Err(bad("name not NUL-terminated"));
         }
-        let name = String::from_utf8(raw_name[..namesize - 1].to_vec()).map_err(|_| bad("non-UTF-8 name"))?;
+        let name = String::from_utf8(raw_name[..namesize - 1].to_vec())
+            .map_err(|_| bad("non-UTF-8 name"))?;
         skip_pad(&mut pos, pad4(HEADER_LEN + namesize))?;
         let filesize = f[6] as usize;
         let data = take(&mut pos, filesize)?.to_vec();

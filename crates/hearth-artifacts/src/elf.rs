@@ -50,15 +50,21 @@ pub struct Elf64<'a> {
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// `bytes[offset..offset + len]`, if it lies within `bytes`.
@@ -132,7 +138,8 @@ impl<'a> Elf64<'a> {
         }
         let shdr = |i: u16| -> Result<&'a [u8], ElfError> {
             let off = self.shoff + u64::from(i) * u64::from(self.shentsize);
-            slice(self.bytes, off, SHDR_LEN as u64).ok_or(ElfError::Malformed("section header out of bounds"))
+            slice(self.bytes, off, SHDR_LEN as u64)
+                .ok_or(ElfError::Malformed("section header out of bounds"))
         };
         let contents = |sh: &[u8]| -> Result<&'a [u8], ElfError> {
             let offset = u64_at(sh, 24).unwrap_or_default();
@@ -278,7 +285,8 @@ mod tests {
 
     #[test]
     fn interpreter_means_dynamic() {
-        let err = check_static_executable(&executable(ET_DYN, &[6, PT_INTERP, PT_LOAD])).unwrap_err();
+        let err =
+            check_static_executable(&executable(ET_DYN, &[6, PT_INTERP, PT_LOAD])).unwrap_err();
         assert_eq!(
             err,
             ElfError::Dynamic {
@@ -289,19 +297,34 @@ mod tests {
 
     #[test]
     fn non_elf_and_bad_elf_are_refused() {
-        assert_eq!(check_static_executable(b"#!/bin/sh\n"), Err(ElfError::NotElf));
+        assert_eq!(
+            check_static_executable(b"#!/bin/sh\n"),
+            Err(ElfError::NotElf)
+        );
         assert_eq!(check_static_executable(b""), Err(ElfError::NotElf));
-        assert!(matches!(check_static_executable(b"\x7fELF\x02\x01"), Err(ElfError::Malformed(_))));
+        assert!(matches!(
+            check_static_executable(b"\x7fELF\x02\x01"),
+            Err(ElfError::Malformed(_))
+        ));
         let mut b = executable(ET_EXEC, &[PT_LOAD]);
         b[4] = 1; // 32-bit
         assert_eq!(check_static_executable(&b), Err(ElfError::NotElf64Le));
         let mut b = executable(ET_EXEC, &[PT_LOAD]);
         b[18] = 183; // aarch64
-        assert_eq!(check_static_executable(&b), Err(ElfError::WrongMachine(183)));
-        assert_eq!(check_static_executable(&executable(1, &[PT_LOAD])), Err(ElfError::NotExecutable(1)));
+        assert_eq!(
+            check_static_executable(&b),
+            Err(ElfError::WrongMachine(183))
+        );
+        assert_eq!(
+            check_static_executable(&executable(1, &[PT_LOAD])),
+            Err(ElfError::NotExecutable(1))
+        );
         let mut b = executable(ET_EXEC, &[PT_LOAD]);
         b[56..58].copy_from_slice(&1000u16.to_le_bytes()); // headers past the end
-        assert!(matches!(check_static_executable(&b), Err(ElfError::Malformed(_))));
+        assert!(matches!(
+            check_static_executable(&b),
+            Err(ElfError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -311,14 +334,20 @@ mod tests {
             check_static_executable(&b).unwrap();
         }
         let ls = std::fs::read("/bin/ls").unwrap();
-        assert!(matches!(check_static_executable(&ls), Err(ElfError::Dynamic { .. })));
+        assert!(matches!(
+            check_static_executable(&ls),
+            Err(ElfError::Dynamic { .. })
+        ));
     }
 
     #[test]
     fn sections_are_found_by_name() {
         let o = object(&[(".text", b"\x90\x90"), (".modinfo", b"name=x\0depends=\0")]);
         let elf = Elf64::parse(&o).unwrap();
-        assert_eq!(elf.section(".modinfo").unwrap(), Some(&b"name=x\0depends=\0"[..]));
+        assert_eq!(
+            elf.section(".modinfo").unwrap(),
+            Some(&b"name=x\0depends=\0"[..])
+        );
         assert_eq!(elf.section(".text").unwrap(), Some(&b"\x90\x90"[..]));
         assert_eq!(elf.section(".data").unwrap(), None);
     }

@@ -87,7 +87,11 @@ pub enum SetupError {
 }
 
 impl SetupError {
-    pub(crate) fn io(step: &Step, action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> SetupError {
+    pub(crate) fn io(
+        step: &Step,
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> SetupError {
         let step = step.clone();
         let path = path.into();
         move |source| SetupError::Io {
@@ -117,7 +121,7 @@ impl SetupError {
             SetupError::Modules { .. } => Step::Kernel,
             SetupError::Agent { .. } => Step::Initramfs,
             SetupError::UnknownImage { name, .. } => Step::Image(name.clone()),
-            SetupError::Manifest(_) => Step::Manifest,
+            SetupError::Manifest(_) => Step::Cache,
         }
     }
 }

@@ -14,7 +14,7 @@ const TAIL_LINES: usize = 25;
 const TAIL_CHARS: usize = 4000;
 
 /// The command line, quoted as a shell would need it.
-pub(crate) fn display(cmd: &Command) -> String {
+pub(crate) fn command_line(cmd: &Command) -> String {
     let mut parts = vec![quote(&cmd.get_program().to_string_lossy())];
     parts.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
     parts.join(" ")
@@ -31,9 +31,24 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// Characters kept of one overlong stderr line (head and tail).
+const LINE_KEEP_CHARS: usize = 160;
+
+/// `line` with its middle elided if it is overlong (tools print whole
+/// command lines with hundreds of paths).
+fn shorten(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= 3 * LINE_KEEP_CHARS {
+        return line.to_string();
+    }
+    let head: String = chars[..LINE_KEEP_CHARS].iter().collect();
+    let tail: String = chars[chars.len() - LINE_KEEP_CHARS..].iter().collect();
+    format!("{head} [...] {tail}")
+}
+
 /// The last lines of `text`, bounded in size.
 pub(crate) fn tail_of(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<String> = text.lines().map(shorten).collect();
     let start = lines.len().saturating_sub(TAIL_LINES);
     let joined = lines[start..].join("\n");
     if joined.len() <= TAIL_CHARS {
@@ -49,7 +64,7 @@ pub(crate) fn tail_of(text: &str) -> String {
 fn failed(step: &Step, cmd: &Command, status: ExitStatus, stderr: &str) -> SetupError {
     SetupError::CommandFailed {
         step: step.clone(),
-        command: display(cmd),
+        command: command_line(cmd),
         status: status.to_string(),
         stderr_tail: tail_of(stderr),
     }
@@ -57,7 +72,7 @@ fn failed(step: &Step, cmd: &Command, status: ExitStatus, stderr: &str) -> Setup
 
 fn spawn_error(step: &Step, cmd: &Command) -> impl FnOnce(std::io::Error) -> SetupError {
     let step = step.clone();
-    let command = display(cmd);
+    let command = command_line(cmd);
     move |source| SetupError::CommandSpawn {
         step,
         command,
@@ -82,7 +97,7 @@ pub(crate) fn run(step: &Step, cmd: &mut Command) -> Result<Output, SetupError> 
 
 /// Like [`run`], but returns the output whatever the exit status.
 pub(crate) fn run_unchecked(step: &Step, cmd: &mut Command) -> Result<Output, SetupError> {
-    tracing::debug!(command = %display(cmd), "running");
+    tracing::debug!(command = %command_line(cmd), "running");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -97,7 +112,7 @@ pub(crate) fn run_streaming(
     cmd: &mut Command,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<Vec<u8>, SetupError> {
-    tracing::debug!(command = %display(cmd), "running");
+    tracing::debug!(command = %command_line(cmd), "running");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -145,7 +160,10 @@ mod tests {
     fn display_quotes_only_what_needs_it() {
         let mut c = Command::new("mke2fs");
         c.args(["-t", "ext4", "-L", "hearth root", "it's"]);
-        assert_eq!(display(&c), r"mke2fs -t ext4 -L 'hearth root' 'it'\''s'");
+        assert_eq!(
+            command_line(&c),
+            r"mke2fs -t ext4 -L 'hearth root' 'it'\''s'"
+        );
     }
 
     #[test]
@@ -154,6 +172,12 @@ mod tests {
         let t = tail_of(&text);
         assert!(t.starts_with("line 75"));
         assert!(t.ends_with("line 99"));
+        let long = format!("E: {} failed", "x".repeat(5000));
+        let t = tail_of(&format!("first\n{long}\nlast\n"));
+        assert!(t.len() < 400, "{}", t.len());
+        assert!(t.starts_with("first\nE: xxx"));
+        assert!(t.contains(" [...] "));
+        assert!(t.ends_with("xxx failed\nlast"));
     }
 
     #[test]

@@ -85,7 +85,10 @@ pub(crate) fn ensure(install: bool, progress: &dyn Fn(Progress)) -> Result<(), S
     if !still.is_empty() {
         return Err(SetupError::unexpected(
             r.step(),
-            format!("apt-get install succeeded but {} still not installed", still.join(", ")),
+            format!(
+                "apt-get install succeeded but {} still not installed",
+                still.join(", ")
+            ),
         ));
     }
     r.done();

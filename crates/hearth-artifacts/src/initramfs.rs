@@ -60,7 +60,11 @@ pub(crate) struct Agent {
 /// Reads the agent binary and refuses it unless it is a static x86-64 ELF
 /// executable.
 pub(crate) fn read_agent(path: &Path) -> Result<Agent, SetupError> {
-    let bytes = fs::read(path).map_err(SetupError::io(&Step::Initramfs, "read the agent binary", path))?;
+    let bytes = fs::read(path).map_err(SetupError::io(
+        &Step::Initramfs,
+        "read the agent binary",
+        path,
+    ))?;
     elf::check_static_executable(&bytes).map_err(|source| SetupError::Agent {
         path: path.to_path_buf(),
         source,
@@ -85,7 +89,11 @@ pub fn entries(agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<Entry> {
     ];
     let mut order = String::new();
     for (name, bytes) in modules {
-        e.push(Entry::file(&format!("{MODULES_DIR}/{name}.ko"), 0o644, bytes.clone()));
+        e.push(Entry::file(
+            &format!("{MODULES_DIR}/{name}.ko"),
+            0o644,
+            bytes.clone(),
+        ));
         order.push_str(name);
         order.push('\n');
     }
@@ -114,7 +122,8 @@ fn artifact(dir: &Path, meta: &InitramfsMeta) -> InitramfsArtifact {
 fn cached(dir: &Path, key: &str) -> Option<InitramfsArtifact> {
     let meta: InitramfsMeta = cache::load_meta(dir, META_FILE)?;
     let a = artifact(dir, &meta);
-    let complete = meta.key == key && fs::metadata(&a.path).is_ok_and(|m| m.len() == meta.size_bytes);
+    let complete =
+        meta.key == key && fs::metadata(&a.path).is_ok_and(|m| m.len() == meta.size_bytes);
     complete.then_some(a)
 }
 
@@ -144,10 +153,18 @@ pub(crate) fn ensure(
     let out_path = staging.path().join(ARCHIVE_FILE);
     let file = fs::File::create(&out_path).map_err(SetupError::io(step, "create", &out_path))?;
     let mut w = std::io::BufWriter::new(file);
-    let size_bytes = cpio::write_newc(&entries(&agent.bytes, &modules), &mut w).map_err(SetupError::io(step, "write", &out_path))?;
-    let file = w.into_inner().map_err(|e| SetupError::io(step, "write", &out_path)(e.into_error()))?;
-    file.sync_all().map_err(SetupError::io(step, "sync", &out_path))?;
-    r.info(format!("{} modules, {:.1} MB", modules.len(), size_bytes as f64 / 1e6));
+    let size_bytes = cpio::write_newc(&entries(&agent.bytes, &modules), &mut w)
+        .map_err(SetupError::io(step, "write", &out_path))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| SetupError::io(step, "write", &out_path)(e.into_error()))?;
+    file.sync_all()
+        .map_err(SetupError::io(step, "sync", &out_path))?;
+    r.info(format!(
+        "{} modules, {:.1} MB",
+        modules.len(),
+        size_bytes as f64 / 1e6
+    ));
     let meta = InitramfsMeta {
         key: key.clone(),
         agent_sha256: agent.sha256.clone(),
@@ -162,8 +179,12 @@ pub(crate) fn ensure(
         source,
     })?;
     staging.publish(META_FILE, &json)?;
-    let a = cached(&dir, &key)
-        .ok_or_else(|| SetupError::unexpected(step, format!("{} is incomplete after publishing", dir.display())))?;
+    let a = cached(&dir, &key).ok_or_else(|| {
+        SetupError::unexpected(
+            step,
+            format!("{} is incomplete after publishing", dir.display()),
+        )
+    })?;
     r.done();
     Ok(a)
 }
@@ -176,26 +197,54 @@ mod tests {
 
     #[test]
     fn layout_of_the_archive() {
-        let modules = vec![("virtio_ring".to_string(), b"ring".to_vec()), ("virtio".to_string(), b"v".to_vec())];
+        let modules = vec![
+            ("virtio_ring".to_string(), b"ring".to_vec()),
+            ("virtio".to_string(), b"v".to_vec()),
+        ];
         let mut buf = Vec::new();
         cpio::write_newc(&entries(b"AGENT", &modules), &mut buf).unwrap();
         let back = cpio::read_newc(&buf).unwrap();
-        let find = |p: &str| back.iter().find(|e| e.name == p).unwrap_or_else(|| panic!("{p} missing"));
+        let find = |p: &str| {
+            back.iter()
+                .find(|e| e.name == p)
+                .unwrap_or_else(|| panic!("{p} missing"))
+        };
         assert_eq!(find("init").mode, 0o100755);
         assert_eq!(find("init").data, b"AGENT");
         assert_eq!(find("dev/console").mode, 0o020600);
-        assert_eq!((find("dev/console").rdevmajor, find("dev/console").rdevminor), (5, 1));
+        assert_eq!(
+            (find("dev/console").rdevmajor, find("dev/console").rdevminor),
+            (5, 1)
+        );
         assert_eq!(find("dev/null").mode, 0o020666);
-        assert_eq!((find("dev/null").rdevmajor, find("dev/null").rdevminor), (1, 3));
-        for d in ["dev", "proc", "sys", "run", "newroot", "lib", "lib/modules", "lib/modules/hearth"] {
+        assert_eq!(
+            (find("dev/null").rdevmajor, find("dev/null").rdevminor),
+            (1, 3)
+        );
+        for d in [
+            "dev",
+            "proc",
+            "sys",
+            "run",
+            "newroot",
+            "lib",
+            "lib/modules",
+            "lib/modules/hearth",
+        ] {
             assert_eq!(find(d).mode & 0o170000, 0o040000, "{d}");
         }
         assert_eq!(find("lib/modules/hearth/virtio_ring.ko").data, b"ring");
-        assert_eq!(find("lib/modules/hearth/load-order").data, b"virtio_ring\nvirtio\n");
+        assert_eq!(
+            find("lib/modules/hearth/load-order").data,
+            b"virtio_ring\nvirtio\n"
+        );
         // Every parent directory precedes its children.
         for (i, e) in back.iter().enumerate() {
             if let Some((parent, _)) = e.name.rsplit_once('/') {
-                let j = back.iter().position(|p| p.name == parent).expect("parent listed");
+                let j = back
+                    .iter()
+                    .position(|p| p.name == parent)
+                    .expect("parent listed");
                 assert!(j < i, "{parent} before {}", e.name);
             }
         }
@@ -211,14 +260,20 @@ mod tests {
         assert!(msg.contains("statically linked"), "{msg}");
         assert!(msg.contains("RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile release-agent -p hearth-agent --target x86_64-unknown-linux-gnu"), "{msg}");
         let source = std::error::Error::source(&err).unwrap().to_string();
-        assert_eq!(source, "dynamically linked (program interpreter /lib/ld.so)");
+        assert_eq!(
+            source,
+            "dynamically linked (program interpreter /lib/ld.so)"
+        );
 
         fs::write(&p, crate::elf::testing::executable(3, &[1])).unwrap();
         let a = read_agent(&p).unwrap();
         assert_eq!(a.sha256.len(), 64);
 
         let missing = read_agent(&dir.path().join("nope")).unwrap_err();
-        assert!(missing.to_string().contains("read the agent binary"), "{missing}");
+        assert!(
+            missing.to_string().contains("read the agent binary"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -247,9 +302,21 @@ mod tests {
         let events = std::cell::RefCell::new(Vec::new());
         let progress = |p: Progress| events.borrow_mut().push(p.status);
         let a = ensure(cache_dir, &agent, &kernel, &progress).unwrap();
-        assert!(matches!(events.borrow()[..], [crate::Status::Started, crate::Status::Info(_), crate::Status::Done { .. }]));
+        assert!(matches!(
+            events.borrow()[..],
+            [
+                crate::Status::Started,
+                crate::Status::Info(_),
+                crate::Status::Done { .. }
+            ]
+        ));
         let back = cpio::read_newc(&fs::read(&a.path).unwrap()).unwrap();
-        let init = back.iter().find(|e| e.name == "init").unwrap().to_entry().unwrap();
+        let init = back
+            .iter()
+            .find(|e| e.name == "init")
+            .unwrap()
+            .to_entry()
+            .unwrap();
         assert_eq!(init.kind, EntryKind::File(agent.bytes.clone()));
         assert_eq!(a.agent_sha256, agent.sha256);
 
@@ -261,6 +328,9 @@ mod tests {
         // A different kernel gives a different initramfs.
         let mut k2 = kernel.clone();
         k2.artifact.key = "other".into();
-        assert_ne!(ensure(cache_dir, &agent, &k2, &progress).unwrap().key, a.key);
+        assert_ne!(
+            ensure(cache_dir, &agent, &k2, &progress).unwrap().key,
+            a.key
+        );
     }
 }

@@ -93,11 +93,18 @@ impl Kernel {
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
     #[error("module {module} not found in the kernel package{}", needed_by.as_ref().map(|n| format!(" (needed by {n})")).unwrap_or_default())]
-    NotFound { module: String, needed_by: Option<String> },
+    NotFound {
+        module: String,
+        needed_by: Option<String>,
+    },
     #[error("module dependency cycle: {}", chain.join(" -> "))]
     Cycle { chain: Vec<String> },
     #[error("{} declares module name {found:?}, expected {expected:?}", path.display())]
-    NameMismatch { path: PathBuf, expected: String, found: String },
+    NameMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
     #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
@@ -105,7 +112,11 @@ pub enum ModuleError {
         source: io::Error,
     },
     #[error("cannot decompress {} with `{command}` (install the tool or use uncompressed modules): {detail}", path.display())]
-    Decompress { path: PathBuf, command: String, detail: String },
+    Decompress {
+        path: PathBuf,
+        command: String,
+        detail: String,
+    },
 }
 
 /// Module name as the kernel knows it: `-` becomes `_`.
@@ -178,7 +189,10 @@ fn module_file_name(file_name: &str) -> Option<(String, Compression)> {
 /// Reads a module file, decompressing `.ko.xz`/`.ko.zst`/`.ko.gz` with the
 /// `xz`/`zstd`/`gzip` tools.
 pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tool = match module_file_name(&file_name).map(|(_, c)| c) {
         Some(Compression::Xz) => "xz",
         Some(Compression::Zstd) => "zstd",
@@ -192,7 +206,7 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
     };
     let mut cmd = Command::new(tool);
     cmd.args(["-d", "-c", "--"]).arg(path);
-    let command = exec::display(&cmd);
+    let command = exec::command_line(&cmd);
     let decompress = |detail: String| ModuleError::Decompress {
         path: path.to_path_buf(),
         command: command.clone(),
@@ -203,7 +217,9 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, ModuleError> {
         .output()
         .map_err(|e| decompress(e.to_string()))?;
     if !out.status.success() {
-        return Err(decompress(exec::tail_of(&String::from_utf8_lossy(&out.stderr))));
+        return Err(decompress(exec::tail_of(&String::from_utf8_lossy(
+            &out.stderr,
+        ))));
     }
     Ok(out.stdout)
 }
@@ -223,8 +239,14 @@ impl ModuleIndex {
         let mut index = ModuleIndex::default();
         let mut pending = vec![release_dir.join("kernel")];
         while let Some(dir) = pending.pop() {
-            let io_err = |source| ModuleError::Io { path: dir.clone(), source };
-            let mut entries: Vec<fs::DirEntry> = fs::read_dir(&dir).map_err(io_err)?.collect::<Result<_, _>>().map_err(io_err)?;
+            let io_err = |source| ModuleError::Io {
+                path: dir.clone(),
+                source,
+            };
+            let mut entries: Vec<fs::DirEntry> = fs::read_dir(&dir)
+                .map_err(io_err)?
+                .collect::<Result<_, _>>()
+                .map_err(io_err)?;
             entries.sort_by_key(|e| e.file_name());
             for e in entries {
                 let ft = e.file_type().map_err(io_err)?;
@@ -252,7 +274,12 @@ impl ModuleIndex {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ModuleError::Io { path: builtin_file, source }),
+            Err(source) => {
+                return Err(ModuleError::Io {
+                    path: builtin_file,
+                    source,
+                })
+            }
         }
         Ok(index)
     }
@@ -289,7 +316,10 @@ enum Mark {
 /// The modules `wanted` and everything they depend on, dependencies first.
 /// Modules built into the kernel are left out. The order is deterministic:
 /// depth-first, in the order of `wanted` and of each `depends=` list.
-pub fn resolve_load_order(index: &ModuleIndex, wanted: &[&str]) -> Result<Vec<ResolvedModule>, ModuleError> {
+pub fn resolve_load_order(
+    index: &ModuleIndex,
+    wanted: &[&str],
+) -> Result<Vec<ResolvedModule>, ModuleError> {
     let mut marks = BTreeMap::new();
     let mut stack = Vec::new();
     let mut out = Vec::new();
@@ -387,17 +417,31 @@ fn control_field(text: &str, field: &str) -> Option<String> {
     value
 }
 
-/// The versioned `linux-image-*` package named in a `Depends:` value.
-fn image_dependency(depends: &str) -> Option<String> {
-    depends
-        .split([',', '|'])
-        .map(|alt| alt.split(['(', ':']).next().unwrap_or("").trim())
-        .find(|p| p.starts_with("linux-image-") && *p != META_PACKAGE)
-        .map(str::to_string)
+/// The versioned `linux-image-*` package named in a `Depends:` value, and
+/// the version it is pinned to with `(= version)`, if it is.
+fn image_dependency(depends: &str) -> Option<(String, Option<String>)> {
+    depends.split([',', '|']).find_map(|alt| {
+        let (name, relation) = match alt.split_once('(') {
+            Some((n, r)) => (n, Some(r.trim_end().trim_end_matches(')').trim())),
+            None => (alt, None),
+        };
+        let name = name.split(':').next().unwrap_or("").trim();
+        if !name.starts_with("linux-image-") || name == META_PACKAGE {
+            return None;
+        }
+        let pinned = relation
+            .and_then(|r| r.strip_prefix('='))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty());
+        Some((name.to_string(), pinned))
+    })
 }
 
 fn apt_show(step: &Step, package: &str) -> Result<String, SetupError> {
-    let out = exec::run(step, host::apt("apt-cache").args(["show", "--no-all-versions", package]))?;
+    let out = exec::run(
+        step,
+        host::apt("apt-cache").args(["show", "--no-all-versions", package]),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -406,12 +450,24 @@ fn apt_show(step: &Step, package: &str) -> Result<String, SetupError> {
 pub(crate) fn resolve_package(step: &Step) -> Result<KernelPackage, SetupError> {
     let meta = apt_show(step, META_PACKAGE)?;
     let depends = control_field(&meta, "Depends").unwrap_or_default();
-    let name = image_dependency(&depends).ok_or_else(|| {
-        SetupError::unexpected(step, format!("{META_PACKAGE} depends on no linux-image package (Depends: {depends:?})"))
+    let (name, pinned) = image_dependency(&depends).ok_or_else(|| {
+        SetupError::unexpected(
+            step,
+            format!("{META_PACKAGE} depends on no linux-image package (Depends: {depends:?})"),
+        )
     })?;
-    let show = apt_show(step, &name)?;
-    let version = control_field(&show, "Version")
-        .ok_or_else(|| SetupError::unexpected(step, format!("apt-cache shows no version for {name}")))?;
+    // The meta-package normally pins the exact version (`(= 6.1.192-3)`):
+    // that saves a second apt-cache run, which costs a second or more on
+    // hosts where apt keeps no binary package cache.
+    let version = match pinned {
+        Some(v) => v,
+        None => {
+            let show = apt_show(step, &name)?;
+            control_field(&show, "Version").ok_or_else(|| {
+                SetupError::unexpected(step, format!("apt-cache shows no version for {name}"))
+            })?
+        }
+    };
     Ok(KernelPackage { name, version })
 }
 
@@ -431,25 +487,50 @@ fn cached(dir: &Path, key: &str) -> Option<Kernel> {
     let kernel = Kernel::from_meta(dir.to_path_buf(), meta);
     let complete = kernel.artifact.key == key
         && kernel.artifact.path.is_file()
-        && kernel.load_order.iter().all(|m| kernel.module_path(m).is_file());
+        && kernel
+            .load_order
+            .iter()
+            .all(|m| kernel.module_path(m).is_file());
     complete.then_some(kernel)
 }
 
 /// Makes sure the kernel artifact for the current candidate package exists.
-pub(crate) fn ensure(cache_dir: &Path, allow_apt_update: bool, progress: &dyn Fn(Progress)) -> Result<Kernel, SetupError> {
+pub(crate) fn ensure(
+    cache_dir: &Path,
+    allow_apt_update: bool,
+    progress: &dyn Fn(Progress),
+) -> Result<Kernel, SetupError> {
     let mut r = Reporter::new(Step::Kernel, progress);
     let mut started = false;
-    let package = match resolve_package(r.step()) {
-        Ok(p) => p,
+    let resolved = match resolve_package(r.step()) {
         Err(SetupError::CommandFailed { .. }) if allow_apt_update => {
             // Most likely the package lists were never fetched.
             r.started();
             started = true;
             r.info("package lists lack the kernel; running apt-get update");
-            host::apt_update(r.step())?;
-            resolve_package(r.step())?
+            host::apt_update(r.step()).and_then(|()| resolve_package(r.step()))
         }
-        Err(e) => return Err(e),
+        other => other,
+    };
+    let package = match resolved {
+        Ok(p) => p,
+        Err(e) => {
+            // Offline, or apt lists cleaned: a kernel already in the cache
+            // is better than no kernel.
+            let Some(k) = newest_cached(cache_dir) else {
+                return Err(e);
+            };
+            r.info(format!(
+                "cannot resolve {META_PACKAGE} ({e}); using cached {} {}",
+                k.artifact.package, k.artifact.package_version
+            ));
+            if started {
+                r.done();
+            } else {
+                r.cached();
+            }
+            return Ok(k);
+        }
     };
     let key = key(&package, GUEST_MODULES);
     let dir = cache_dir.join("kernel").join(&key);
@@ -466,17 +547,49 @@ pub(crate) fn ensure(cache_dir: &Path, allow_apt_update: bool, progress: &dyn Fn
     }
     r.info(format!("{} {}", package.name, package.version));
     build(&dir, &package, &key, &r)?;
-    let k = cached(&dir, &key)
-        .ok_or_else(|| SetupError::unexpected(r.step(), format!("{} is incomplete after publishing", dir.display())))?;
+    let k = cached(&dir, &key).ok_or_else(|| {
+        SetupError::unexpected(
+            r.step(),
+            format!("{} is incomplete after publishing", dir.display()),
+        )
+    })?;
     r.done();
     Ok(k)
+}
+
+/// The most recently built complete kernel artifact of the current recipe
+/// and module list, if any.
+fn newest_cached(cache_dir: &Path) -> Option<Kernel> {
+    let entries = fs::read_dir(cache_dir.join("kernel")).ok()?;
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let dir = e.path();
+            let meta: KernelMeta = cache::load_meta(&dir, META_FILE)?;
+            let package = KernelPackage {
+                name: meta.package,
+                version: meta.version,
+            };
+            let key = key(&package, GUEST_MODULES);
+            if e.file_name().to_str() != Some(key.as_str()) {
+                return None;
+            }
+            let built = fs::metadata(dir.join(META_FILE))
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((built, cached(&dir, &key)?))
+        })
+        .max_by_key(|(built, _)| *built)
+        .map(|(_, k)| k)
 }
 
 /// The single `lib/modules/<release>` directory of an unpacked package.
 fn find_release(step: &Step, root: &Path) -> Result<(String, PathBuf), SetupError> {
     let mut found = Vec::new();
     for base in [root.join("lib/modules"), root.join("usr/lib/modules")] {
-        let Ok(entries) = fs::read_dir(&base) else { continue };
+        let Ok(entries) = fs::read_dir(&base) else {
+            continue;
+        };
         for e in entries.flatten() {
             if e.path().join("kernel").is_dir() {
                 found.push((e.file_name().to_string_lossy().into_owned(), e.path()));
@@ -502,7 +615,11 @@ fn find_vmlinuz(step: &Step, root: &Path, release: &str) -> Result<PathBuf, Setu
         .map_err(SetupError::io(step, "list", &boot))?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")) && p.is_file())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                && p.is_file()
+        })
         .collect();
     candidates.sort();
     candidates
@@ -511,7 +628,12 @@ fn find_vmlinuz(step: &Step, root: &Path, release: &str) -> Result<PathBuf, Setu
         .ok_or_else(|| SetupError::unexpected(step, "the kernel package has no boot/vmlinuz-*"))
 }
 
-fn build(dir: &Path, package: &KernelPackage, key: &str, r: &Reporter<'_>) -> Result<(), SetupError> {
+fn build(
+    dir: &Path,
+    package: &KernelPackage,
+    key: &str,
+    r: &Reporter<'_>,
+) -> Result<(), SetupError> {
     let step = r.step();
     let staging = Staging::begin(step, dir)?;
     let work = staging.path().join("work");
@@ -531,7 +653,14 @@ fn build(dir: &Path, package: &KernelPackage, key: &str, r: &Reporter<'_>) -> Re
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
         .collect();
     let [deb] = debs.as_slice() else {
-        return Err(SetupError::unexpected(step, format!("apt-get download left {} .deb files in {}", debs.len(), work.display())));
+        return Err(SetupError::unexpected(
+            step,
+            format!(
+                "apt-get download left {} .deb files in {}",
+                debs.len(),
+                work.display()
+            ),
+        ));
     };
     let size = fs::metadata(deb).map(|m| m.len()).unwrap_or(0);
     r.info(format!("downloaded {:.1} MB", size as f64 / 1e6));
@@ -545,7 +674,8 @@ fn build(dir: &Path, package: &KernelPackage, key: &str, r: &Reporter<'_>) -> Re
     cache::sync_file(&dest).map_err(SetupError::io(step, "sync", &dest))?;
 
     let index = ModuleIndex::scan(&release_dir).map_err(|source| SetupError::Modules { source })?;
-    let modules = resolve_load_order(&index, GUEST_MODULES).map_err(|source| SetupError::Modules { source })?;
+    let modules = resolve_load_order(&index, GUEST_MODULES)
+        .map_err(|source| SetupError::Modules { source })?;
     let modules_dir = staging.path().join("modules");
     fs::create_dir(&modules_dir).map_err(SetupError::io(step, "create directory", &modules_dir))?;
     for m in &modules {
@@ -553,7 +683,11 @@ fn build(dir: &Path, package: &KernelPackage, key: &str, r: &Reporter<'_>) -> Re
         cache::write_synced(&p, &m.bytes).map_err(SetupError::io(step, "write", &p))?;
     }
     let load_order: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
-    r.info(format!("release {release}; {} module files; load order {}", index.len(), load_order.join(" ")));
+    r.info(format!(
+        "release {release}; {} module files; load order {}",
+        index.len(),
+        load_order.join(" ")
+    ));
 
     cache::remove_tree(step, &work)?;
     let meta = KernelMeta {
@@ -579,7 +713,10 @@ mod tests {
     /// Bytes that look like a module: junk, then NUL-separated modinfo strings.
     fn fake_ko(name: &str, depends: &str) -> Vec<u8> {
         let mut b = b"\x7fELF-not-really\0\x01\x02license=GPL\0".to_vec();
-        b.extend_from_slice(format!("depends={depends}\0retpoline=Y\0intree=Y\0name={name}\0vermagic=6.1.0 SMP\0").as_bytes());
+        b.extend_from_slice(
+            format!("depends={depends}\0retpoline=Y\0intree=Y\0name={name}\0vermagic=6.1.0 SMP\0")
+                .as_bytes(),
+        );
         b.extend_from_slice(b"\0\0trailing junk");
         b
     }
@@ -588,6 +725,7 @@ mod tests {
     fn tree(mods: &[(&str, &str, &str)], builtin: &[&str]) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let rel = dir.path().join("lib/modules/6.1.0-test");
+        fs::create_dir_all(rel.join("kernel")).unwrap();
         for (path, name, deps) in mods {
             let p = rel.join("kernel").join(path);
             fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -607,12 +745,36 @@ mod tests {
             &[
                 ("drivers/virtio/virtio.ko", "virtio", "virtio_ring"),
                 ("drivers/virtio/virtio_ring.ko", "virtio_ring", ""),
-                ("drivers/virtio/virtio_mmio.ko", "virtio_mmio", "virtio,virtio_ring"),
-                ("drivers/virtio/virtio_balloon.ko", "virtio_balloon", "virtio,virtio_ring"),
-                ("drivers/block/virtio_blk.ko", "virtio_blk", "virtio,virtio_ring"),
-                ("drivers/char/virtio_console.ko", "virtio_console", "virtio,virtio_ring"),
-                ("drivers/char/hw_random/virtio-rng.ko", "virtio_rng", "virtio,virtio_ring"),
-                ("drivers/net/virtio_net.ko", "virtio_net", "virtio_ring,virtio,net_failover"),
+                (
+                    "drivers/virtio/virtio_mmio.ko",
+                    "virtio_mmio",
+                    "virtio,virtio_ring",
+                ),
+                (
+                    "drivers/virtio/virtio_balloon.ko",
+                    "virtio_balloon",
+                    "virtio,virtio_ring",
+                ),
+                (
+                    "drivers/block/virtio_blk.ko",
+                    "virtio_blk",
+                    "virtio,virtio_ring",
+                ),
+                (
+                    "drivers/char/virtio_console.ko",
+                    "virtio_console",
+                    "virtio,virtio_ring",
+                ),
+                (
+                    "drivers/char/hw_random/virtio-rng.ko",
+                    "virtio_rng",
+                    "virtio,virtio_ring",
+                ),
+                (
+                    "drivers/net/virtio_net.ko",
+                    "virtio_net",
+                    "virtio_ring,virtio,net_failover",
+                ),
                 ("drivers/net/net_failover.ko", "net_failover", "failover"),
                 ("net/core/failover.ko", "failover", ""),
                 ("fs/overlayfs/overlay.ko", "overlay", ""),
@@ -635,7 +797,10 @@ mod tests {
     fn modinfo_from_elf_section_ignores_strings_elsewhere() {
         let ko = crate::elf::testing::object(&[
             (".rodata", b"\0depends=decoy\0name=decoy\0"),
-            (".modinfo", b"license=GPL\0depends=virtio\0name=virtio_mmio\0"),
+            (
+                ".modinfo",
+                b"license=GPL\0depends=virtio\0name=virtio_mmio\0",
+            ),
         ]);
         let info = parse_modinfo(&ko);
         assert_eq!(info.name.as_deref(), Some("virtio_mmio"));
@@ -644,9 +809,18 @@ mod tests {
 
     #[test]
     fn module_file_names() {
-        assert_eq!(module_file_name("virtio-rng.ko"), Some(("virtio_rng".into(), Compression::None)));
-        assert_eq!(module_file_name("overlay.ko.xz"), Some(("overlay".into(), Compression::Xz)));
-        assert_eq!(module_file_name("overlay.ko.zst"), Some(("overlay".into(), Compression::Zstd)));
+        assert_eq!(
+            module_file_name("virtio-rng.ko"),
+            Some(("virtio_rng".into(), Compression::None))
+        );
+        assert_eq!(
+            module_file_name("overlay.ko.xz"),
+            Some(("overlay".into(), Compression::Xz))
+        );
+        assert_eq!(
+            module_file_name("overlay.ko.zst"),
+            Some(("overlay".into(), Compression::Zstd))
+        );
         assert_eq!(module_file_name("modules.order"), None);
         assert_eq!(module_file_name(".ko"), None);
     }
@@ -656,7 +830,10 @@ mod tests {
         let (_d, rel) = debian_like();
         let index = ModuleIndex::scan(&rel).unwrap();
         assert_eq!(index.len(), 11);
-        assert!(index.path("virtio-rng").unwrap().ends_with("hw_random/virtio-rng.ko"));
+        assert!(index
+            .path("virtio-rng")
+            .unwrap()
+            .ends_with("hw_random/virtio-rng.ko"));
         let order = resolve_load_order(&index, GUEST_MODULES).unwrap();
         assert_eq!(
             names(&order),
@@ -680,7 +857,10 @@ mod tests {
                 assert!(j < i, "{dep} must load before {}", m.name);
             }
         }
-        assert_eq!(order[5].bytes, fs::read(index.path("virtio_rng").unwrap()).unwrap());
+        assert_eq!(
+            order[5].bytes,
+            fs::read(index.path("virtio_rng").unwrap()).unwrap()
+        );
     }
 
     #[test]
@@ -699,14 +879,23 @@ mod tests {
         let (_d, rel) = tree(&[("a.ko", "a", "ghost")], &[]);
         let index = ModuleIndex::scan(&rel).unwrap();
         let err = resolve_load_order(&index, &["a"]).unwrap_err();
-        assert_eq!(err.to_string(), "module ghost not found in the kernel package (needed by a)");
+        assert_eq!(
+            err.to_string(),
+            "module ghost not found in the kernel package (needed by a)"
+        );
         let err = resolve_load_order(&index, &["nope"]).unwrap_err();
-        assert_eq!(err.to_string(), "module nope not found in the kernel package");
+        assert_eq!(
+            err.to_string(),
+            "module nope not found in the kernel package"
+        );
     }
 
     #[test]
     fn cycles_are_reported() {
-        let (_d, rel) = tree(&[("a.ko", "a", "b"), ("b.ko", "b", "c"), ("c.ko", "c", "a")], &[]);
+        let (_d, rel) = tree(
+            &[("a.ko", "a", "b"), ("b.ko", "b", "c"), ("c.ko", "c", "a")],
+            &[],
+        );
         let index = ModuleIndex::scan(&rel).unwrap();
         let err = resolve_load_order(&index, &["a"]).unwrap_err();
         assert_eq!(err.to_string(), "module dependency cycle: a -> b -> c -> a");
@@ -716,12 +905,20 @@ mod tests {
     fn name_mismatch_is_reported() {
         let (_d, rel) = tree(&[("a.ko", "not_a", "")], &[]);
         let index = ModuleIndex::scan(&rel).unwrap();
-        assert!(matches!(resolve_load_order(&index, &["a"]), Err(ModuleError::NameMismatch { .. })));
+        assert!(matches!(
+            resolve_load_order(&index, &["a"]),
+            Err(ModuleError::NameMismatch { .. })
+        ));
     }
 
     #[test]
     fn compressed_modules_are_decompressed() {
-        let has = |tool: &str| Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        let has = |tool: &str| {
+            Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
         for (tool, ext) in [("xz", "xz"), ("zstd", "zst"), ("gzip", "gz")] {
             if !has(tool) {
                 continue;
@@ -770,10 +967,29 @@ mod tests {
             Some("Linux for x86-64 cloud This package depends on the latest")
         );
         let deps = control_field(show, "Depends").unwrap();
-        assert_eq!(image_dependency(&deps).as_deref(), Some("linux-image-6.1.0-57-cloud-amd64"));
         assert_eq!(
-            image_dependency("kmod, linux-image-6.1.0-9-cloud-amd64-unsigned:amd64 (= 1) | linux-image-x"),
-            Some("linux-image-6.1.0-9-cloud-amd64-unsigned".into())
+            image_dependency(&deps),
+            Some((
+                "linux-image-6.1.0-57-cloud-amd64".into(),
+                Some("6.1.192-3".into())
+            ))
+        );
+        assert_eq!(
+            image_dependency(
+                "kmod, linux-image-6.1.0-9-cloud-amd64-unsigned:amd64 (= 1) | linux-image-x"
+            ),
+            Some((
+                "linux-image-6.1.0-9-cloud-amd64-unsigned".into(),
+                Some("1".into())
+            ))
+        );
+        assert_eq!(
+            image_dependency("linux-image-6.1.0-9-cloud-amd64 (>= 6.1)"),
+            Some(("linux-image-6.1.0-9-cloud-amd64".into(), None))
+        );
+        assert_eq!(
+            image_dependency("linux-image-6.1.0-9-cloud-amd64"),
+            Some(("linux-image-6.1.0-9-cloud-amd64".into(), None))
         );
         assert_eq!(image_dependency("kmod, linux-base"), None);
     }
@@ -795,6 +1011,42 @@ mod tests {
     }
 
     #[test]
+    fn newest_complete_cached_kernel_is_the_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(newest_cached(dir.path()).is_none());
+        let make = |version: &str, key_override: Option<&str>, complete: bool| {
+            let p = KernelPackage {
+                name: "linux-image-6.1.0-57-cloud-amd64".into(),
+                version: version.into(),
+            };
+            let k = key_override
+                .map(str::to_string)
+                .unwrap_or_else(|| key(&p, GUEST_MODULES));
+            let kdir = dir.path().join("kernel").join(&k);
+            fs::create_dir_all(kdir.join("modules")).unwrap();
+            if complete {
+                fs::write(kdir.join("vmlinuz"), b"bz").unwrap();
+            }
+            let meta = KernelMeta {
+                key: k,
+                release: "6.1.0-57-cloud-amd64".into(),
+                package: p.name,
+                version: p.version,
+                load_order: vec![],
+                recipe_version: RECIPE_VERSION,
+            };
+            fs::write(kdir.join(META_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        make("1", None, true);
+        make("2", None, true);
+        make("3", None, false); // incomplete
+        make("4", Some("not-its-key"), true); // other recipe or module list
+        let k = newest_cached(dir.path()).unwrap();
+        assert_eq!(k.artifact.package_version, "2");
+    }
+
+    #[test]
     fn kernel_meta_round_trip() {
         let meta = KernelMeta {
             key: "k".into(),
@@ -805,8 +1057,15 @@ mod tests {
             recipe_version: RECIPE_VERSION,
         };
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(META_FILE), serde_json::to_vec(&meta).unwrap()).unwrap();
-        assert_eq!(cache::load_meta::<KernelMeta>(dir.path(), META_FILE), Some(meta.clone()));
+        fs::write(
+            dir.path().join(META_FILE),
+            serde_json::to_vec(&meta).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cache::load_meta::<KernelMeta>(dir.path(), META_FILE),
+            Some(meta.clone())
+        );
         // Not complete without its files.
         assert!(cached(dir.path(), "k").is_none());
         fs::write(dir.path().join("vmlinuz"), b"bz").unwrap();

@@ -64,8 +64,9 @@ pub enum Step {
     Initramfs,
     /// Building the named managed base image.
     Image(String),
-    /// Writing the manifest (and other cache housekeeping).
-    Manifest,
+    /// Cache housekeeping: creating the layout, removing stale staging
+    /// directories, writing the manifest.
+    Cache,
 }
 
 impl fmt::Display for Step {
@@ -75,7 +76,7 @@ impl fmt::Display for Step {
             Step::Kernel => f.write_str("kernel"),
             Step::Initramfs => f.write_str("initramfs"),
             Step::Image(name) => write!(f, "image {name}"),
-            Step::Manifest => f.write_str("manifest"),
+            Step::Cache => f.write_str("cache"),
         }
     }
 }
@@ -83,7 +84,9 @@ impl fmt::Display for Step {
 /// What happened to a step.
 ///
 /// A step reports either `Cached`, or `Started`, any number of `Info`, then
-/// `Done` (or nothing more if it fails: the error names the step).
+/// `Done` (or nothing more if it fails: the error names the step). An `Info`
+/// can also precede `Cached` (e.g. the kernel could not be resolved offline
+/// and the cached one is used).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     /// Work on the step begins (it was not cached).
@@ -190,7 +193,7 @@ impl<'a> Reporter<'a> {
 /// checked before any work starts.
 pub fn setup(opts: &SetupOptions, progress: &dyn Fn(Progress)) -> Result<Manifest, SetupError> {
     let cache = std::path::absolute(&opts.cache_dir).map_err(|source| SetupError::Io {
-        step: Step::Manifest,
+        step: Step::Cache,
         action: "resolve cache directory",
         path: opts.cache_dir.clone(),
         source,
@@ -230,7 +233,7 @@ pub fn setup(opts: &SetupOptions, progress: &dyn Fn(Progress)) -> Result<Manifes
     let manifest = Manifest {
         version: manifest::MANIFEST_VERSION,
         cache_dir: cache.clone(),
-        kernel,
+        kernel: kernel.artifact,
         initramfs,
         images,
     };

@@ -1,0 +1,248 @@
+//! Post-restore duties and other whole-system effects.
+//!
+//! [`SystemOps`] is the seam between protocol handling and the kernel:
+//! [`RealSystem`] sets the wall clock, feeds and reseeds the kernel RNG,
+//! sets the hostname and machine id, and syncs filesystems; host tests pass a
+//! fake so they can exercise validation without touching the host. All of it
+//! runs inline on the reader thread.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use hearth_proto::{
+    valid_hostname, valid_machine_id, AgentError, RestoreRequest, RESTORE_ENTROPY_BYTES,
+};
+
+use crate::agent_log;
+use crate::errors::{invalid, io_error};
+
+/// `_IOW('R', 0x03, int[2])`: add entropy, crediting `entropy_count` bits.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IO('R', 0x07)`: reseed the CRNG from the input pool now.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Whole-system effects used by the agent.
+pub trait SystemOps: Send + Sync {
+    /// Set CLOCK_REALTIME.
+    fn set_wall_clock(&self, unix_time_ns: u64) -> io::Result<()>;
+    /// Mix `entropy` into the kernel pool (credited) and reseed the CRNG.
+    fn add_entropy(&self, entropy: &[u8]) -> io::Result<()>;
+    /// Set the kernel hostname (and `/etc/hostname`, best effort).
+    fn set_hostname(&self, hostname: &str) -> io::Result<()>;
+    /// Write `/etc/machine-id` (a read-only filesystem is only a warning).
+    fn set_machine_id(&self, machine_id: &str) -> io::Result<()>;
+    /// `sync()`, then optionally drop the page cache.
+    fn quiesce_filesystems(&self, drop_caches: bool) -> io::Result<()>;
+}
+
+/// Validate a `Restore` request and apply it through `system`.
+pub(crate) fn apply(system: &dyn SystemOps, req: &RestoreRequest) -> Result<(), AgentError> {
+    if req.entropy.len() != RESTORE_ENTROPY_BYTES {
+        return Err(invalid(format_args!(
+            "restore entropy is {} bytes, expected exactly {RESTORE_ENTROPY_BYTES}",
+            req.entropy.len()
+        )));
+    }
+    if req.unix_time_ns == 0 || req.unix_time_ns > i64::MAX as u64 {
+        return Err(invalid(format_args!(
+            "restore time {} ns is not a valid wall clock",
+            req.unix_time_ns
+        )));
+    }
+    if let Some(name) = &req.hostname {
+        if !valid_hostname(name) {
+            return Err(invalid(format_args!("hostname {name:?} is not valid")));
+        }
+    }
+    if let Some(id) = &req.machine_id {
+        if !valid_machine_id(id) {
+            return Err(invalid(format_args!(
+                "machine id {id:?} is not 32 lowercase hex digits"
+            )));
+        }
+    }
+    system
+        .set_wall_clock(req.unix_time_ns)
+        .map_err(|e| io_error("set the wall clock (clock_settime)", &e))?;
+    system
+        .add_entropy(&req.entropy)
+        .map_err(|e| io_error("add entropy to the kernel RNG", &e))?;
+    if let Some(name) = &req.hostname {
+        system
+            .set_hostname(name)
+            .map_err(|e| io_error(format_args!("set hostname {name}"), &e))?;
+    }
+    if let Some(id) = &req.machine_id {
+        system
+            .set_machine_id(id)
+            .map_err(|e| io_error("write /etc/machine-id", &e))?;
+    }
+    Ok(())
+}
+
+/// The real kernel.
+pub struct RealSystem;
+
+/// Write a small identity file; a read-only or missing `/etc` is a warning.
+fn write_identity_file(path: &str, contents: &str) -> io::Result<()> {
+    match std::fs::write(path, contents) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::ENOENT)) => {
+            agent_log!("warning: cannot write {path}: {e}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl SystemOps for RealSystem {
+    fn set_wall_clock(&self, unix_time_ns: u64) -> io::Result<()> {
+        let ts = libc::timespec {
+            tv_sec: (unix_time_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (unix_time_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: clock_settime only reads the timespec we pass.
+        if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn add_entropy(&self, entropy: &[u8]) -> io::Result<()> {
+        // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+        // built in u32 words so the ioctl sees an aligned struct.
+        let words = entropy.len().div_ceil(4);
+        let mut info = vec![0u32; 2 + words];
+        info[0] = (entropy.len() * 8) as u32;
+        info[1] = entropy.len() as u32;
+        for (i, chunk) in entropy.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            info[2 + i] = u32::from_ne_bytes(word);
+        }
+        let urandom = OpenOptions::new().write(true).open("/dev/urandom")?;
+        // SAFETY: RNDADDENTROPY reads a rand_pool_info of 8 + buf_size bytes
+        // from the pointer; `info` holds exactly that, u32-aligned.
+        if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("RNDADDENTROPY: {e}")));
+        }
+        // SAFETY: RNDRESEEDCRNG takes no argument and touches no user memory.
+        if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("RNDRESEEDCRNG: {e}")));
+        }
+        Ok(())
+    }
+
+    fn set_hostname(&self, hostname: &str) -> io::Result<()> {
+        // SAFETY: sethostname reads exactly `len` bytes from the pointer.
+        if unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        write_identity_file("/etc/hostname", &format!("{hostname}\n"))
+    }
+
+    fn set_machine_id(&self, machine_id: &str) -> io::Result<()> {
+        write_identity_file("/etc/machine-id", &format!("{machine_id}\n"))
+    }
+
+    fn quiesce_filesystems(&self, drop_caches: bool) -> io::Result<()> {
+        // SAFETY: sync has no arguments and no memory effects.
+        unsafe { libc::sync() };
+        if drop_caches {
+            std::fs::write("/proc/sys/vm/drop_caches", "3")
+                .map_err(|e| io::Error::new(e.kind(), format!("drop caches: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_proto::AgentErrorKind;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+    impl SystemOps for Recorder {
+        fn set_wall_clock(&self, ns: u64) -> io::Result<()> {
+            self.0.lock().unwrap().push(format!("clock {ns}"));
+            Ok(())
+        }
+        fn add_entropy(&self, e: &[u8]) -> io::Result<()> {
+            self.0.lock().unwrap().push(format!("entropy {}", e.len()));
+            Err(io::Error::from_raw_os_error(libc::ENOTTY))
+        }
+        fn set_hostname(&self, h: &str) -> io::Result<()> {
+            self.0.lock().unwrap().push(format!("hostname {h}"));
+            Ok(())
+        }
+        fn set_machine_id(&self, m: &str) -> io::Result<()> {
+            self.0.lock().unwrap().push(format!("machine-id {m}"));
+            Ok(())
+        }
+        fn quiesce_filesystems(&self, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn good() -> RestoreRequest {
+        RestoreRequest {
+            unix_time_ns: 1_700_000_000_000_000_000,
+            entropy: vec![7; RESTORE_ENTROPY_BYTES],
+            hostname: Some("vm-1".into()),
+            machine_id: Some("0123456789abcdef0123456789abcdef".into()),
+        }
+    }
+
+    #[test]
+    fn invalid_requests_touch_nothing() {
+        let cases = [
+            RestoreRequest {
+                entropy: vec![1; RESTORE_ENTROPY_BYTES - 1],
+                ..good()
+            },
+            RestoreRequest {
+                entropy: vec![1; RESTORE_ENTROPY_BYTES + 1],
+                ..good()
+            },
+            RestoreRequest {
+                unix_time_ns: 0,
+                ..good()
+            },
+            RestoreRequest {
+                unix_time_ns: u64::MAX,
+                ..good()
+            },
+            RestoreRequest {
+                hostname: Some("bad.name".into()),
+                ..good()
+            },
+            RestoreRequest {
+                machine_id: Some("0".repeat(32)),
+                ..good()
+            },
+        ];
+        for req in cases {
+            let rec = Recorder::default();
+            let e = apply(&rec, &req).unwrap_err();
+            assert_eq!(e.kind, AgentErrorKind::InvalidRequest, "{req:?}");
+            assert!(rec.0.lock().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn entropy_failure_is_an_error_and_stops_the_restore() {
+        let rec = Recorder::default();
+        let e = apply(&rec, &good()).unwrap_err();
+        assert_eq!(e.kind, AgentErrorKind::Io);
+        assert!(e.message.contains("entropy"), "{}", e.message);
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            ["clock 1700000000000000000", "entropy 64"]
+        );
+    }
+}
