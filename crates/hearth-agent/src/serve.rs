@@ -212,7 +212,7 @@ fn read_loop<R: Read>(reader: &mut R, ctx: &Arc<Ctx>, eof_is_final: bool) -> io:
         }
         decoder.push(&buf[..n]);
         loop {
-            match decoder.next::<HostMessage>() {
+            match decoder.decode_next::<HostMessage>() {
                 Ok(Some(msg)) => {
                     in_header = true;
                     header.clear();

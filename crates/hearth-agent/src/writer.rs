@@ -222,7 +222,7 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&lock(&sink.0));
         let mut out = Vec::new();
-        while let Some(m) = dec.next().unwrap() {
+        while let Some(m) = dec.decode_next().unwrap() {
             out.push(m);
         }
         out
@@ -288,7 +288,7 @@ mod tests {
         .unwrap();
         let mut dec = FrameDecoder::new();
         dec.push(&frame);
-        match dec.next::<GuestMessage>().unwrap().unwrap() {
+        match dec.decode_next::<GuestMessage>().unwrap().unwrap() {
             GuestMessage::Response {
                 id: 4,
                 body: Err(e),

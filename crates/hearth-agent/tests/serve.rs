@@ -105,7 +105,7 @@ impl Host {
         loop {
             if let Some(msg) = self
                 .decoder
-                .next::<GuestMessage>()
+                .decode_next::<GuestMessage>()
                 .expect("agent sent a bad frame")
             {
                 return Some(msg);

@@ -332,7 +332,7 @@ impl FrameDecoder {
     }
 
     /// How many more bytes the decoder can take before it must be drained
-    /// with [`FrameDecoder::next`]; callers read at most this much.
+    /// with [`FrameDecoder::decode_next`]; callers read at most this much.
     pub fn room(&self) -> usize {
         match self.want {
             None => HEADER_LEN - self.buf.len().min(HEADER_LEN),
@@ -347,7 +347,7 @@ impl FrameDecoder {
     }
 
     /// Take out the next whole message, if one is buffered.
-    pub fn next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn decode_next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
         if self.want.is_none() {
             if self.buf.len() < HEADER_LEN {
                 return Ok(None);
@@ -402,7 +402,7 @@ mod tests {
         let frame = encode_frame(msg).unwrap();
         let mut dec = FrameDecoder::new();
         dec.push(&frame);
-        dec.next().unwrap().unwrap()
+        dec.decode_next().unwrap().unwrap()
     }
 
     #[test]
@@ -481,7 +481,7 @@ mod tests {
         let mut got = Vec::new();
         for byte in all {
             dec.push(&[byte]);
-            while let Some(m) = dec.next::<HostMessage>().unwrap() {
+            while let Some(m) = dec.decode_next::<HostMessage>().unwrap() {
                 got.push(m);
             }
         }
@@ -503,7 +503,7 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(&header);
         assert!(matches!(
-            dec.next::<GuestMessage>(),
+            dec.decode_next::<GuestMessage>(),
             Err(FrameError::TooLarge { .. })
         ));
     }
@@ -513,13 +513,13 @@ mod tests {
         let mut dec = FrameDecoder::new();
         dec.push(b"GET / HTTP/1.1\r\n");
         assert!(matches!(
-            dec.next::<GuestMessage>(),
+            dec.decode_next::<GuestMessage>(),
             Err(FrameError::BadMagic { .. })
         ));
         let mut dec = FrameDecoder::new();
         dec.push(&[b'H', b'R', 9, 0, 0, 0, 0, 0]);
         assert_eq!(
-            dec.next::<GuestMessage>(),
+            dec.decode_next::<GuestMessage>(),
             Err(FrameError::BadVersion { found: 9 })
         );
     }
@@ -530,7 +530,7 @@ mod tests {
         assert_eq!(dec.room(), HEADER_LEN);
         let f = encode_frame(&GuestMessage::StreamEof { stream: 5 }).unwrap();
         dec.push(&f[..HEADER_LEN]);
-        assert_eq!(dec.next::<GuestMessage>().unwrap(), None);
+        assert_eq!(dec.decode_next::<GuestMessage>().unwrap(), None);
         assert_eq!(dec.room(), f.len() - HEADER_LEN);
     }
 
@@ -554,7 +554,7 @@ mod tests {
             for c in chunks {
                 dec.push(&c);
                 loop {
-                    match dec.next::<GuestMessage>() {
+                    match dec.decode_next::<GuestMessage>() {
                         Ok(Some(_)) => continue,
                         Ok(None) => break,
                         Err(_) => return Ok(()),

@@ -28,7 +28,9 @@ impl FromStr for AccelChoice {
             "auto" => Ok(Self::Auto),
             "kvm" => Ok(Self::Kvm),
             "tcg" => Ok(Self::Tcg),
-            other => Err(format!("unknown accelerator {other:?}: expected auto, kvm or tcg")),
+            other => Err(format!(
+                "unknown accelerator {other:?}: expected auto, kvm or tcg"
+            )),
         }
     }
 }
@@ -87,7 +89,10 @@ impl HostKvmFacts {
             || std::fs::read_to_string("/proc/modules")
                 .map(|m| m.lines().any(|l| l.starts_with("kvm_pvm ")))
                 .unwrap_or(false);
-        Self { dev_kvm_usable, kvm_pvm_loaded }
+        Self {
+            dev_kvm_usable,
+            kvm_pvm_loaded,
+        }
     }
 }
 
@@ -125,9 +130,18 @@ pub fn decide(choice: AccelChoice, facts: HostKvmFacts) -> AccelDecision {
 mod tests {
     use super::*;
 
-    const PVM: HostKvmFacts = HostKvmFacts { dev_kvm_usable: true, kvm_pvm_loaded: true };
-    const KVM: HostKvmFacts = HostKvmFacts { dev_kvm_usable: true, kvm_pvm_loaded: false };
-    const NONE: HostKvmFacts = HostKvmFacts { dev_kvm_usable: false, kvm_pvm_loaded: false };
+    const PVM: HostKvmFacts = HostKvmFacts {
+        dev_kvm_usable: true,
+        kvm_pvm_loaded: true,
+    };
+    const KVM: HostKvmFacts = HostKvmFacts {
+        dev_kvm_usable: true,
+        kvm_pvm_loaded: false,
+    };
+    const NONE: HostKvmFacts = HostKvmFacts {
+        dev_kvm_usable: false,
+        kvm_pvm_loaded: false,
+    };
 
     #[test]
     fn auto_picks_kvm_only_on_standard_kvm() {

@@ -77,12 +77,22 @@ enum Gate {
 /// An event on an exec or TCP stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
-    Output { fd: OutputFd, data: Vec<u8> },
-    Started { pid: u32 },
-    Exited { status: ExitStatus, restarting: bool },
+    Output {
+        fd: OutputFd,
+        data: Vec<u8>,
+    },
+    Started {
+        pid: u32,
+    },
+    Exited {
+        status: ExitStatus,
+        restarting: bool,
+    },
     Data(Vec<u8>),
     Eof,
-    Closed { reason: Option<String> },
+    Closed {
+        reason: Option<String>,
+    },
 }
 
 struct Shared {
@@ -158,7 +168,7 @@ impl AgentClient {
             let mut buf = vec![0u8; 64 * 1024];
             let end = loop {
                 // Decode everything buffered first.
-                let msg = match dec.next::<GuestMessage>() {
+                let msg = match dec.decode_next::<GuestMessage>() {
                     Ok(Some(m)) => Some(m),
                     Ok(None) => None,
                     Err(e) => break ChannelHealth::Failed(format!("protocol violation: {e}")),
@@ -224,10 +234,12 @@ impl AgentClient {
                 }
             }
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| AgentClientError::Timeout {
-            what: "hello".into(),
-            timeout_ms: timeout.as_millis() as u64,
-        })?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| AgentClientError::Timeout {
+                what: "hello".into(),
+                timeout_ms: timeout.as_millis() as u64,
+            })?
     }
 
     async fn wait_gate_open(&self) -> Result<(), AgentClientError> {
@@ -299,7 +311,10 @@ impl AgentClient {
                 Ok(Ok(resp)) => Ok((id, resp)),
                 Ok(Err(source)) => {
                     self.shared.forget(id);
-                    Err(AgentClientError::Agent { what: what.into(), source })
+                    Err(AgentClientError::Agent {
+                        what: what.into(),
+                        source,
+                    })
                 }
                 Err(_) => Err(match self.health() {
                     ChannelHealth::Failed(r) => AgentClientError::ChannelFailed(r),
@@ -307,26 +322,43 @@ impl AgentClient {
                 }),
             }
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| AgentClientError::Timeout {
-            what: what.into(),
-            timeout_ms: timeout.as_millis() as u64,
-        })?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| AgentClientError::Timeout {
+                what: what.into(),
+                timeout_ms: timeout.as_millis() as u64,
+            })?
     }
 
     /// Round trip a ping.
     pub async fn ping(&self, timeout: Duration) -> Result<(), AgentClientError> {
         let nonce = rand::random();
-        match self.request_inner(Request::Ping { nonce }, timeout, false, None).await? {
+        match self
+            .request_inner(Request::Ping { nonce }, timeout, false, None)
+            .await?
+        {
             (_, Response::Pong { nonce: n }) if n == nonce => Ok(()),
             (_, other) => Err(unexpected("ping", &other)),
         }
     }
 
     /// Start a process; its events arrive on the returned [`Process`].
-    pub async fn exec(&self, req: ExecRequest, timeout: Duration) -> Result<Process, AgentClientError> {
+    pub async fn exec(
+        &self,
+        req: ExecRequest,
+        timeout: Duration,
+    ) -> Result<Process, AgentClientError> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_DEPTH);
-        match self.request_inner(Request::Exec(req), timeout, false, Some(tx)).await? {
-            (id, Response::Exec { pid }) => Ok(Process { pid, stream: id, events: rx, client: self.clone() }),
+        match self
+            .request_inner(Request::Exec(req), timeout, false, Some(tx))
+            .await?
+        {
+            (id, Response::Exec { pid }) => Ok(Process {
+                pid,
+                stream: id,
+                events: rx,
+                client: self.clone(),
+            }),
             (id, other) => {
                 self.shared.forget(id);
                 Err(unexpected("exec", &other))
@@ -336,15 +368,20 @@ impl AgentClient {
 
     /// Run a command to completion and collect its output (capped).
     pub async fn run(&self, argv: &[&str], timeout: Duration) -> Result<Output, AgentClientError> {
-        let req = ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let req = ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         let fut = async {
             let mut p = self.exec(req, timeout).await?;
             p.wait_output().await
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| AgentClientError::Timeout {
-            what: format!("run {}", argv.first().unwrap_or(&"")),
-            timeout_ms: timeout.as_millis() as u64,
-        })?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| AgentClientError::Timeout {
+                what: format!("run {}", argv.first().unwrap_or(&"")),
+                timeout_ms: timeout.as_millis() as u64,
+            })?
     }
 
     /// Write a whole file, in chunks.
@@ -367,7 +404,10 @@ impl AgentClient {
                 create_parents: true,
                 owner: None,
             };
-            match self.request_inner(Request::WriteFile(req), timeout, false, None).await? {
+            match self
+                .request_inner(Request::WriteFile(req), timeout, false, None)
+                .await?
+            {
                 (_, Response::WriteFile { .. }) => {}
                 (_, other) => return Err(unexpected("write_file", &other)),
             }
@@ -388,8 +428,15 @@ impl AgentClient {
         let mut out = Vec::new();
         loop {
             let max_len = (max_bytes - out.len()).min(MAX_CHUNK_BYTES) as u32;
-            let req = ReadFileRequest { path: path.into(), offset: out.len() as u64, max_len };
-            match self.request_inner(Request::ReadFile(req), timeout, false, None).await? {
+            let req = ReadFileRequest {
+                path: path.into(),
+                offset: out.len() as u64,
+                max_len,
+            };
+            match self
+                .request_inner(Request::ReadFile(req), timeout, false, None)
+                .await?
+            {
                 (_, Response::ReadFile { data, eof }) => {
                     let done = eof || data.is_empty() || out.len() + data.len() >= max_bytes;
                     out.extend_from_slice(&data);
@@ -404,10 +451,21 @@ impl AgentClient {
     }
 
     /// Open a TCP connection to `127.0.0.1:port` in the guest.
-    pub async fn tcp_connect(&self, port: u16, timeout: Duration) -> Result<TcpStream, AgentClientError> {
+    pub async fn tcp_connect(
+        &self,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<TcpStream, AgentClientError> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_DEPTH);
-        match self.request_inner(Request::TcpConnect { port }, timeout, false, Some(tx)).await? {
-            (id, Response::TcpConnect) => Ok(TcpStream { stream: id, events: rx, client: self.clone() }),
+        match self
+            .request_inner(Request::TcpConnect { port }, timeout, false, Some(tx))
+            .await?
+        {
+            (id, Response::TcpConnect) => Ok(TcpStream {
+                stream: id,
+                events: rx,
+                client: self.clone(),
+            }),
             (id, other) => {
                 self.shared.forget(id);
                 Err(unexpected("tcp_connect", &other))
@@ -417,10 +475,17 @@ impl AgentClient {
 
     /// Quiesce for a snapshot: after this returns, nothing is in flight in
     /// either direction and no caller can write until `thaw` or drop.
-    pub async fn quiesce(&self, drop_caches: bool, timeout: Duration) -> Result<(), AgentClientError> {
+    pub async fn quiesce(
+        &self,
+        drop_caches: bool,
+        timeout: Duration,
+    ) -> Result<(), AgentClientError> {
         self.wait_gate_open().await?;
         self.shared.gate.send_replace(Gate::Closed);
-        match self.request_inner(Request::Quiesce { drop_caches }, timeout, true, None).await {
+        match self
+            .request_inner(Request::Quiesce { drop_caches }, timeout, true, None)
+            .await
+        {
             Ok((_, Response::Quiesced)) => Ok(()),
             Ok((_, other)) => {
                 self.shared.gate.send_replace(Gate::Open);
@@ -435,7 +500,10 @@ impl AgentClient {
 
     /// Undo a `quiesce` on the same (unrestored) guest.
     pub async fn thaw(&self, timeout: Duration) -> Result<(), AgentClientError> {
-        match self.request_inner(Request::Thaw, timeout, true, None).await? {
+        match self
+            .request_inner(Request::Thaw, timeout, true, None)
+            .await?
+        {
             (_, Response::Thawed) => {
                 self.shared.gate.send_replace(Gate::Open);
                 Ok(())
@@ -445,8 +513,15 @@ impl AgentClient {
     }
 
     /// First request to a restored copy: clock, entropy, identity.
-    pub async fn restore(&self, req: RestoreRequest, timeout: Duration) -> Result<(), AgentClientError> {
-        match self.request_inner(Request::Restore(req), timeout, true, None).await? {
+    pub async fn restore(
+        &self,
+        req: RestoreRequest,
+        timeout: Duration,
+    ) -> Result<(), AgentClientError> {
+        match self
+            .request_inner(Request::Restore(req), timeout, true, None)
+            .await?
+        {
             (_, Response::Restored) => {
                 self.shared.gate.send_replace(Gate::Open);
                 Ok(())
@@ -466,7 +541,10 @@ impl Process {
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), AgentClientError> {
         for chunk in data.chunks(MAX_CHUNK_BYTES) {
             self.client
-                .stream_send(HostMessage::StreamData { stream: self.stream, data: chunk.to_vec() })
+                .stream_send(HostMessage::StreamData {
+                    stream: self.stream,
+                    data: chunk.to_vec(),
+                })
                 .await?;
         }
         Ok(())
@@ -474,12 +552,28 @@ impl Process {
 
     /// Close the process's stdin.
     pub async fn close_stdin(&self) -> Result<(), AgentClientError> {
-        self.client.stream_send(HostMessage::StreamEof { stream: self.stream }).await
+        self.client
+            .stream_send(HostMessage::StreamEof {
+                stream: self.stream,
+            })
+            .await
     }
 
     /// Send a signal to the process group.
     pub async fn signal(&self, signal: i32, timeout: Duration) -> Result<(), AgentClientError> {
-        match self.client.request_inner(Request::Signal { stream: self.stream, signal }, timeout, false, None).await? {
+        match self
+            .client
+            .request_inner(
+                Request::Signal {
+                    stream: self.stream,
+                    signal,
+                },
+                timeout,
+                false,
+                None,
+            )
+            .await?
+        {
             (_, Response::Signal) => Ok(()),
             (_, other) => Err(unexpected("signal", &other)),
         }
@@ -488,7 +582,10 @@ impl Process {
     /// Collect output until the (final) exit.
     pub async fn wait_output(&mut self) -> Result<Output, AgentClientError> {
         let mut out = Output {
-            status: ExitStatus { code: None, signal: None },
+            status: ExitStatus {
+                code: None,
+                signal: None,
+            },
             stdout: Vec::new(),
             stderr: Vec::new(),
             truncated: false,
@@ -506,7 +603,10 @@ impl Process {
                     }
                     buf.extend_from_slice(&data[..data.len().min(room)]);
                 }
-                StreamEvent::Exited { status, restarting: false } => {
+                StreamEvent::Exited {
+                    status,
+                    restarting: false,
+                } => {
                     out.status = status;
                     self.client.shared.forget(self.stream);
                     return Ok(out);
@@ -521,7 +621,12 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.client.shared.streams.lock().unwrap().remove(&self.stream);
+        self.client
+            .shared
+            .streams
+            .lock()
+            .unwrap()
+            .remove(&self.stream);
     }
 }
 
@@ -529,14 +634,21 @@ impl TcpStream {
     pub async fn write(&self, data: &[u8]) -> Result<(), AgentClientError> {
         for chunk in data.chunks(MAX_CHUNK_BYTES) {
             self.client
-                .stream_send(HostMessage::StreamData { stream: self.stream, data: chunk.to_vec() })
+                .stream_send(HostMessage::StreamData {
+                    stream: self.stream,
+                    data: chunk.to_vec(),
+                })
                 .await?;
         }
         Ok(())
     }
 
     pub async fn shutdown_write(&self) -> Result<(), AgentClientError> {
-        self.client.stream_send(HostMessage::StreamEof { stream: self.stream }).await
+        self.client
+            .stream_send(HostMessage::StreamEof {
+                stream: self.stream,
+            })
+            .await
     }
 
     /// Read everything until the guest closes its side.
@@ -559,7 +671,13 @@ impl TcpStream {
 
 impl Drop for TcpStream {
     fn drop(&mut self) {
-        let removed = self.client.shared.streams.lock().unwrap().remove(&self.stream);
+        let removed = self
+            .client
+            .shared
+            .streams
+            .lock()
+            .unwrap()
+            .remove(&self.stream);
         if removed.is_some() {
             let client = self.client.clone();
             let stream = self.stream;
@@ -615,9 +733,15 @@ async fn dispatch(shared: &Shared, msg: GuestMessage) -> Result<(), String> {
             (stream, StreamEvent::Output { fd, data }, false)
         }
         GuestMessage::Started { stream, pid } => (stream, StreamEvent::Started { pid }, false),
-        GuestMessage::Exited { stream, status, restarting } => {
-            (stream, StreamEvent::Exited { status, restarting }, !restarting)
-        }
+        GuestMessage::Exited {
+            stream,
+            status,
+            restarting,
+        } => (
+            stream,
+            StreamEvent::Exited { status, restarting },
+            !restarting,
+        ),
         GuestMessage::StreamData { stream, data } => {
             if data.len() > MAX_CHUNK_BYTES {
                 return Err("stream chunk over the size limit".into());
@@ -625,7 +749,9 @@ async fn dispatch(shared: &Shared, msg: GuestMessage) -> Result<(), String> {
             (stream, StreamEvent::Data(data), false)
         }
         GuestMessage::StreamEof { stream } => (stream, StreamEvent::Eof, false),
-        GuestMessage::StreamClosed { stream, reason } => (stream, StreamEvent::Closed { reason }, true),
+        GuestMessage::StreamClosed { stream, reason } => {
+            (stream, StreamEvent::Closed { reason }, true)
+        }
     };
     let tx = shared.streams.lock().unwrap().get(&stream).cloned();
     if let Some(tx) = tx {
@@ -652,7 +778,10 @@ fn request_name(r: &Request) -> &'static str {
 }
 
 fn unexpected(what: &str, r: &Response) -> AgentClientError {
-    AgentClientError::Unexpected { what: what.into(), detail: format!("{r:?}") }
+    AgentClientError::Unexpected {
+        what: what.into(),
+        detail: format!("{r:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -670,12 +799,15 @@ mod tests {
         fn new(fd: OwnedFd) -> Self {
             let s = std::os::unix::net::UnixStream::from(fd);
             s.set_nonblocking(true).unwrap();
-            Self { stream: UnixStream::from_std(s).unwrap(), dec: FrameDecoder::new() }
+            Self {
+                stream: UnixStream::from_std(s).unwrap(),
+                dec: FrameDecoder::new(),
+            }
         }
         async fn recv(&mut self) -> HostMessage {
             let mut buf = [0u8; 4096];
             loop {
-                if let Some(m) = self.dec.next().unwrap() {
+                if let Some(m) = self.dec.decode_next().unwrap() {
                     return m;
                 }
                 let n = self.stream.read(&mut buf).await.unwrap();
@@ -684,7 +816,10 @@ mod tests {
             }
         }
         async fn send(&mut self, m: &GuestMessage) {
-            self.stream.write_all(&encode_frame(m).unwrap()).await.unwrap();
+            self.stream
+                .write_all(&encode_frame(m).unwrap())
+                .await
+                .unwrap();
         }
     }
 
@@ -699,15 +834,41 @@ mod tests {
     async fn exec_collects_output_in_order() {
         let (client, mut guest) = pair();
         let g = tokio::spawn(async move {
-            let HostMessage::Request { id, body: Request::Exec(req) } = guest.recv().await else { panic!() };
+            let HostMessage::Request {
+                id,
+                body: Request::Exec(req),
+            } = guest.recv().await
+            else {
+                panic!()
+            };
             assert_eq!(req.argv, vec!["echo", "hi"]);
-            guest.send(&GuestMessage::Response { id, body: Ok(Response::Exec { pid: 7 }) }).await;
-            guest.send(&GuestMessage::Output { stream: id, fd: OutputFd::Stdout, data: b"h".to_vec() }).await;
-            guest.send(&GuestMessage::Output { stream: id, fd: OutputFd::Stdout, data: b"i\n".to_vec() }).await;
+            guest
+                .send(&GuestMessage::Response {
+                    id,
+                    body: Ok(Response::Exec { pid: 7 }),
+                })
+                .await;
+            guest
+                .send(&GuestMessage::Output {
+                    stream: id,
+                    fd: OutputFd::Stdout,
+                    data: b"h".to_vec(),
+                })
+                .await;
+            guest
+                .send(&GuestMessage::Output {
+                    stream: id,
+                    fd: OutputFd::Stdout,
+                    data: b"i\n".to_vec(),
+                })
+                .await;
             guest
                 .send(&GuestMessage::Exited {
                     stream: id,
-                    status: ExitStatus { code: Some(0), signal: None },
+                    status: ExitStatus {
+                        code: Some(0),
+                        signal: None,
+                    },
                     restarting: false,
                 })
                 .await;
@@ -725,7 +886,11 @@ mod tests {
         let c2 = client.clone();
         let pending = tokio::spawn(async move { c2.ping(T).await });
         let _ = guest.recv().await;
-        guest.stream.write_all(b"\x00garbage that is not a frame").await.unwrap();
+        guest
+            .stream
+            .write_all(b"\x00garbage that is not a frame")
+            .await
+            .unwrap();
         let err = pending.await.unwrap().unwrap_err();
         assert!(matches!(err, AgentClientError::ChannelFailed(_)), "{err}");
         assert!(matches!(client.health(), ChannelHealth::Failed(r) if r.contains("magic")));
@@ -743,7 +908,10 @@ mod tests {
         header[4..8].copy_from_slice(&(512u32 << 20).to_le_bytes());
         guest.stream.write_all(&header).await.unwrap();
         let h = client.wait_unhealthy().await;
-        assert!(matches!(h, ChannelHealth::Failed(ref r) if r.contains("exceeds")), "{h:?}");
+        assert!(
+            matches!(h, ChannelHealth::Failed(ref r) if r.contains("exceeds")),
+            "{h:?}"
+        );
     }
 
     #[tokio::test]
@@ -751,8 +919,19 @@ mod tests {
         let (client, mut guest) = pair();
         let c = client.clone();
         let q = tokio::spawn(async move { c.quiesce(false, T).await });
-        let HostMessage::Request { id, body: Request::Quiesce { .. } } = guest.recv().await else { panic!() };
-        guest.send(&GuestMessage::Response { id, body: Ok(Response::Quiesced) }).await;
+        let HostMessage::Request {
+            id,
+            body: Request::Quiesce { .. },
+        } = guest.recv().await
+        else {
+            panic!()
+        };
+        guest
+            .send(&GuestMessage::Response {
+                id,
+                body: Ok(Response::Quiesced),
+            })
+            .await;
         q.await.unwrap().unwrap();
         // A ping issued now must not reach the guest before the thaw.
         let c = client.clone();
@@ -760,25 +939,67 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let c = client.clone();
         let thaw = tokio::spawn(async move { c.thaw(T).await });
-        let HostMessage::Request { id, body: Request::Thaw } = guest.recv().await else {
+        let HostMessage::Request {
+            id,
+            body: Request::Thaw,
+        } = guest.recv().await
+        else {
             panic!("the first message after quiesce must be the thaw")
         };
-        guest.send(&GuestMessage::Response { id, body: Ok(Response::Thawed) }).await;
+        guest
+            .send(&GuestMessage::Response {
+                id,
+                body: Ok(Response::Thawed),
+            })
+            .await;
         thaw.await.unwrap().unwrap();
-        let HostMessage::Request { id, body: Request::Ping { nonce } } = guest.recv().await else { panic!() };
-        guest.send(&GuestMessage::Response { id, body: Ok(Response::Pong { nonce }) }).await;
+        let HostMessage::Request {
+            id,
+            body: Request::Ping { nonce },
+        } = guest.recv().await
+        else {
+            panic!()
+        };
+        guest
+            .send(&GuestMessage::Response {
+                id,
+                body: Ok(Response::Pong { nonce }),
+            })
+            .await;
         ping.await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn messages_for_unknown_streams_are_dropped() {
         let (client, mut guest) = pair();
-        guest.send(&GuestMessage::Output { stream: 999, fd: OutputFd::Stdout, data: vec![1; 10] }).await;
-        guest.send(&GuestMessage::Response { id: 12345, body: Ok(Response::Thawed) }).await;
+        guest
+            .send(&GuestMessage::Output {
+                stream: 999,
+                fd: OutputFd::Stdout,
+                data: vec![1; 10],
+            })
+            .await;
+        guest
+            .send(&GuestMessage::Response {
+                id: 12345,
+                body: Ok(Response::Thawed),
+            })
+            .await;
         let c = client.clone();
         let ping = tokio::spawn(async move { c.ping(T).await });
-        let HostMessage::Request { id, body: Request::Ping { nonce } } = guest.recv().await else { panic!() };
-        guest.send(&GuestMessage::Response { id, body: Ok(Response::Pong { nonce }) }).await;
+        let HostMessage::Request {
+            id,
+            body: Request::Ping { nonce },
+        } = guest.recv().await
+        else {
+            panic!()
+        };
+        guest
+            .send(&GuestMessage::Response {
+                id,
+                body: Ok(Response::Pong { nonce }),
+            })
+            .await;
         ping.await.unwrap().unwrap();
         assert_eq!(client.health(), ChannelHealth::Up);
     }

@@ -51,15 +51,30 @@ pub fn create_overlay(
     virtual_size_bytes: u64,
     overlay: &Path,
 ) -> Result<(), DiskError> {
-    let base = std::fs::canonicalize(base).map_err(|source| DiskError::Base { path: base.into(), source })?;
+    let base = std::fs::canonicalize(base).map_err(|source| DiskError::Base {
+        path: base.into(),
+        source,
+    })?;
     let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-u", "-F", base_format.as_str(), "-b"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-F",
+            base_format.as_str(),
+            "-b",
+        ])
         .arg(&base)
         .arg(overlay)
         .arg(virtual_size_bytes.to_string())
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| DiskError::Spawn { program: qemu_img.into(), source })?;
+        .map_err(|source| DiskError::Spawn {
+            program: qemu_img.into(),
+            source,
+        })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(overlay);
         return Err(DiskError::Create {
@@ -74,5 +89,8 @@ pub fn create_overlay(
 pub fn raw_size_bytes(base: &Path) -> Result<u64, DiskError> {
     std::fs::metadata(base)
         .map(|m| m.len())
-        .map_err(|source| DiskError::Base { path: base.into(), source })
+        .map_err(|source| DiskError::Base {
+            path: base.into(),
+            source,
+        })
 }

@@ -31,14 +31,16 @@ use std::path::PathBuf;
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use agent::{AgentClient, AgentClientError, ChannelHealth};
 pub use qemu::{
-    BootSpec, FullRamSnapshot, LaunchSpec, QemuBackend, QemuConfig, QemuVm, Snapshot, SnapshotManifest, SnapshotMode,
-    SuspendedVm, VmError,
+    BootSpec, FullRamSnapshot, LaunchSpec, QemuBackend, QemuConfig, QemuVm, Snapshot,
+    SnapshotManifest, SnapshotMode, SuspendedVm, VmError,
 };
 pub use state::{VmEvent, VmState};
 
 /// A microVM id: 1-63 characters of `[a-z0-9-]`, not starting or ending with
 /// `-` (it becomes a directory name and the guest's hostname).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct VmId(String);
 
@@ -60,7 +62,10 @@ impl VmId {
 
     /// A fresh random id with a prefix, e.g. `vm-3f9c0a1b2d4e`.
     pub fn random(prefix: &str) -> Self {
-        Self(format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff))
+        Self(format!(
+            "{prefix}-{:012x}",
+            rand::random::<u64>() & 0xffff_ffff_ffff
+        ))
     }
 
     pub fn as_str(&self) -> &str {

@@ -61,7 +61,11 @@ pub struct RamMapping {
 }
 
 /// Find QEMU's mapping of `mem_path` (the memory-backend-file).
-pub fn find_ram_mapping(pid: u32, mem_path: &Path, len_bytes: u64) -> Result<RamMapping, MemoryError> {
+pub fn find_ram_mapping(
+    pid: u32,
+    mem_path: &Path,
+    len_bytes: u64,
+) -> Result<RamMapping, MemoryError> {
     let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
     let maps = std::fs::read_to_string(&maps_path).map_err(io_err("read", &maps_path))?;
     let want = mem_path.to_string_lossy();
@@ -73,15 +77,24 @@ pub fn find_ram_mapping(pid: u32, mem_path: &Path, len_bytes: u64) -> Result<Ram
         if path != want {
             continue;
         }
-        let Some((a, b)) = range.split_once('-') else { continue };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
         let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
             continue;
         };
         if end - start >= len_bytes {
-            return Ok(RamMapping { pid, host_addr: start, len_bytes });
+            return Ok(RamMapping {
+                pid,
+                host_addr: start,
+                len_bytes,
+            });
         }
     }
-    Err(MemoryError::MappingNotFound { pid, path: mem_path.to_path_buf() })
+    Err(MemoryError::MappingNotFound {
+        pid,
+        path: mem_path.to_path_buf(),
+    })
 }
 
 /// A run of consecutive pages: (first page index, page count).
@@ -100,10 +113,12 @@ pub fn dirty_pages(map: &RamMapping) -> Result<Vec<PageRun>, MemoryError> {
     while done < pages {
         let n = batch_pages.min(pages - done);
         let bytes = &mut buf[..(n * 8) as usize];
-        f.read_exact_at(bytes, (first + done) * 8).map_err(io_err("read", &path))?;
+        f.read_exact_at(bytes, (first + done) * 8)
+            .map_err(io_err("read", &path))?;
         for (i, e) in bytes.chunks_exact(8).enumerate() {
             let entry = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
-            let dirty = (entry & PM_PRESENT != 0 && entry & PM_FILE_OR_SHARED == 0) || entry & PM_SWAPPED != 0;
+            let dirty = (entry & PM_PRESENT != 0 && entry & PM_FILE_OR_SHARED == 0)
+                || entry & PM_SWAPPED != 0;
             if dirty {
                 let page = done + i as u64;
                 match runs.last_mut() {
@@ -142,7 +157,10 @@ fn remote_io(map: &RamMapping, offset: u64, buf: &mut [u8], write: bool) -> io::
             return Err(io::Error::last_os_error());
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short remote transfer"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short remote transfer",
+            ));
         }
         done += n as usize;
     }
@@ -163,13 +181,23 @@ impl MemoryDiff {
     pub const VERSION: u32 = 1;
 
     pub fn dirty_bytes(&self) -> u64 {
-        self.runs.iter().map(|(_, n)| n * self.page_size_bytes).sum()
+        self.runs
+            .iter()
+            .map(|(_, n)| n * self.page_size_bytes)
+            .sum()
     }
 
     fn validate(&self, path: &Path) -> Result<(), MemoryError> {
-        let bad = |reason: String| MemoryError::InvalidDiff { path: path.to_path_buf(), reason };
+        let bad = |reason: String| MemoryError::InvalidDiff {
+            path: path.to_path_buf(),
+            reason,
+        };
         if self.version != Self::VERSION {
-            return Err(bad(format!("version {} (expected {})", self.version, Self::VERSION)));
+            return Err(bad(format!(
+                "version {} (expected {})",
+                self.version,
+                Self::VERSION
+            )));
         }
         if self.page_size_bytes != PAGE_SIZE_BYTES {
             return Err(bad(format!("page size {}", self.page_size_bytes)));
@@ -192,8 +220,10 @@ impl MemoryDiff {
 
     pub fn load(path: &Path) -> Result<Self, MemoryError> {
         let bytes = std::fs::read(path).map_err(io_err("read", path))?;
-        let diff: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| MemoryError::InvalidDiff { path: path.into(), reason: e.to_string() })?;
+        let diff: Self = serde_json::from_slice(&bytes).map_err(|e| MemoryError::InvalidDiff {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         diff.validate(path)?;
         Ok(diff)
     }
@@ -201,9 +231,14 @@ impl MemoryDiff {
 
 /// Copy the given pages out of a (stopped) QEMU into `data_path`, a sparse
 /// file laid out like guest RAM. Returns the diff description.
-pub fn save_pages(map: &RamMapping, runs: &[PageRun], data_path: &Path) -> Result<MemoryDiff, MemoryError> {
+pub fn save_pages(
+    map: &RamMapping,
+    runs: &[PageRun],
+    data_path: &Path,
+) -> Result<MemoryDiff, MemoryError> {
     let f = File::create(data_path).map_err(io_err("create", data_path))?;
-    f.set_len(map.len_bytes).map_err(io_err("truncate", data_path))?;
+    f.set_len(map.len_bytes)
+        .map_err(io_err("truncate", data_path))?;
     copy_pages_to_file(map, runs, &f, data_path)?;
     Ok(MemoryDiff {
         version: MemoryDiff::VERSION,
@@ -213,7 +248,12 @@ pub fn save_pages(map: &RamMapping, runs: &[PageRun], data_path: &Path) -> Resul
     })
 }
 
-fn copy_pages_to_file(map: &RamMapping, runs: &[PageRun], f: &File, path: &Path) -> Result<(), MemoryError> {
+fn copy_pages_to_file(
+    map: &RamMapping,
+    runs: &[PageRun],
+    f: &File,
+    path: &Path,
+) -> Result<(), MemoryError> {
     let mut buf = vec![0u8; COPY_CHUNK_BYTES];
     for_each_chunk(runs, |offset, len| {
         let b = &mut buf[..len];
@@ -223,18 +263,26 @@ fn copy_pages_to_file(map: &RamMapping, runs: &[PageRun], f: &File, path: &Path)
 }
 
 /// Write a saved diff into a freshly started, not yet running QEMU.
-pub fn apply_diff(map: &RamMapping, diff: &MemoryDiff, data_path: &Path) -> Result<(), MemoryError> {
+pub fn apply_diff(
+    map: &RamMapping,
+    diff: &MemoryDiff,
+    data_path: &Path,
+) -> Result<(), MemoryError> {
     if diff.mem_size_bytes != map.len_bytes {
         return Err(MemoryError::InvalidDiff {
             path: data_path.into(),
-            reason: format!("diff is for {} bytes of RAM, guest has {}", diff.mem_size_bytes, map.len_bytes),
+            reason: format!(
+                "diff is for {} bytes of RAM, guest has {}",
+                diff.mem_size_bytes, map.len_bytes
+            ),
         });
     }
     let f = File::open(data_path).map_err(io_err("open", data_path))?;
     let mut buf = vec![0u8; COPY_CHUNK_BYTES];
     for_each_chunk(&diff.runs, |offset, len| {
         let b = &mut buf[..len];
-        f.read_exact_at(b, offset).map_err(io_err("read", data_path))?;
+        f.read_exact_at(b, offset)
+            .map_err(io_err("read", data_path))?;
         remote_io(map, offset, b, true).map_err(io_err("write guest memory from", data_path))
     })
 }
@@ -310,7 +358,10 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, MemoryError> {
 pub fn materialize(base: &Path, map: &RamMapping, dst: &Path) -> Result<u64, MemoryError> {
     sparse_copy(base, dst)?;
     let runs = dirty_pages(map)?;
-    let f = std::fs::OpenOptions::new().write(true).open(dst).map_err(io_err("open", dst))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(io_err("open", dst))?;
     copy_pages_to_file(map, &runs, &f, dst)?;
     Ok(runs.iter().map(|(_, n)| n * PAGE_SIZE_BYTES).sum())
 }
@@ -318,14 +369,18 @@ pub fn materialize(base: &Path, map: &RamMapping, dst: &Path) -> Result<u64, Mem
 /// Bytes actually allocated on disk for a file.
 pub fn allocated_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
 
 /// Write a file via a temporary sibling and rename, so readers never see half of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MemoryError> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err("sync", &tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("sync", &tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
 
@@ -350,7 +405,10 @@ mod tests {
         for runs in [vec![(0, 2), (1, 1)], vec![(255, 2)], vec![(3, 0)]] {
             let bad = MemoryDiff { runs, ..d.clone() };
             bad.save(&p).unwrap();
-            assert!(matches!(MemoryDiff::load(&p), Err(MemoryError::InvalidDiff { .. })));
+            assert!(matches!(
+                MemoryDiff::load(&p),
+                Err(MemoryError::InvalidDiff { .. })
+            ));
         }
     }
 
@@ -427,7 +485,11 @@ mod tests {
             )
         };
         assert_ne!(ptr2, libc::MAP_FAILED);
-        let map2 = RamMapping { pid: map.pid, host_addr: ptr2 as u64, len_bytes: len };
+        let map2 = RamMapping {
+            pid: map.pid,
+            host_addr: ptr2 as u64,
+            len_bytes: len,
+        };
         apply_diff(&map2, &diff, &data).unwrap();
         let mem2 = ptr2 as *const u8;
         // SAFETY: offsets within the mapping.
@@ -441,7 +503,10 @@ mod tests {
         }
         // The file itself never changed.
         let mut b = [0u8; 1];
-        File::open(&path).unwrap().read_exact_at(&mut b, 2 * 4096).unwrap();
+        File::open(&path)
+            .unwrap()
+            .read_exact_at(&mut b, 2 * 4096)
+            .unwrap();
         assert_eq!(b[0], 0);
     }
 }

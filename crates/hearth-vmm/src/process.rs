@@ -58,7 +58,8 @@ pub fn spawn_qemu(req: SpawnRequest) -> io::Result<Child> {
     spawner()
         .send((req, tx))
         .map_err(|_| io::Error::other("QEMU spawner thread is gone"))?;
-    rx.recv().map_err(|_| io::Error::other("QEMU spawner thread is gone"))?
+    rx.recv()
+        .map_err(|_| io::Error::other("QEMU spawner thread is gone"))?
 }
 
 fn spawn_here(req: SpawnRequest) -> io::Result<Child> {
@@ -86,7 +87,14 @@ fn spawn_here(req: SpawnRequest) -> io::Result<Child> {
     // async-signal-safe functions (prctl, getppid, dup2, _exit).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.
@@ -123,7 +131,9 @@ impl QemuProcess {
 
     /// Has the process exited? Returns its status if so.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Wait up to `timeout` for a voluntary exit (after QMP `quit`), then kill.
@@ -159,7 +169,12 @@ pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid two-element array for socketpair to fill.
     let rc = unsafe {
-        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -206,7 +221,10 @@ mod tests {
         let child = spawn_qemu(SpawnRequest {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo hello >&3".into()],
-            fds: vec![PassFd { fd: theirs, target: 3 }],
+            fds: vec![PassFd {
+                fd: theirs,
+                target: 3,
+            }],
             stderr: err_w,
         })
         .unwrap();

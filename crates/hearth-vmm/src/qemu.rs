@@ -84,7 +84,13 @@ pub enum VmError {
         source: std::io::Error,
     },
     #[error("microVM {id}: QEMU exited during {during} ({status}); QEMU said: {stderr}; console tail: {console}")]
-    QemuExited { id: String, during: String, status: String, stderr: String, console: String },
+    QemuExited {
+        id: String,
+        during: String,
+        status: String,
+        stderr: String,
+        console: String,
+    },
     #[error("microVM {id}: QMP {during}")]
     Qmp {
         id: String,
@@ -123,7 +129,11 @@ pub enum VmError {
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("{path} is not a usable {what}: {reason}")]
-    Record { what: &'static str, path: PathBuf, reason: String },
+    Record {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("microVM {0} already exists")]
     Exists(String),
 }
@@ -265,15 +275,23 @@ impl Snapshot {
 
     /// Open a snapshot directory (written completely by `snapshot`).
     pub fn load(dir: &Path) -> Result<Self, VmError> {
-        let manifest: SnapshotManifest = load_record(&dir.join(SnapshotManifest::FILE), "snapshot")?;
+        let manifest: SnapshotManifest =
+            load_record(&dir.join(SnapshotManifest::FILE), "snapshot")?;
         if manifest.version != SnapshotManifest::VERSION {
             return Err(VmError::Record {
                 what: "snapshot",
                 path: dir.into(),
-                reason: format!("version {} (this build reads {})", manifest.version, SnapshotManifest::VERSION),
+                reason: format!(
+                    "version {} (this build reads {})",
+                    manifest.version,
+                    SnapshotManifest::VERSION
+                ),
             });
         }
-        Ok(Self { dir: dir.into(), manifest })
+        Ok(Self {
+            dir: dir.into(),
+            manifest,
+        })
     }
 
     /// Delete the snapshot. Clones launched from it must be gone first.
@@ -315,13 +333,20 @@ impl SuspendedVm {
                 reason: format!("version {}", record.version),
             });
         }
-        Ok(Self { dir: dir.into(), record })
+        Ok(Self {
+            dir: dir.into(),
+            record,
+        })
     }
 
     /// Bytes the suspended microVM occupies on disk (memory, state, disk layer).
     pub fn allocated_bytes(&self) -> u64 {
         std::fs::read_dir(&self.dir)
-            .map(|d| d.flatten().map(|e| memory::allocated_bytes(&e.path())).sum())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| memory::allocated_bytes(&e.path()))
+                    .sum()
+            })
             .unwrap_or(0)
     }
 
@@ -331,21 +356,34 @@ impl SuspendedVm {
     }
 }
 
-fn load_record<T: for<'de> Deserialize<'de>>(path: &Path, what: &'static str) -> Result<T, VmError> {
+fn load_record<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    what: &'static str,
+) -> Result<T, VmError> {
     let bytes = std::fs::read(path).map_err(|e| VmError::Record {
         what,
         path: path.into(),
         reason: e.to_string(),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| VmError::Record { what, path: path.into(), reason: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| VmError::Record {
+        what,
+        path: path.into(),
+        reason: e.to_string(),
+    })
 }
 
 fn save_record<T: Serialize>(path: &Path, value: &T) -> Result<(), MemoryError> {
-    memory::write_atomic(path, &serde_json::to_vec_pretty(value).expect("serialize record"))
+    memory::write_atomic(
+        path,
+        &serde_json::to_vec_pretty(value).expect("serialize record"),
+    )
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A microVM directory that is deleted on drop unless disarmed.
@@ -376,7 +414,9 @@ impl Tail {
         }
     }
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).trim().to_string()
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .trim()
+            .to_string()
     }
 }
 
@@ -433,7 +473,12 @@ const OWNER_FILE: &str = "owner";
 /// `<pid> <start time in clock ticks>`: unique for a process across pid reuse.
 fn process_identity(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_string();
+    let start = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .to_string();
     Some(format!("{pid} {start}"))
 }
 
@@ -443,7 +488,9 @@ fn process_identity(pid: u32) -> Option<String> {
 /// Returns the ids removed.
 pub fn reap_stale(state_dir: &Path) -> Vec<String> {
     let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(state_dir.join("vms")) else { return removed };
+    let Ok(entries) = std::fs::read_dir(state_dir.join("vms")) else {
+        return removed;
+    };
     for e in entries.flatten() {
         let dir = e.path();
         if dir.join(PersistedVm::FILE).exists() {
@@ -486,9 +533,22 @@ pub struct QemuVm {
 
 /// How to back guest RAM when starting QEMU.
 enum RamBacking {
-    File { path: PathBuf, shared: bool },
+    File {
+        path: PathBuf,
+        shared: bool,
+    },
     /// Plain anonymous RAM: only for the baselines `hearth bench` compares against.
     Anonymous,
+}
+
+/// What a restore starts from.
+struct RestoreFrom<'a> {
+    machine: &'a MachineConfig,
+    memory: &'a MemoryLayout,
+    disk: Option<&'a Path>,
+    devstate: &'a Path,
+    /// Pages to write into guest RAM before it runs (a clone's diff).
+    diff: Option<(&'a MemoryDiff, PathBuf)>,
 }
 
 /// What `start` produces before the guest is ready.
@@ -516,33 +576,69 @@ impl QemuBackend {
     /// Create a fresh microVM directory; fails if the id is taken.
     fn create_dir(&self, id: &VmId) -> Result<VmDir, VmError> {
         let path = self.vm_dir(id);
-        std::fs::create_dir_all(path.parent().expect("vms dir has a parent")).map_err(|source| VmError::Io {
-            id: id.to_string(),
-            op: "create",
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(path.parent().expect("vms dir has a parent")).map_err(
+            |source| VmError::Io {
+                id: id.to_string(),
+                op: "create",
+                path: path.clone(),
+                source,
+            },
+        )?;
         match std::fs::create_dir(&path) {
             Ok(()) => {
-                let dir = VmDir { path, remove_on_drop: true };
+                let dir = VmDir {
+                    path,
+                    remove_on_drop: true,
+                };
                 let owner = dir.path.join(OWNER_FILE);
-                std::fs::write(&owner, process_identity(std::process::id()).unwrap_or_default())
-                    .map_err(|source| VmError::Io { id: id.to_string(), op: "write", path: owner, source })?;
+                std::fs::write(
+                    &owner,
+                    process_identity(std::process::id()).unwrap_or_default(),
+                )
+                .map_err(|source| VmError::Io {
+                    id: id.to_string(),
+                    op: "write",
+                    path: owner,
+                    source,
+                })?;
                 Ok(dir)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(VmError::Exists(id.to_string())),
-            Err(source) => Err(VmError::Io { id: id.to_string(), op: "create", path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(VmError::Exists(id.to_string()))
+            }
+            Err(source) => Err(VmError::Io {
+                id: id.to_string(),
+                op: "create",
+                path,
+                source,
+            }),
         }
     }
 
     /// The QEMU command line. Identical across accelerators but for `-accel`/`-cpu`.
-    fn qemu_args(&self, machine: &MachineConfig, ram: &RamBacking, disk: Option<&Path>, incoming: bool) -> Vec<String> {
+    fn qemu_args(
+        &self,
+        machine: &MachineConfig,
+        ram: &RamBacking,
+        disk: Option<&Path>,
+        incoming: bool,
+    ) -> Vec<String> {
         let cfg = &self.cfg;
         let mut a: Vec<String> = Vec::new();
         let mut push = |s: &[&str]| a.extend(s.iter().map(|x| x.to_string()));
-        push(&["-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem,suppress-vmdesc=on"]);
+        push(&[
+            "-M",
+            "microvm,x-option-roms=off,rtc=on,memory-backend=mem,suppress-vmdesc=on",
+        ]);
         push(&["-accel", cfg.accel.qemu_arg()]);
-        push(&["-cpu", if cfg.accel == Accel::Kvm { "host" } else { "max" }]);
+        push(&[
+            "-cpu",
+            if cfg.accel == Accel::Kvm {
+                "host"
+            } else {
+                "max"
+            },
+        ]);
         push(&["-m", &format!("{}M", machine.mem_size_mib)]);
         push(&["-smp", &machine.vcpu_count.to_string()]);
         let mem = match ram {
@@ -552,22 +648,52 @@ impl QemuBackend {
                 path.display(),
                 if *shared { "on" } else { "off" }
             ),
-            RamBacking::Anonymous => format!("memory-backend-ram,id=mem,size={}M", machine.mem_size_mib),
+            RamBacking::Anonymous => {
+                format!("memory-backend-ram,id=mem,size={}M", machine.mem_size_mib)
+            }
         };
         push(&["-object", &mem]);
-        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
         push(&["-global", "migration.send-configuration=off"]);
         push(&["-kernel", &machine.kernel.to_string_lossy()]);
         push(&["-initrd", &machine.initramfs.to_string_lossy()]);
         push(&["-append", &machine.cmdline]);
-        push(&["-chardev", "socket,id=qmp,fd=3", "-mon", "chardev=qmp,mode=control"]);
+        push(&[
+            "-chardev",
+            "socket,id=qmp,fd=3",
+            "-mon",
+            "chardev=qmp,mode=control",
+        ]);
         push(&["-chardev", "socket,id=con,fd=5", "-serial", "chardev:con"]);
         push(&["-device", "virtio-serial-device,max_ports=2"]);
         push(&["-chardev", "socket,id=agent,fd=4"]);
-        push(&["-device", &format!("virtserialport,chardev=agent,name={}", hearth_proto::AGENT_PORT_NAME)]);
-        push(&["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng"]);
+        push(&[
+            "-device",
+            &format!(
+                "virtserialport,chardev=agent,name={}",
+                hearth_proto::AGENT_PORT_NAME
+            ),
+        ]);
+        push(&[
+            "-object",
+            "rng-random,id=rng,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-device,rng=rng",
+        ]);
         if let Some(d) = disk {
-            push(&["-drive", &format!("if=none,id=root,file={},format=qcow2,discard=unmap", d.display())]);
+            push(&[
+                "-drive",
+                &format!(
+                    "if=none,id=root,file={},format=qcow2,discard=unmap",
+                    d.display()
+                ),
+            ]);
             push(&["-device", "virtio-blk-device,drive=root"]);
         }
         if incoming {
@@ -588,20 +714,38 @@ impl QemuBackend {
     ) -> Result<Started, VmError> {
         let io = |op: &'static str, path: &Path| {
             let (id, path) = (id.to_string(), path.to_path_buf());
-            move |source| VmError::Io { id, op, path, source }
+            move |source| VmError::Io {
+                id,
+                op,
+                path,
+                source,
+            }
         };
         let (qmp_host, qmp_guest) = process::socketpair().map_err(io("create socket for", dir))?;
-        let (agent_host, agent_guest) = process::socketpair().map_err(io("create socket for", dir))?;
+        let (agent_host, agent_guest) =
+            process::socketpair().map_err(io("create socket for", dir))?;
         let (con_host, con_guest) = process::socketpair().map_err(io("create socket for", dir))?;
         let (err_host, err_guest) = process::socketpair().map_err(io("create socket for", dir))?;
         let mut fds = vec![
-            PassFd { fd: qmp_guest, target: 3 },
-            PassFd { fd: agent_guest, target: 4 },
-            PassFd { fd: con_guest, target: 5 },
+            PassFd {
+                fd: qmp_guest,
+                target: 3,
+            },
+            PassFd {
+                fd: agent_guest,
+                target: 4,
+            },
+            PassFd {
+                fd: con_guest,
+                target: 5,
+            },
         ];
         let is_incoming = incoming.is_some();
         if let Some(f) = incoming {
-            fds.push(PassFd { fd: f.into(), target: INCOMING_FD });
+            fds.push(PassFd {
+                fd: f.into(),
+                target: INCOMING_FD,
+            });
         }
         let args = self.qemu_args(machine, ram, disk, is_incoming);
         let child = process::spawn_qemu(SpawnRequest {
@@ -610,27 +754,44 @@ impl QemuBackend {
             fds,
             stderr: err_guest,
         })
-        .map_err(|source| VmError::Spawn { id: id.to_string(), program: self.cfg.qemu_binary.clone(), source })?;
+        .map_err(|source| VmError::Spawn {
+            id: id.to_string(),
+            program: self.cfg.qemu_binary.clone(),
+            source,
+        })?;
         let mut process = QemuProcess::new(child);
         let console = Arc::new(Tail::default());
         let stderr = Arc::new(Tail::default());
         let log_path = dir.join("console.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).ok();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .ok();
         drain_output(con_host, console.clone(), log);
         drain_output(err_host, stderr.clone(), None);
         // The agent channel is live before any state loads or the guest runs.
-        let agent = AgentClient::start(agent_host, !is_incoming).map_err(io("adopt agent socket for", dir))?;
+        let agent = AgentClient::start(agent_host, !is_incoming)
+            .map_err(io("adopt agent socket for", dir))?;
         let qmp = match Qmp::handshake(qmp_host, QMP_TIMEOUT).await {
             Ok(q) => q,
             Err(source) => {
-                return Err(exited_or(&mut process, id, "start", &stderr, &console).await.unwrap_or(VmError::Qmp {
-                    id: id.to_string(),
-                    during: "handshake",
-                    source,
-                }))
+                return Err(exited_or(&mut process, id, "start", &stderr, &console)
+                    .await
+                    .unwrap_or(VmError::Qmp {
+                        id: id.to_string(),
+                        during: "handshake",
+                        source,
+                    }))
             }
         };
-        Ok(Started { process, qmp, agent, console, stderr })
+        Ok(Started {
+            process,
+            qmp,
+            agent,
+            console,
+            stderr,
+        })
     }
 
     /// Load the device state (inherited as fd [`INCOMING_FD`]) into a QEMU
@@ -638,23 +799,48 @@ impl QemuBackend {
     async fn load_state(&self, id: &VmId, started: &mut Started) -> Result<(), VmError> {
         started
             .qmp
-            .execute("migrate-incoming", json!({ "uri": format!("fd:{INCOMING_FD}") }), QMP_TIMEOUT)
+            .execute(
+                "migrate-incoming",
+                json!({ "uri": format!("fd:{INCOMING_FD}") }),
+                QMP_TIMEOUT,
+            )
             .await
-            .map_err(|source| VmError::Qmp { id: id.to_string(), during: "migrate-incoming", source })?;
+            .map_err(|source| VmError::Qmp {
+                id: id.to_string(),
+                during: "migrate-incoming",
+                source,
+            })?;
         let deadline = Instant::now() + QMP_TIMEOUT;
         loop {
             let status = match started.qmp.status(QMP_TIMEOUT).await {
                 Ok(s) => s,
                 Err(source) => {
-                    return Err(exited_or(&mut started.process, id, "state load", &started.stderr, &started.console)
-                        .await
-                        .unwrap_or(VmError::Qmp { id: id.to_string(), during: "query-status", source }))
+                    return Err(exited_or(
+                        &mut started.process,
+                        id,
+                        "state load",
+                        &started.stderr,
+                        &started.console,
+                    )
+                    .await
+                    .unwrap_or(VmError::Qmp {
+                        id: id.to_string(),
+                        during: "query-status",
+                        source,
+                    }))
                 }
             };
             match status.as_str() {
-                "inmigrate" if Instant::now() < deadline => tokio::time::sleep(Duration::from_micros(500)).await,
+                "inmigrate" if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_micros(500)).await
+                }
                 "running" => return Ok(()),
-                other => return Err(VmError::Incoming { id: id.to_string(), status: other.into() }),
+                other => {
+                    return Err(VmError::Incoming {
+                        id: id.to_string(),
+                        status: other.into(),
+                    })
+                }
             }
         }
     }
@@ -666,7 +852,10 @@ impl QemuBackend {
         let mut machine_id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut machine_id);
         let req = RestoreRequest {
-            unix_time_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+            unix_time_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
             entropy,
             hostname: Some(id.to_string()),
             machine_id: Some(machine_id.iter().map(|b| format!("{b:02x}")).collect()),
@@ -690,25 +879,42 @@ impl QemuBackend {
         &self,
         id: &VmId,
         dir: &Path,
-        machine: &MachineConfig,
-        memory: &MemoryLayout,
-        disk: Option<&Path>,
-        devstate: &Path,
-        diff: Option<(&MemoryDiff, PathBuf)>,
+        r: RestoreFrom<'_>,
     ) -> Result<Started, VmError> {
+        let RestoreFrom {
+            machine,
+            memory,
+            disk,
+            devstate,
+            diff,
+        } = r;
         let ram = match memory {
-            MemoryLayout::Own => RamBacking::File { path: dir.join("memory"), shared: true },
-            MemoryLayout::Clone { base } => RamBacking::File { path: base.clone(), shared: false },
+            MemoryLayout::Own => RamBacking::File {
+                path: dir.join("memory"),
+                shared: true,
+            },
+            MemoryLayout::Clone { base } => RamBacking::File {
+                path: base.clone(),
+                shared: false,
+            },
             MemoryLayout::Anonymous => RamBacking::Anonymous,
         };
-        let state = File::open(devstate)
-            .map_err(|source| VmError::Io { id: id.to_string(), op: "open", path: devstate.into(), source })?;
-        let mut started = self.start(id, dir, machine, &ram, disk, Some(state)).await?;
+        let state = File::open(devstate).map_err(|source| VmError::Io {
+            id: id.to_string(),
+            op: "open",
+            path: devstate.into(),
+            source,
+        })?;
+        let mut started = self
+            .start(id, dir, machine, &ram, disk, Some(state))
+            .await?;
         if let Some((diff, data)) = diff {
             let pid = started.process.pid();
             let len = machine.mem_size_mib as u64 * 1024 * 1024;
             let RamBacking::File { path: base, .. } = &ram else {
-                return Err(VmError::Invalid("a memory diff needs file-backed RAM".into()));
+                return Err(VmError::Invalid(
+                    "a memory diff needs file-backed RAM".into(),
+                ));
             };
             let (base, diff) = (base.clone(), diff.clone());
             tokio::task::spawn_blocking(move || {
@@ -717,7 +923,10 @@ impl QemuBackend {
             })
             .await
             .expect("apply_diff task")
-            .map_err(|source| VmError::Memory { id: id.to_string(), source })?;
+            .map_err(|source| VmError::Memory {
+                id: id.to_string(),
+                source,
+            })?;
         }
         self.load_state(id, &mut started).await?;
         self.restore_agent(id, &mut started).await?;
@@ -745,7 +954,13 @@ fn qemu_exited(id: &VmId, during: &str, status: String, stderr: &Tail, console: 
 }
 
 /// If QEMU has exited (give it a moment to finish dying), describe it.
-async fn exited_or(p: &mut QemuProcess, id: &VmId, during: &str, stderr: &Tail, console: &Tail) -> Option<VmError> {
+async fn exited_or(
+    p: &mut QemuProcess,
+    id: &VmId,
+    during: &str,
+    stderr: &Tail,
+    console: &Tail,
+) -> Option<VmError> {
     for _ in 0..50 {
         if let Some(status) = p.try_wait() {
             // Let the output drains catch the last words.
@@ -769,18 +984,48 @@ pub struct FullRamSnapshot {
 impl QemuBackend {
     /// Baseline for benchmarks: restore a [`FullRamSnapshot`] into anonymous
     /// RAM, RAM pages coming through the migration stream.
-    pub async fn restore_full_ram(&self, snap: &FullRamSnapshot, id: VmId) -> Result<QemuVm, VmError> {
+    pub async fn restore_full_ram(
+        &self,
+        snap: &FullRamSnapshot,
+        id: VmId,
+    ) -> Result<QemuVm, VmError> {
         let dir = self.create_dir(&id)?;
         let disk_path = dir.path.join("disk.qcow2");
         if let (Some(base), Some(size)) = (&snap.disk, snap.machine.disk_size_bytes) {
-            disk::create_overlay(&self.cfg.qemu_img, base, DiskFormat::Qcow2, size, &disk_path)
-                .map_err(|source| VmError::Disk { id: id.to_string(), source })?;
+            disk::create_overlay(
+                &self.cfg.qemu_img,
+                base,
+                DiskFormat::Qcow2,
+                size,
+                &disk_path,
+            )
+            .map_err(|source| VmError::Disk {
+                id: id.to_string(),
+                source,
+            })?;
         }
         let disk = snap.disk.as_ref().map(|_| disk_path.as_path());
         let started = self
-            .resume_into(&id, &dir.path, &snap.machine, &MemoryLayout::Anonymous, disk, &snap.stream, None)
+            .resume_into(
+                &id,
+                &dir.path,
+                RestoreFrom {
+                    machine: &snap.machine,
+                    memory: &MemoryLayout::Anonymous,
+                    disk,
+                    devstate: &snap.stream,
+                    diff: None,
+                },
+            )
             .await?;
-        Ok(QemuVm::new(id, self.cfg.clone(), dir, snap.machine.clone(), MemoryLayout::Anonymous, started))
+        Ok(QemuVm::new(
+            id,
+            self.cfg.clone(),
+            dir,
+            snap.machine.clone(),
+            MemoryLayout::Anonymous,
+            started,
+        ))
     }
 }
 
@@ -812,14 +1057,22 @@ impl QemuBackend {
         }
         for (what, p) in [("kernel", &spec.kernel), ("initramfs", &spec.initramfs)] {
             if !p.is_file() {
-                return Err(VmError::Invalid(format!("{what} {} does not exist", p.display())));
+                return Err(VmError::Invalid(format!(
+                    "{what} {} does not exist",
+                    p.display()
+                )));
             }
         }
         let id = spec.id.clone();
         let dir = self.create_dir(&id)?;
         let io = |op: &'static str, path: PathBuf| {
             let id = id.to_string();
-            move |source| VmError::Io { id, op, path, source }
+            move |source| VmError::Io {
+                id,
+                op,
+                path,
+                source,
+            }
         };
         let mut cmdline = vec![
             "console=ttyS0".to_string(),
@@ -835,12 +1088,20 @@ impl QemuBackend {
         let mut disk_size_bytes = None;
         let disk_path = dir.path.join("disk.qcow2");
         if let Some(base) = &spec.root_disk {
-            let size = disk::raw_size_bytes(base).map_err(|source| VmError::Disk { id: id.to_string(), source })?;
+            let size = disk::raw_size_bytes(base).map_err(|source| VmError::Disk {
+                id: id.to_string(),
+                source,
+            })?;
             let (img, base, overlay) = (self.cfg.qemu_img.clone(), base.clone(), disk_path.clone());
-            tokio::task::spawn_blocking(move || disk::create_overlay(&img, &base, DiskFormat::Raw, size, &overlay))
-                .await
-                .expect("create_overlay task")
-                .map_err(|source| VmError::Disk { id: id.to_string(), source })?;
+            tokio::task::spawn_blocking(move || {
+                disk::create_overlay(&img, &base, DiskFormat::Raw, size, &overlay)
+            })
+            .await
+            .expect("create_overlay task")
+            .map_err(|source| VmError::Disk {
+                id: id.to_string(),
+                source,
+            })?;
             disk_size_bytes = Some(size);
         } else {
             cmdline.push("hearth.noroot".into());
@@ -848,8 +1109,10 @@ impl QemuBackend {
         let machine = MachineConfig {
             mem_size_mib: spec.mem_size_mib,
             vcpu_count: spec.vcpu_count,
-            kernel: std::fs::canonicalize(&spec.kernel).map_err(io("resolve", spec.kernel.clone()))?,
-            initramfs: std::fs::canonicalize(&spec.initramfs).map_err(io("resolve", spec.initramfs.clone()))?,
+            kernel: std::fs::canonicalize(&spec.kernel)
+                .map_err(io("resolve", spec.kernel.clone()))?,
+            initramfs: std::fs::canonicalize(&spec.initramfs)
+                .map_err(io("resolve", spec.initramfs.clone()))?,
             cmdline: cmdline.join(" "),
             disk_size_bytes,
         };
@@ -860,10 +1123,15 @@ impl QemuBackend {
             File::create(&mem_path)
                 .and_then(|f| f.set_len(spec.mem_size_mib as u64 * 1024 * 1024))
                 .map_err(io("create", mem_path.clone()))?;
-            RamBacking::File { path: mem_path, shared: true }
+            RamBacking::File {
+                path: mem_path,
+                shared: true,
+            }
         };
         let disk = spec.root_disk.as_ref().map(|_| disk_path.as_path());
-        let mut started = self.start(&id, &dir.path, &machine, &ram, disk, None).await?;
+        let mut started = self
+            .start(&id, &dir.path, &machine, &ram, disk, None)
+            .await?;
         let agent = started.agent.clone();
         let hello = tokio::select! {
             r = agent.wait_hello(self.cfg.boot_timeout) => r,
@@ -877,8 +1145,19 @@ impl QemuBackend {
             console: started.console.text(),
             source,
         })?;
-        let layout = if anonymous_ram { MemoryLayout::Anonymous } else { MemoryLayout::Own };
-        Ok(QemuVm::new(id, self.cfg.clone(), dir, machine, layout, started))
+        let layout = if anonymous_ram {
+            MemoryLayout::Anonymous
+        } else {
+            MemoryLayout::Own
+        };
+        Ok(QemuVm::new(
+            id,
+            self.cfg.clone(),
+            dir,
+            machine,
+            layout,
+            started,
+        ))
     }
 
     async fn launch_inner(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
@@ -887,54 +1166,105 @@ impl QemuBackend {
         let machine = snapshot.manifest.machine.clone();
         let disk_path = dir.path.join("disk.qcow2");
         if let Some(size) = machine.disk_size_bytes {
-            let (img, base, overlay) = (self.cfg.qemu_img.clone(), snapshot.disk_path(), disk_path.clone());
-            tokio::task::spawn_blocking(move || disk::create_overlay(&img, &base, DiskFormat::Qcow2, size, &overlay))
-                .await
-                .expect("create_overlay task")
-                .map_err(|source| VmError::Disk { id: id.to_string(), source })?;
+            let (img, base, overlay) = (
+                self.cfg.qemu_img.clone(),
+                snapshot.disk_path(),
+                disk_path.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                disk::create_overlay(&img, &base, DiskFormat::Qcow2, size, &overlay)
+            })
+            .await
+            .expect("create_overlay task")
+            .map_err(|source| VmError::Disk {
+                id: id.to_string(),
+                source,
+            })?;
         }
-        let memory = MemoryLayout::Clone { base: snapshot.memory_path() };
+        let memory = MemoryLayout::Clone {
+            base: snapshot.memory_path(),
+        };
         let disk = machine.disk_size_bytes.map(|_| disk_path.as_path());
         let started = self
-            .resume_into(&id, &dir.path, &machine, &memory, disk, &snapshot.devstate_path(), None)
+            .resume_into(
+                &id,
+                &dir.path,
+                RestoreFrom {
+                    machine: &machine,
+                    memory: &memory,
+                    disk,
+                    devstate: &snapshot.devstate_path(),
+                    diff: None,
+                },
+            )
             .await?;
-        Ok(QemuVm::new(id, self.cfg.clone(), dir, machine, memory, started))
+        Ok(QemuVm::new(
+            id,
+            self.cfg.clone(),
+            dir,
+            machine,
+            memory,
+            started,
+        ))
     }
 
     async fn resume_inner(&self, suspended: SuspendedVm) -> Result<QemuVm, VmError> {
         let rec = &suspended.record;
         let id = rec.id.clone();
         // Until the resumed guest runs, the files stay the suspended microVM's.
-        let mut dir = VmDir { path: suspended.dir.clone(), remove_on_drop: false };
-        let diff_json = dir.path.join("memory.diff.json");
-        let diff = match rec.memory {
-            MemoryLayout::Clone { .. } => Some(
-                MemoryDiff::load(&diff_json).map_err(|source| VmError::Memory { id: id.to_string(), source })?,
-            ),
-            MemoryLayout::Own => None,
-            MemoryLayout::Anonymous => {
-                return Err(VmError::Invalid("anonymous-RAM microVMs cannot be resumed".into()));
-            }
+        let mut dir = VmDir {
+            path: suspended.dir.clone(),
+            remove_on_drop: false,
         };
+        let diff_json = dir.path.join("memory.diff.json");
+        let diff =
+            match rec.memory {
+                MemoryLayout::Clone { .. } => Some(MemoryDiff::load(&diff_json).map_err(
+                    |source| VmError::Memory {
+                        id: id.to_string(),
+                        source,
+                    },
+                )?),
+                MemoryLayout::Own => None,
+                MemoryLayout::Anonymous => {
+                    return Err(VmError::Invalid(
+                        "anonymous-RAM microVMs cannot be resumed".into(),
+                    ));
+                }
+            };
         let disk_path = dir.path.join("disk.qcow2");
         let disk = rec.machine.disk_size_bytes.map(|_| disk_path.as_path());
         let started = self
             .resume_into(
                 &id,
                 &dir.path,
-                &rec.machine,
-                &rec.memory,
-                disk,
-                &dir.path.join("devstate"),
-                diff.as_ref().map(|d| (d, dir.path.join("memory.diff"))),
+                RestoreFrom {
+                    machine: &rec.machine,
+                    memory: &rec.memory,
+                    disk,
+                    devstate: &dir.path.join("devstate"),
+                    diff: diff.as_ref().map(|d| (d, dir.path.join("memory.diff"))),
+                },
             )
             .await?;
         // The guest now owns its state again; the suspend files are stale.
-        for f in ["memory.diff", "memory.diff.json", "devstate", PersistedVm::FILE] {
+        for f in [
+            "memory.diff",
+            "memory.diff.json",
+            "devstate",
+            PersistedVm::FILE,
+        ] {
             let _ = std::fs::remove_file(dir.path.join(f));
         }
         dir.remove_on_drop = true;
-        Ok(QemuVm::new(id, self.cfg.clone(), dir, rec.machine.clone(), rec.memory.clone(), started))
+        Ok(QemuVm::new(
+            id,
+            self.cfg.clone(),
+            dir,
+            rec.machine.clone(),
+            rec.memory.clone(),
+            started,
+        ))
     }
 }
 
@@ -995,13 +1325,21 @@ impl QemuVm {
     }
 
     fn apply(&mut self, ev: VmEvent) -> Result<(), VmError> {
-        self.state = transition(&self.state, &ev).map_err(|source| VmError::State { id: self.id.to_string(), source })?;
+        self.state = transition(&self.state, &ev).map_err(|source| VmError::State {
+            id: self.id.to_string(),
+            source,
+        })?;
         Ok(())
     }
 
     fn err_io(&self, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
         let (id, path) = (self.id.to_string(), path.to_path_buf());
-        move |source| VmError::Io { id, op, path, source }
+        move |source| VmError::Io {
+            id,
+            op,
+            path,
+            source,
+        }
     }
 
     fn err_qmp(&self, during: &'static str) -> impl FnOnce(QmpError) -> VmError {
@@ -1011,7 +1349,12 @@ impl QemuVm {
 
     fn err_agent(&self, during: &'static str) -> impl FnOnce(AgentClientError) -> VmError {
         let (id, console) = (self.id.to_string(), self.console.text());
-        move |source| VmError::Agent { id, during, console, source }
+        move |source| VmError::Agent {
+            id,
+            during,
+            console,
+            source,
+        }
     }
 
     fn err_mem(&self) -> impl FnOnce(MemoryError) -> VmError {
@@ -1028,7 +1371,10 @@ impl QemuVm {
 
     fn refuse_anonymous(&self, what: &str) -> Result<(), VmError> {
         if self.memory == MemoryLayout::Anonymous {
-            return Err(VmError::Invalid(format!("{what} needs file-backed RAM; {} has anonymous RAM", self.id)));
+            return Err(VmError::Invalid(format!(
+                "{what} needs file-backed RAM; {} has anonymous RAM",
+                self.id
+            )));
         }
         Ok(())
     }
@@ -1037,20 +1383,39 @@ impl QemuVm {
     /// user without Hearth's memory files would do it. Quiesces the agent,
     /// stops, saves everything (RAM included) and quits. Returns stream bytes.
     pub async fn save_full_ram(mut self, path: &Path) -> Result<FullRamSnapshot, VmError> {
-        self.agent.quiesce(false, AGENT_TIMEOUT).await.map_err(self.err_agent("quiesce"))?;
-        self.qmp.execute("stop", json!({}), QMP_TIMEOUT).await.map_err(self.err_qmp("stop"))?;
+        self.agent
+            .quiesce(false, AGENT_TIMEOUT)
+            .await
+            .map_err(self.err_agent("quiesce"))?;
+        self.qmp
+            .execute("stop", json!({}), QMP_TIMEOUT)
+            .await
+            .map_err(self.err_qmp("stop"))?;
         let uri = format!("exec:cat > '{}'", path.display());
-        self.qmp.execute("migrate", json!({ "uri": uri }), QMP_TIMEOUT).await.map_err(self.err_qmp("migrate"))?;
+        self.qmp
+            .execute("migrate", json!({ "uri": uri }), QMP_TIMEOUT)
+            .await
+            .map_err(self.err_qmp("migrate"))?;
         let deadline = Instant::now() + QMP_TIMEOUT;
         loop {
-            let v = self.qmp.execute("query-migrate", json!({}), QMP_TIMEOUT).await.map_err(self.err_qmp("query-migrate"))?;
+            let v = self
+                .qmp
+                .execute("query-migrate", json!({}), QMP_TIMEOUT)
+                .await
+                .map_err(self.err_qmp("query-migrate"))?;
             match v.get("status").and_then(|s| s.as_str()) {
                 Some("completed") => break,
                 Some("failed") | Some("cancelled") => {
-                    return Err(VmError::Incoming { id: self.id.to_string(), status: v.to_string() })
+                    return Err(VmError::Incoming {
+                        id: self.id.to_string(),
+                        status: v.to_string(),
+                    })
                 }
                 _ if Instant::now() > deadline => {
-                    return Err(VmError::Incoming { id: self.id.to_string(), status: "migration timed out".into() })
+                    return Err(VmError::Incoming {
+                        id: self.id.to_string(),
+                        status: "migration timed out".into(),
+                    })
                 }
                 _ => tokio::time::sleep(Duration::from_millis(1)).await,
             }
@@ -1065,14 +1430,27 @@ impl QemuVm {
             }
             None => None,
         };
-        let stream_bytes = std::fs::metadata(path).map(|m| m.len()).map_err(self.err_io("stat", path))?;
-        Ok(FullRamSnapshot { stream: path.into(), disk, machine: self.machine.clone(), stream_bytes })
+        let stream_bytes = std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(self.err_io("stat", path))?;
+        Ok(FullRamSnapshot {
+            stream: path.into(),
+            disk,
+            machine: self.machine.clone(),
+            stream_bytes,
+        })
     }
 
     /// Quiesce the agent and stop the vCPUs.
     async fn freeze(&mut self) -> Result<(), VmError> {
-        self.agent.quiesce(false, AGENT_TIMEOUT).await.map_err(self.err_agent("quiesce"))?;
-        self.qmp.execute("stop", json!({}), QMP_TIMEOUT).await.map_err(self.err_qmp("stop"))?;
+        self.agent
+            .quiesce(false, AGENT_TIMEOUT)
+            .await
+            .map_err(self.err_agent("quiesce"))?;
+        self.qmp
+            .execute("stop", json!({}), QMP_TIMEOUT)
+            .await
+            .map_err(self.err_qmp("stop"))?;
         Ok(())
     }
 
@@ -1085,22 +1463,37 @@ impl QemuVm {
             )
             .await
             .map_err(self.err_qmp("save device state"))?;
-        std::fs::metadata(path).map(|m| m.len()).map_err(self.err_io("stat", path))
+        std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(self.err_io("stat", path))
     }
 
     /// Let a frozen guest go on.
     async fn unfreeze(&mut self) -> Result<(), VmError> {
-        self.qmp.execute("cont", json!({}), QMP_TIMEOUT).await.map_err(self.err_qmp("cont"))?;
-        self.agent.thaw(AGENT_TIMEOUT).await.map_err(self.err_agent("thaw"))
+        self.qmp
+            .execute("cont", json!({}), QMP_TIMEOUT)
+            .await
+            .map_err(self.err_qmp("cont"))?;
+        self.agent
+            .thaw(AGENT_TIMEOUT)
+            .await
+            .map_err(self.err_agent("thaw"))
     }
 
     /// Ask QEMU to quit, then make sure it is gone.
     async fn quit(&mut self) {
-        let _ = self.qmp.execute("quit", json!({}), Duration::from_secs(2)).await;
+        let _ = self
+            .qmp
+            .execute("quit", json!({}), Duration::from_secs(2))
+            .await;
         self.process.wait_or_kill(QUIT_TIMEOUT).await;
     }
 
-    async fn snapshot_inner(&mut self, dest: &Path, mode: SnapshotMode) -> Result<SnapshotManifest, VmError> {
+    async fn snapshot_inner(
+        &mut self,
+        dest: &Path,
+        mode: SnapshotMode,
+    ) -> Result<SnapshotManifest, VmError> {
         self.refuse_anonymous("snapshot")?;
         std::fs::create_dir(dest).map_err(self.err_io("create snapshot directory", dest))?;
         self.freeze().await?;
@@ -1118,7 +1511,8 @@ impl QemuVm {
                     .map_err(self.err_mem())?
             }
             (MemoryLayout::Clone { base }, _) => {
-                let map = memory::find_ram_mapping(self.pid(), base, self.mem_len_bytes()).map_err(self.err_mem())?;
+                let map = memory::find_ram_mapping(self.pid(), base, self.mem_len_bytes())
+                    .map_err(self.err_mem())?;
                 let (base, dst) = (base.clone(), mem_dst.clone());
                 tokio::task::spawn_blocking(move || memory::materialize(&base, &map, &dst))
                     .await
@@ -1139,7 +1533,8 @@ impl QemuVm {
             SnapshotMode::Consume => {
                 self.quit().await;
                 if has_disk {
-                    std::fs::rename(&disk_src, &disk_dst).map_err(self.err_io("move", &disk_src))?;
+                    std::fs::rename(&disk_src, &disk_dst)
+                        .map_err(self.err_io("move", &disk_src))?;
                 }
                 if self.memory == MemoryLayout::Own {
                     let src = self.dir.path.join("memory");
@@ -1158,7 +1553,11 @@ impl QemuVm {
                 memory_allocated_bytes
             },
             devstate_bytes,
-            disk_bytes: if has_disk { memory::allocated_bytes(&disk_dst) } else { 0 },
+            disk_bytes: if has_disk {
+                memory::allocated_bytes(&disk_dst)
+            } else {
+                0
+            },
         };
         save_record(&dest.join(SnapshotManifest::FILE), &manifest).map_err(self.err_mem())?;
         Ok(manifest)
@@ -1174,8 +1573,12 @@ impl QemuVm {
         let dir = self.dir.path.clone();
         self.save_devstate(&dir.join("devstate")).await?;
         if let MemoryLayout::Clone { .. } = &self.memory {
-            let map = memory::find_ram_mapping(self.pid(), &self.ram_mapping_path(), self.mem_len_bytes())
-                .map_err(self.err_mem())?;
+            let map = memory::find_ram_mapping(
+                self.pid(),
+                &self.ram_mapping_path(),
+                self.mem_len_bytes(),
+            )
+            .map_err(self.err_mem())?;
             let d = dir.clone();
             tokio::task::spawn_blocking(move || -> Result<(), MemoryError> {
                 let runs = memory::dirty_pages(&map)?;
@@ -1205,12 +1608,18 @@ impl MicroVm for QemuVm {
     }
 
     fn state(&mut self) -> VmState {
-        if matches!(self.state, VmState::Terminated | VmState::Failed { .. } | VmState::Suspended) {
+        if matches!(
+            self.state,
+            VmState::Terminated | VmState::Failed { .. } | VmState::Suspended
+        ) {
             return self.state.clone();
         }
         let reason = match self.agent.health() {
             ChannelHealth::Failed(r) => Some(format!("agent channel: {r}")),
-            _ => self.process.try_wait().map(|s| format!("QEMU exited ({s}): {}", self.stderr.text())),
+            _ => self
+                .process
+                .try_wait()
+                .map(|s| format!("QEMU exited ({s}): {}", self.stderr.text())),
         };
         if let Some(reason) = reason {
             let _ = self.apply(VmEvent::Fail { reason });
@@ -1226,7 +1635,10 @@ impl MicroVm for QemuVm {
         if self.state() != VmState::Running {
             return Err(VmError::State {
                 id: self.id.to_string(),
-                source: InvalidTransition { state: self.state.clone(), event: VmEvent::BeginSnapshot },
+                source: InvalidTransition {
+                    state: self.state.clone(),
+                    event: VmEvent::BeginSnapshot,
+                },
             });
         }
         self.apply(VmEvent::BeginSnapshot)?;
@@ -1237,12 +1649,17 @@ impl MicroVm for QemuVm {
                 } else {
                     self.apply(VmEvent::EndSnapshot)?;
                 }
-                Ok(Snapshot { dir: dest, manifest })
+                Ok(Snapshot {
+                    dir: dest,
+                    manifest,
+                })
             }
             Err(e) => {
                 // Nothing half-written may look like a snapshot.
                 let _ = std::fs::remove_dir_all(&dest);
-                let _ = self.apply(VmEvent::Fail { reason: e.to_string() });
+                let _ = self.apply(VmEvent::Fail {
+                    reason: e.to_string(),
+                });
                 Err(e)
             }
         }
@@ -1252,7 +1669,10 @@ impl MicroVm for QemuVm {
         if self.state() != VmState::Running {
             return Err(VmError::State {
                 id: self.id.to_string(),
-                source: InvalidTransition { state: self.state.clone(), event: VmEvent::BeginSuspend },
+                source: InvalidTransition {
+                    state: self.state.clone(),
+                    event: VmEvent::BeginSuspend,
+                },
             });
         }
         self.apply(VmEvent::BeginSuspend)?;
@@ -1264,10 +1684,17 @@ impl MicroVm for QemuVm {
                 SuspendedVm::load(&dir)
             }
             Err(e) => {
-                for f in ["memory.diff", "memory.diff.json", "devstate", PersistedVm::FILE] {
+                for f in [
+                    "memory.diff",
+                    "memory.diff.json",
+                    "devstate",
+                    PersistedVm::FILE,
+                ] {
                     let _ = std::fs::remove_file(self.dir.path.join(f));
                 }
-                let _ = self.apply(VmEvent::Fail { reason: e.to_string() });
+                let _ = self.apply(VmEvent::Fail {
+                    reason: e.to_string(),
+                });
                 Err(e)
             }
         }
@@ -1315,7 +1742,9 @@ mod tests {
             version: PersistedVm::VERSION,
             id: VmId::new("vm-2").unwrap(),
             machine: machine(),
-            memory: MemoryLayout::Clone { base: "/s/memory".into() },
+            memory: MemoryLayout::Clone {
+                base: "/s/memory".into(),
+            },
             suspended_at_unix_ms: 5,
         };
         save_record(&dir.path().join(PersistedVm::FILE), &vm).unwrap();
@@ -1342,7 +1771,10 @@ mod tests {
     #[test]
     fn command_line_differs_only_in_accelerator() {
         let mk = |accel| QemuBackend::new(QemuConfig::new("/tmp/x".into(), accel));
-        let ram = RamBacking::File { path: "/m".into(), shared: false };
+        let ram = RamBacking::File {
+            path: "/m".into(),
+            shared: false,
+        };
         let tcg = mk(Accel::Tcg).qemu_args(&machine(), &ram, Some(Path::new("/d.qcow2")), true);
         let kvm = mk(Accel::Kvm).qemu_args(&machine(), &ram, Some(Path::new("/d.qcow2")), true);
         let diff: Vec<_> = tcg.iter().zip(kvm.iter()).filter(|(a, b)| a != b).collect();

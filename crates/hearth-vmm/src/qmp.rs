@@ -31,7 +31,11 @@ pub enum QmpError {
     #[error("QMP command {command} timed out after {timeout_ms} ms")]
     Timeout { command: String, timeout_ms: u64 },
     #[error("QMP command {command} failed: {class}: {desc}")]
-    Command { command: String, class: String, desc: String },
+    Command {
+        command: String,
+        class: String,
+        desc: String,
+    },
     #[error("malformed QMP message during {during}: {detail}")]
     Protocol { during: String, detail: String },
 }
@@ -48,16 +52,22 @@ impl Qmp {
     /// and negotiate capabilities.
     pub async fn handshake(fd: OwnedFd, timeout: Duration) -> Result<Self, QmpError> {
         let std_stream = std::os::unix::net::UnixStream::from(fd);
-        std_stream.set_nonblocking(true).map_err(|source| QmpError::Io {
-            during: "setup".into(),
-            source,
-        })?;
+        std_stream
+            .set_nonblocking(true)
+            .map_err(|source| QmpError::Io {
+                during: "setup".into(),
+                source,
+            })?;
         let stream = UnixStream::from_std(std_stream).map_err(|source| QmpError::Io {
             during: "setup".into(),
             source,
         })?;
         let (r, w) = stream.into_split();
-        let mut qmp = Self { reader: BufReader::new(r), writer: w, next_id: 1 };
+        let mut qmp = Self {
+            reader: BufReader::new(r),
+            writer: w,
+            next_id: 1,
+        };
         let greeting = tokio::time::timeout(timeout, qmp.read_message("greeting"))
             .await
             .map_err(|_| QmpError::Timeout {
@@ -82,9 +92,14 @@ impl Qmp {
                 .take(MAX_LINE_BYTES as u64)
                 .read_until(b'\n', &mut line)
                 .await
-                .map_err(|source| QmpError::Io { during: during.into(), source })?;
+                .map_err(|source| QmpError::Io {
+                    during: during.into(),
+                    source,
+                })?;
             if n == 0 {
-                return Err(QmpError::Closed { during: during.into() });
+                return Err(QmpError::Closed {
+                    during: during.into(),
+                });
             }
             if line.last() != Some(&b'\n') {
                 return Err(QmpError::Protocol {
@@ -121,7 +136,10 @@ impl Qmp {
             self.writer
                 .write_all(&bytes)
                 .await
-                .map_err(|source| QmpError::Io { during: command.into(), source })?;
+                .map_err(|source| QmpError::Io {
+                    during: command.into(),
+                    source,
+                })?;
             loop {
                 let reply = self.read_message(command).await?;
                 if reply.get("event").is_some() {
@@ -146,10 +164,12 @@ impl Qmp {
                 });
             }
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| QmpError::Timeout {
-            command: command.into(),
-            timeout_ms: timeout.as_millis() as u64,
-        })?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| QmpError::Timeout {
+                command: command.into(),
+                timeout_ms: timeout.as_millis() as u64,
+            })?
     }
 
     /// `query-status` -> the run state string (`running`, `paused`, `inmigrate`, ...).
@@ -175,7 +195,9 @@ mod tests {
         let s = std::os::unix::net::UnixStream::from(fd);
         s.set_nonblocking(true).unwrap();
         let mut s = UnixStream::from_std(s).unwrap();
-        s.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n").await.unwrap();
+        s.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n")
+            .await
+            .unwrap();
         let mut buf = vec![0u8; 4096];
         for r in replies {
             let _ = s.read(&mut buf).await.unwrap();
@@ -200,7 +222,10 @@ mod tests {
         let mut q = Qmp::handshake(a, t).await.unwrap();
         assert_eq!(q.status(t).await.unwrap(), "paused");
         let err = q.execute("cont", json!({}), t).await.unwrap_err();
-        assert!(matches!(err, QmpError::Command { ref desc, .. } if desc == "nope"), "{err}");
+        assert!(
+            matches!(err, QmpError::Command { ref desc, .. } if desc == "nope"),
+            "{err}"
+        );
         drop(q);
         server.await.unwrap();
     }
@@ -209,7 +234,10 @@ mod tests {
     async fn closed_connection_is_an_error_not_a_hang() {
         let (a, b) = crate::process::socketpair().unwrap();
         drop(b);
-        let err = Qmp::handshake(a, Duration::from_secs(2)).await.err().unwrap();
+        let err = Qmp::handshake(a, Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, QmpError::Closed { .. }), "{err}");
     }
 }

@@ -75,7 +75,9 @@ pub fn transition(state: &VmState, event: &VmEvent) -> Result<VmState, InvalidTr
         (_, E::Terminate) => Some(S::Terminated),
         (S::Failed { .. }, _) => None,
         (S::Suspended, _) => None,
-        (_, E::Fail { reason }) => Some(S::Failed { reason: reason.clone() }),
+        (_, E::Fail { reason }) => Some(S::Failed {
+            reason: reason.clone(),
+        }),
         (S::Starting, E::Ready) => Some(S::Running),
         (S::Running, E::BeginSnapshot) => Some(S::Snapshotting),
         (S::Snapshotting, E::EndSnapshot) => Some(S::Running),
@@ -83,7 +85,10 @@ pub fn transition(state: &VmState, event: &VmEvent) -> Result<VmState, InvalidTr
         (S::Suspending, E::EndSuspend) => Some(S::Suspended),
         (S::Starting | S::Running | S::Snapshotting | S::Suspending, _) => None,
     };
-    next.ok_or_else(|| InvalidTransition { state: state.clone(), event: event.clone() })
+    next.ok_or_else(|| InvalidTransition {
+        state: state.clone(),
+        event: event.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -91,28 +96,48 @@ mod tests {
     use super::*;
 
     fn run(events: &[VmEvent]) -> Result<VmState, InvalidTransition> {
-        events.iter().try_fold(VmState::Starting, |s, e| transition(&s, e))
+        events
+            .iter()
+            .try_fold(VmState::Starting, |s, e| transition(&s, e))
     }
 
     #[test]
     fn happy_paths() {
         use VmEvent::*;
-        assert_eq!(run(&[Ready, BeginSnapshot, EndSnapshot]).unwrap(), VmState::Running);
-        assert_eq!(run(&[Ready, BeginSuspend, EndSuspend]).unwrap(), VmState::Suspended);
+        assert_eq!(
+            run(&[Ready, BeginSnapshot, EndSnapshot]).unwrap(),
+            VmState::Running
+        );
+        assert_eq!(
+            run(&[Ready, BeginSuspend, EndSuspend]).unwrap(),
+            VmState::Suspended
+        );
         assert_eq!(run(&[Ready, Terminate]).unwrap(), VmState::Terminated);
     }
 
     #[test]
     fn failures_and_illegal_moves() {
         use VmEvent::*;
-        let failed = run(&[Ready, Fail { reason: "garbage".into() }]).unwrap();
+        let failed = run(&[
+            Ready,
+            Fail {
+                reason: "garbage".into(),
+            },
+        ])
+        .unwrap();
         assert!(matches!(failed, VmState::Failed { .. }));
         assert!(transition(&failed, &BeginSnapshot).is_err());
-        assert_eq!(transition(&failed, &Terminate).unwrap(), VmState::Terminated);
+        assert_eq!(
+            transition(&failed, &Terminate).unwrap(),
+            VmState::Terminated
+        );
         assert!(run(&[BeginSnapshot]).is_err());
         assert!(run(&[Ready, BeginSuspend, BeginSnapshot]).is_err());
         assert!(run(&[Ready, Terminate, Ready]).is_err());
-        assert_eq!(run(&[Ready, BeginSuspend, EndSuspend, Terminate]).unwrap(), VmState::Terminated);
+        assert_eq!(
+            run(&[Ready, BeginSuspend, EndSuspend, Terminate]).unwrap(),
+            VmState::Terminated
+        );
         assert!(run(&[Ready, BeginSuspend, EndSuspend, Ready]).is_err());
     }
 }

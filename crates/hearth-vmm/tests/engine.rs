@@ -11,7 +11,11 @@ use hearth_vmm::{LaunchSpec, MicroVm, QemuVm, SnapshotMode, VmBackend, VmId, VmS
 use support::*;
 
 async fn sh(vm: &QemuVm, script: &str) -> String {
-    let out: Output = vm.agent().run(&["/bin/sh", "-c", script], T).await.expect("agent run");
+    let out: Output = vm
+        .agent()
+        .run(&["/bin/sh", "-c", script], T)
+        .await
+        .expect("agent run");
     assert!(
         out.status.success(),
         "`{script}` failed with {:?}: stdout={:?} stderr={:?}",
@@ -52,7 +56,10 @@ async fn start_counter(vm: &QemuVm) -> u32 {
 }
 
 async fn counter(vm: &QemuVm) -> u64 {
-    sh(vm, "cat /run/counter 2>/dev/null || echo 0").await.parse().unwrap_or(0)
+    sh(vm, "cat /run/counter 2>/dev/null || echo 0")
+        .await
+        .parse()
+        .unwrap_or(0)
 }
 
 async fn wait_counter_above(vm: &QemuVm, floor: u64) -> u64 {
@@ -69,18 +76,29 @@ async fn wait_counter_above(vm: &QemuVm, floor: u64) -> u64 {
 #[tokio::test]
 async fn e2e_boot_and_run_uname() {
     let env = env();
-    let mut vm = env.backend.boot(env.boot_spec("boot-uname", Some("debian-12-minimal"))).await.expect("boot");
+    let mut vm = env
+        .backend
+        .boot(env.boot_spec("boot-uname", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
     assert_eq!(vm.state(), VmState::Running);
     let out = vm.agent().run(&["uname", "-a"], T).await.unwrap();
     assert!(out.status.success());
     let text = out.stdout_str();
     assert!(text.starts_with("Linux boot-uname "), "{text}");
     assert!(text.contains(&env.manifest.kernel.release), "{text}");
-    let out = vm.agent().run(&["/bin/sh", "-c", "echo oops >&2; exit 7"], T).await.unwrap();
+    let out = vm
+        .agent()
+        .run(&["/bin/sh", "-c", "echo oops >&2; exit 7"], T)
+        .await
+        .unwrap();
     assert_eq!(out.status.code, Some(7));
     assert_eq!(out.stderr, b"oops\n");
     // The root disk is the Debian image, mounted read-write.
-    assert_eq!(sh(&vm, ". /etc/os-release; echo $VERSION_CODENAME").await, "bookworm");
+    assert_eq!(
+        sh(&vm, ". /etc/os-release; echo $VERSION_CODENAME").await,
+        "bookworm"
+    );
     let pid = vm.pid();
     vm.terminate().await.unwrap();
     assert!(!hearth_vmm::process::pid_alive(pid));
@@ -90,36 +108,87 @@ async fn e2e_boot_and_run_uname() {
 #[tokio::test]
 async fn e2e_snapshot_and_two_clones_diverge() {
     let env = env();
-    let mut src = env.backend.boot(env.boot_spec("snap-src", Some("debian-12-minimal"))).await.expect("boot");
+    let mut src = env
+        .backend
+        .boot(env.boot_spec("snap-src", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
     let counter_pid = start_counter(&src).await;
     let at_snapshot = counter(&src).await;
     let snap_dir = env.state.path().join("snap-1");
-    let snap = src.snapshot(snap_dir.clone(), SnapshotMode::Consume).await.expect("snapshot");
+    let snap = src
+        .snapshot(snap_dir.clone(), SnapshotMode::Consume)
+        .await
+        .expect("snapshot");
     assert!(snap.manifest.memory_allocated_bytes > 0);
     assert!(snap_dir.join("snapshot.json").is_file());
     drop(src);
 
-    let a = env.backend.launch(&snap, LaunchSpec { id: VmId::new("clone-a").unwrap() }).await.expect("clone a");
-    let b = env.backend.launch(&snap, LaunchSpec { id: VmId::new("clone-b").unwrap() }).await.expect("clone b");
+    let a = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("clone-a").unwrap(),
+            },
+        )
+        .await
+        .expect("clone a");
+    let b = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("clone-b").unwrap(),
+            },
+        )
+        .await
+        .expect("clone b");
     for vm in [&a, &b] {
         // The same process, with its in-memory count, goes on in both.
-        assert_eq!(sh(vm, &format!("kill -0 {counter_pid} && echo alive")).await, "alive");
+        assert_eq!(
+            sh(vm, &format!("kill -0 {counter_pid} && echo alive")).await,
+            "alive"
+        );
         let c = wait_counter_above(vm, at_snapshot).await;
-        assert!(c > at_snapshot, "{} restarted counting: {c} <= {at_snapshot}", vm.id());
+        assert!(
+            c > at_snapshot,
+            "{} restarted counting: {c} <= {at_snapshot}",
+            vm.id()
+        );
         assert_eq!(sh(vm, "cat /root/disk-file").await, "seed");
     }
     // Diverge: disk and memory.
-    sh(&a, "echo from-a > /root/disk-file && echo a > /run/only-here && sync").await;
+    sh(
+        &a,
+        "echo from-a > /root/disk-file && echo a > /run/only-here && sync",
+    )
+    .await;
     sh(&b, "echo from-b > /root/disk-file && sync").await;
     assert_eq!(sh(&a, "cat /root/disk-file").await, "from-a");
     assert_eq!(sh(&b, "cat /root/disk-file").await, "from-b");
-    assert_eq!(sh(&b, "cat /run/only-here 2>/dev/null || echo absent").await, "absent");
+    assert_eq!(
+        sh(&b, "cat /run/only-here 2>/dev/null || echo absent").await,
+        "absent"
+    );
     a.terminate().await.unwrap();
 
     // The snapshot itself is untouched: a later clone sees the original state.
-    let c = env.backend.launch(&snap, LaunchSpec { id: VmId::new("clone-c").unwrap() }).await.expect("clone c");
+    let c = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("clone-c").unwrap(),
+            },
+        )
+        .await
+        .expect("clone c");
     assert_eq!(sh(&c, "cat /root/disk-file").await, "seed");
-    assert_eq!(sh(&c, "cat /run/only-here 2>/dev/null || echo absent").await, "absent");
+    assert_eq!(
+        sh(&c, "cat /run/only-here 2>/dev/null || echo absent").await,
+        "absent"
+    );
     assert!(counter(&c).await >= at_snapshot);
     assert_eq!(sh(&b, "cat /root/disk-file").await, "from-b");
     b.terminate().await.unwrap();
@@ -131,7 +200,11 @@ async fn e2e_snapshot_and_two_clones_diverge() {
 #[tokio::test]
 async fn e2e_suspend_resume_keeps_process_and_clock() {
     let env = env();
-    let vm = env.backend.boot(env.boot_spec("susp", Some("debian-12-minimal"))).await.expect("boot");
+    let vm = env
+        .backend
+        .boot(env.boot_spec("susp", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
     let pid = start_counter(&vm).await;
     let before = counter(&vm).await;
     let suspended = vm.suspend().await.expect("suspend");
@@ -143,12 +216,22 @@ async fn e2e_suspend_resume_keeps_process_and_clock() {
     let guest: f64 = sh(&vm, "date +%s.%N").await.parse().unwrap();
     let t1 = host_now_secs();
     let skew = (guest - (t0 + t1) / 2.0).abs();
-    assert!(skew < 1.0, "guest clock off by {skew:.3} s after resume (round trip {:.3} s)", t1 - t0);
+    assert!(
+        skew < 1.0,
+        "guest clock off by {skew:.3} s after resume (round trip {:.3} s)",
+        t1 - t0
+    );
     // Same process, same count, still counting.
-    assert_eq!(sh(&vm, &format!("kill -0 {pid} && echo alive")).await, "alive");
+    assert_eq!(
+        sh(&vm, &format!("kill -0 {pid} && echo alive")).await,
+        "alive"
+    );
     let after = wait_counter_above(&vm, before).await;
     assert!(after > before);
-    assert!(after < before + 100, "counter jumped from {before} to {after}: the guest ran while suspended?");
+    assert!(
+        after < before + 100,
+        "counter jumped from {before} to {after}: the guest ran while suspended?"
+    );
     vm.terminate().await.unwrap();
     env.assert_no_leftovers();
 }
@@ -156,25 +239,62 @@ async fn e2e_suspend_resume_keeps_process_and_clock() {
 #[tokio::test]
 async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
     let env = env();
-    let mut src = env.backend.boot(env.boot_spec("diff-src", Some("debian-12-minimal"))).await.expect("boot");
+    let mut src = env
+        .backend
+        .boot(env.boot_spec("diff-src", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
     let pid = start_counter(&src).await;
-    let snap = src.snapshot(env.state.path().join("snap-d"), SnapshotMode::Consume).await.expect("snapshot");
+    let snap = src
+        .snapshot(env.state.path().join("snap-d"), SnapshotMode::Consume)
+        .await
+        .expect("snapshot");
     drop(src);
-    let clone = env.backend.launch(&snap, LaunchSpec { id: VmId::new("diff-clone").unwrap() }).await.unwrap();
+    let clone = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("diff-clone").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
     // Dirty some guest memory (tmpfs) the image does not have.
-    sh(&clone, "head -c 8388608 /dev/urandom > /run/blob && md5sum /run/blob > /run/blob.md5").await;
+    sh(
+        &clone,
+        "head -c 8388608 /dev/urandom > /run/blob && md5sum /run/blob > /run/blob.md5",
+    )
+    .await;
     let before = counter(&clone).await;
     let suspended = clone.suspend().await.expect("suspend clone");
-    let diff = std::fs::metadata(suspended.dir.join("memory.diff.json")).expect("a clone suspends to a diff");
+    let diff = std::fs::metadata(suspended.dir.join("memory.diff.json"))
+        .expect("a clone suspends to a diff");
     assert!(diff.len() > 0);
-    assert!(!suspended.dir.join("memory").exists(), "a clone must not copy its whole memory");
+    assert!(
+        !suspended.dir.join("memory").exists(),
+        "a clone must not copy its whole memory"
+    );
     let vm = env.backend.resume(suspended).await.expect("resume clone");
-    assert_eq!(sh(&vm, "md5sum -c /run/blob.md5 >/dev/null && echo ok").await, "ok");
-    assert_eq!(sh(&vm, &format!("kill -0 {pid} && echo alive")).await, "alive");
+    assert_eq!(
+        sh(&vm, "md5sum -c /run/blob.md5 >/dev/null && echo ok").await,
+        "ok"
+    );
+    assert_eq!(
+        sh(&vm, &format!("kill -0 {pid} && echo alive")).await,
+        "alive"
+    );
     assert!(wait_counter_above(&vm, before).await > before);
     // And once more: a resumed clone suspends and resumes again.
-    let vm = env.backend.resume(vm.suspend().await.expect("suspend again")).await.expect("resume again");
-    assert_eq!(sh(&vm, "md5sum -c /run/blob.md5 >/dev/null && echo ok").await, "ok");
+    let vm = env
+        .backend
+        .resume(vm.suspend().await.expect("suspend again"))
+        .await
+        .expect("resume again");
+    assert_eq!(
+        sh(&vm, "md5sum -c /run/blob.md5 >/dev/null && echo ok").await,
+        "ok"
+    );
     vm.terminate().await.unwrap();
     env.assert_no_leftovers();
     snap.delete().unwrap();
@@ -183,11 +303,36 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
 #[tokio::test]
 async fn e2e_clones_get_their_own_entropy_and_identity() {
     let env = env();
-    let mut src = env.backend.boot(env.boot_spec("ident-src", Some("debian-12-minimal"))).await.expect("boot");
-    let snap = src.snapshot(env.state.path().join("snap-i"), SnapshotMode::Consume).await.unwrap();
+    let mut src = env
+        .backend
+        .boot(env.boot_spec("ident-src", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
+    let snap = src
+        .snapshot(env.state.path().join("snap-i"), SnapshotMode::Consume)
+        .await
+        .unwrap();
     drop(src);
-    let a = env.backend.launch(&snap, LaunchSpec { id: VmId::new("ident-a").unwrap() }).await.unwrap();
-    let b = env.backend.launch(&snap, LaunchSpec { id: VmId::new("ident-b").unwrap() }).await.unwrap();
+    let a = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("ident-a").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    let b = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("ident-b").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
     let read = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
     let (ra, rb) = (sh(&a, read).await, sh(&b, read).await);
     assert_eq!(ra.len(), 64);

@@ -38,7 +38,8 @@ fn hostile_initramfs(env: &Env, name: &str, hello: bool, payload: &[u8]) -> Path
     ];
     let mods = ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"];
     for m in mods {
-        let data = std::fs::read(modules_dir.join(format!("{m}.ko"))).expect("kernel module from hearth setup");
+        let data = std::fs::read(modules_dir.join(format!("{m}.ko")))
+            .expect("kernel module from hearth setup");
         entries.push(Entry::file(&format!("lib/{m}.ko"), 0o644, data));
     }
     let hello_frame = encode_frame(&GuestMessage::Hello(Hello {
@@ -70,7 +71,11 @@ $B printf '{payload}' >&3
 while :; do $B sleep 1000; done
 "#,
         mods = mods.join(" "),
-        hello = if hello { format!("$B printf '{}' >&3", octal(&hello_frame)) } else { String::new() },
+        hello = if hello {
+            format!("$B printf '{}' >&3", octal(&hello_frame))
+        } else {
+            String::new()
+        },
         payload = octal(payload),
     );
     entries.push(Entry::file("init", 0o755, script.into_bytes()));
@@ -98,13 +103,21 @@ async fn wait_failed(vm: &mut hearth_vmm::QemuVm) -> String {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{} was never marked failed; console: {}", vm.id(), vm.console_tail());
+    panic!(
+        "{} was never marked failed; console: {}",
+        vm.id(),
+        vm.console_tail()
+    );
 }
 
 #[tokio::test]
 async fn e2e_hostile_guest_is_isolated_and_marked_failed() {
     let env = env();
-    let healthy = env.backend.boot(env.boot_spec("healthy", Some("debian-12-minimal"))).await.expect("boot healthy");
+    let healthy = env
+        .backend
+        .boot(env.boot_spec("healthy", Some("debian-12-minimal")))
+        .await
+        .expect("boot healthy");
 
     let mut garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
     garbage.extend(std::iter::repeat_n(0xA5u8, 4096));
@@ -112,9 +125,16 @@ async fn e2e_hostile_guest_is_isolated_and_marked_failed() {
     oversized.extend([PROTO_VERSION, 0, 0xff, 0xff, 0xff, 0x7f]);
     oversized.extend(std::iter::repeat_n(0u8, 1024));
 
-    for (name, payload, expect) in [("garbage", garbage, "magic"), ("oversized", oversized, "exceeds")] {
+    for (name, payload, expect) in [
+        ("garbage", garbage, "magic"),
+        ("oversized", oversized, "exceeds"),
+    ] {
         let initramfs = hostile_initramfs(&env, name, true, &payload);
-        let mut vm = env.backend.boot(hostile_spec(&env, &format!("hostile-{name}"), initramfs)).await.expect("boot");
+        let mut vm = env
+            .backend
+            .boot(hostile_spec(&env, &format!("hostile-{name}"), initramfs))
+            .await
+            .expect("boot");
         let reason = wait_failed(&mut vm).await;
         assert!(reason.contains(expect), "{name}: {reason}");
         // Requests fail fast instead of hanging on the broken channel.
@@ -123,7 +143,11 @@ async fn e2e_hostile_guest_is_isolated_and_marked_failed() {
         assert!(matches!(err, AgentClientError::ChannelFailed(_)), "{err}");
         assert!(t.elapsed() < Duration::from_secs(1));
         // Nothing else is affected.
-        let out = healthy.agent().run(&["uname", "-n"], T).await.expect("healthy VM still answers");
+        let out = healthy
+            .agent()
+            .run(&["uname", "-n"], T)
+            .await
+            .expect("healthy VM still answers");
         assert_eq!(out.stdout_str().trim(), "healthy");
         let pid = vm.pid();
         vm.terminate().await.unwrap();
@@ -132,9 +156,20 @@ async fn e2e_hostile_guest_is_isolated_and_marked_failed() {
 
     // Garbage before any hello: the boot itself fails, cleanly.
     let initramfs = hostile_initramfs(&env, "no-hello", false, b"\xff\xfe garbage");
-    let err = env.backend.boot(hostile_spec(&env, "hostile-nohello", initramfs)).await.err().expect("boot must fail");
+    let err = env
+        .backend
+        .boot(hostile_spec(&env, "hostile-nohello", initramfs))
+        .await
+        .err()
+        .expect("boot must fail");
     assert!(
-        matches!(err, VmError::Agent { source: AgentClientError::ChannelFailed(_), .. }),
+        matches!(
+            err,
+            VmError::Agent {
+                source: AgentClientError::ChannelFailed(_),
+                ..
+            }
+        ),
         "unexpected error: {err}"
     );
     assert!(!env.state.path().join("vms/hostile-nohello").exists());

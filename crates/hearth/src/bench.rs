@@ -45,7 +45,9 @@ struct Series {
 
 impl Series {
     fn new() -> Self {
-        Self { samples: Vec::new() }
+        Self {
+            samples: Vec::new(),
+        }
     }
     fn push_ms(&mut self, d: Duration) {
         self.samples.push(d.as_secs_f64() * 1000.0);
@@ -80,7 +82,9 @@ impl Series {
     fn cell(&self) -> String {
         let s = self.sorted();
         match (s.first(), s.last()) {
-            (Some(lo), Some(hi)) => format!("{:.1} ({:.1}–{:.1}, n={})", self.p50(), lo, hi, s.len()),
+            (Some(lo), Some(hi)) => {
+                format!("{:.1} ({:.1}–{:.1}, n={})", self.p50(), lo, hi, s.len())
+            }
             _ => "n/a".into(),
         }
     }
@@ -112,14 +116,22 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     eprintln!("[bench] cold boots + snapshots ({} runs)", a.runs);
     for i in 0..a.runs {
         let t = Instant::now();
-        let mut vm = backend.boot(spec(format!("b{tag}-cold-{i}"))?).await.context("cold boot")?;
+        let mut vm = backend
+            .boot(spec(format!("b{tag}-cold-{i}"))?)
+            .await
+            .context("cold boot")?;
         cold.push_ms(t.elapsed());
         if i == 0 {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            pss_cold.samples.push(vm.pss_kib().unwrap_or(0) as f64 / 1024.0);
+            pss_cold
+                .samples
+                .push(vm.pss_kib().unwrap_or(0) as f64 / 1024.0);
         }
         let t = Instant::now();
-        let snap = vm.snapshot(work.join(format!("snap-{i}")), SnapshotMode::Consume).await.context("snapshot")?;
+        let snap = vm
+            .snapshot(work.join(format!("snap-{i}")), SnapshotMode::Consume)
+            .await
+            .context("snapshot")?;
         snapshot_ms.push_ms(t.elapsed());
         snaps.push(snap);
     }
@@ -132,16 +144,25 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     let mut base_cold = Series::new();
     for i in 0..a.runs {
         let t = Instant::now();
-        let vm = backend.boot_with(spec(format!("b{tag}-plain-{i}"))?, true).await.context("plain boot")?;
+        let vm = backend
+            .boot_with(spec(format!("b{tag}-plain-{i}"))?, true)
+            .await
+            .context("plain boot")?;
         base_cold.push_ms(t.elapsed());
         if i + 1 < a.runs {
             vm.terminate().await?;
         } else {
             // The last one becomes the full-RAM baseline's source.
-            eprintln!("[bench] baseline: QEMU full-RAM migration save + restores ({} runs)", a.runs);
+            eprintln!(
+                "[bench] baseline: QEMU full-RAM migration save + restores ({} runs)",
+                a.runs
+            );
             tokio::time::sleep(Duration::from_secs(1)).await;
             let t = Instant::now();
-            let full = vm.save_full_ram(&work.join("full-ram.mig")).await.context("full-RAM save")?;
+            let full = vm
+                .save_full_ram(&work.join("full-ram.mig"))
+                .await
+                .context("full-RAM save")?;
             let full_save_ms = t.elapsed().as_secs_f64() * 1000.0;
             let mut base_restore = Series::new();
             for j in 0..a.runs {
@@ -153,7 +174,23 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
                 base_restore.push_ms(t.elapsed());
                 vm.terminate().await?;
             }
-            return finish(g, &a, backend, accel, work, tag, snap, cold, snapshot_ms, pss_cold, base_cold, base_restore, full_save_ms, full.stream_bytes).await;
+            return finish(
+                g,
+                &a,
+                backend,
+                accel,
+                work,
+                tag,
+                snap,
+                cold,
+                snapshot_ms,
+                pss_cold,
+                base_cold,
+                base_restore,
+                full_save_ms,
+                full.stream_bytes,
+            )
+            .await;
         }
     }
     unreachable!("runs >= 5")
@@ -184,10 +221,18 @@ async fn finish(
     for i in 0..a.runs {
         let id = VmId::new(format!("b{tag}-clone-{i}"))?;
         let t = Instant::now();
-        let vm = backend.launch(&snap, LaunchSpec { id }).await.context("clone launch")?;
+        let vm = backend
+            .launch(&snap, LaunchSpec { id })
+            .await
+            .context("clone launch")?;
         launch.push_ms(t.elapsed());
         // A little guest activity, as a session would have, before the suspend.
-        vm.agent().run(&["/bin/sh", "-c", "echo $RANDOM > /run/activity"], Duration::from_secs(30)).await?;
+        vm.agent()
+            .run(
+                &["/bin/sh", "-c", "echo $RANDOM > /run/activity"],
+                Duration::from_secs(30),
+            )
+            .await?;
         let t = Instant::now();
         let s = vm.suspend().await.context("suspend")?;
         suspend.push_ms(t.elapsed());
@@ -200,7 +245,14 @@ async fn finish(
 
     eprintln!("[bench] memory: 1 and {} idle clones", a.clones);
     let pss_one = {
-        let vm = backend.launch(&snap, LaunchSpec { id: VmId::new(format!("b{tag}-pss-1"))? }).await?;
+        let vm = backend
+            .launch(
+                &snap,
+                LaunchSpec {
+                    id: VmId::new(format!("b{tag}-pss-1"))?,
+                },
+            )
+            .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let v = vm.pss_kib().unwrap_or(0) as f64 / 1024.0;
         vm.terminate().await?;
@@ -208,12 +260,23 @@ async fn finish(
     };
     let mut many = Vec::new();
     for i in 0..a.clones {
-        many.push(backend.launch(&snap, LaunchSpec { id: VmId::new(format!("b{tag}-pss-n{i}"))? }).await?);
+        many.push(
+            backend
+                .launch(
+                    &snap,
+                    LaunchSpec {
+                        id: VmId::new(format!("b{tag}-pss-n{i}"))?,
+                    },
+                )
+                .await?,
+        );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut pss_many = Series::new();
     for vm in &many {
-        pss_many.samples.push(vm.pss_kib().unwrap_or(0) as f64 / 1024.0);
+        pss_many
+            .samples
+            .push(vm.pss_kib().unwrap_or(0) as f64 / 1024.0);
     }
     for vm in many {
         vm.terminate().await?;
@@ -231,7 +294,11 @@ async fn finish(
         .unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let ratio = |base: &Series, ours: &Series| base.p50() / ours.p50();
     let report = json!({
@@ -260,23 +327,64 @@ async fn finish(
     });
 
     let mut t = String::new();
-    let _ = writeln!(t, "| metric | Hearth p50 (min–max, n) ms | baseline p50 (min–max, n) ms | baseline | ratio |");
+    let _ = writeln!(
+        t,
+        "| metric | Hearth p50 (min–max, n) ms | baseline p50 (min–max, n) ms | baseline | ratio |"
+    );
     let _ = writeln!(t, "|---|---|---|---|---|");
-    let _ = writeln!(t, "| cold boot to agent-ready | {} | {} | plain QEMU boot, anonymous RAM | {:.2}x |", cold.cell(), base_cold.cell(), ratio(&base_cold, &cold));
+    let _ = writeln!(
+        t,
+        "| cold boot to agent-ready | {} | {} | plain QEMU boot, anonymous RAM | {:.2}x |",
+        cold.cell(),
+        base_cold.cell(),
+        ratio(&base_cold, &cold)
+    );
     let _ = writeln!(t, "| clone launch to agent-ready | {} | {} | QEMU full-RAM restore | {:.1}x faster (vs Hearth cold boot: {:.1}x) |", launch.cell(), base_restore.cell(), ratio(&base_restore, &launch), ratio(&cold, &launch));
-    let _ = writeln!(t, "| resume to agent-ready | {} | {} | QEMU full-RAM restore | {:.1}x faster |", resume.cell(), base_restore.cell(), ratio(&base_restore, &resume));
+    let _ = writeln!(
+        t,
+        "| resume to agent-ready | {} | {} | QEMU full-RAM restore | {:.1}x faster |",
+        resume.cell(),
+        base_restore.cell(),
+        ratio(&base_restore, &resume)
+    );
     let _ = writeln!(t, "| suspend of a running clone | {} | {:.1} (n=1) | QEMU full-RAM save ({:.1} MiB stream) | {:.1}x |", suspend.cell(), full_save_ms, mib(full_stream_bytes), full_save_ms / suspend.p50());
-    let _ = writeln!(t, "| snapshot (stop, save, move files) | {} | | | |", snapshot_ms.cell());
+    let _ = writeln!(
+        t,
+        "| snapshot (stop, save, move files) | {} | | | |",
+        snapshot_ms.cell()
+    );
     let _ = writeln!(t);
     let _ = writeln!(t, "| size / memory | value |");
     let _ = writeln!(t, "|---|---|");
-    let _ = writeln!(t, "| snapshot memory file (allocated) | {:.1} MiB of {} MiB |", mib(m.memory_allocated_bytes), a.mem_mib);
-    let _ = writeln!(t, "| snapshot device state | {:.1} KiB |", m.devstate_bytes as f64 / 1024.0);
+    let _ = writeln!(
+        t,
+        "| snapshot memory file (allocated) | {:.1} MiB of {} MiB |",
+        mib(m.memory_allocated_bytes),
+        a.mem_mib
+    );
+    let _ = writeln!(
+        t,
+        "| snapshot device state | {:.1} KiB |",
+        m.devstate_bytes as f64 / 1024.0
+    );
     let _ = writeln!(t, "| snapshot disk layer | {:.1} MiB |", mib(m.disk_bytes));
-    let _ = writeln!(t, "| suspended clone on disk (diff + state + disk layer) | {} MiB |", suspended_mib.cell());
-    let _ = writeln!(t, "| PSS, idle cold-booted microVM | {:.1} MiB |", pss_cold.p50());
+    let _ = writeln!(
+        t,
+        "| suspended clone on disk (diff + state + disk layer) | {} MiB |",
+        suspended_mib.cell()
+    );
+    let _ = writeln!(
+        t,
+        "| PSS, idle cold-booted microVM | {:.1} MiB |",
+        pss_cold.p50()
+    );
     let _ = writeln!(t, "| PSS, 1 idle clone | {:.1} MiB |", pss_one);
-    let _ = writeln!(t, "| PSS per clone, {} idle clones of one snapshot | {} MiB |", a.clones, pss_many.cell());
+    let _ = writeln!(
+        t,
+        "| PSS per clone, {} idle clones of one snapshot | {} MiB |",
+        a.clones,
+        pss_many.cell()
+    );
 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -305,7 +413,8 @@ async fn finish(
         if let Some(parent) = a.markdown.parent() {
             std::fs::create_dir_all(parent).ok();
         }
-        std::fs::write(&a.markdown, md).with_context(|| format!("write {}", a.markdown.display()))?;
+        std::fs::write(&a.markdown, md)
+            .with_context(|| format!("write {}", a.markdown.display()))?;
         eprintln!("[bench] wrote {}", a.markdown.display());
     }
     Ok(())

@@ -32,13 +32,33 @@ fn step(msg: &str, t: Instant) {
 pub async fn run(g: &Global) -> Result<()> {
     let backend = g.backend()?;
     let tag = format!("{:06x}", rand_tag());
-    println!("Hearth engine demo (accelerator: {})", backend.config().accel);
+    println!(
+        "Hearth engine demo (accelerator: {})",
+        backend.config().accel
+    );
 
     let t = Instant::now();
-    let spec = g.boot_spec(VmId::new(format!("demo-{tag}"))?, Some("debian-12-python"), 512, 1)?;
+    let spec = g.boot_spec(
+        VmId::new(format!("demo-{tag}"))?,
+        Some("debian-12-python"),
+        512,
+        1,
+    )?;
     let mut vm = backend.boot(spec).await.context("cold boot")?;
-    step(&format!("cold boot of {} to agent-ready (QEMU pid {})", vm.id(), vm.pid()), t);
-    println!("             {}", sh(&vm, "uname -sr; python3 --version").await?.replace('\n', ", "));
+    step(
+        &format!(
+            "cold boot of {} to agent-ready (QEMU pid {})",
+            vm.id(),
+            vm.pid()
+        ),
+        t,
+    );
+    println!(
+        "             {}",
+        sh(&vm, "uname -sr; python3 --version")
+            .await?
+            .replace('\n', ", ")
+    );
 
     vm.agent()
         .exec(
@@ -55,13 +75,23 @@ pub async fn run(g: &Global) -> Result<()> {
         )
         .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    sh(&vm, "echo 'written before the snapshot' > /root/note.txt && sync").await?;
-    println!("             started a Python counter; count = {}", sh(&vm, "cat /run/count").await?);
+    sh(
+        &vm,
+        "echo 'written before the snapshot' > /root/note.txt && sync",
+    )
+    .await?;
+    println!(
+        "             started a Python counter; count = {}",
+        sh(&vm, "cat /run/count").await?
+    );
 
     let snap_dir = g.state_dir.join("snapshots").join(format!("demo-{tag}"));
     std::fs::create_dir_all(snap_dir.parent().unwrap())?;
     let t = Instant::now();
-    let snap = vm.snapshot(snap_dir, SnapshotMode::Consume).await.context("snapshot")?;
+    let snap = vm
+        .snapshot(snap_dir, SnapshotMode::Consume)
+        .await
+        .context("snapshot")?;
     step(
         &format!(
             "snapshot: {:.1} MiB of memory, {} KiB device state, {:.1} MiB disk layer",
@@ -76,8 +106,18 @@ pub async fn run(g: &Global) -> Result<()> {
     let mut clones = Vec::new();
     for name in ["a", "b"] {
         let t = Instant::now();
-        let c = backend.launch(&snap, LaunchSpec { id: VmId::new(format!("demo-{tag}-{name}"))? }).await?;
-        step(&format!("clone {} launched from the snapshot to agent-ready", c.id()), t);
+        let c = backend
+            .launch(
+                &snap,
+                LaunchSpec {
+                    id: VmId::new(format!("demo-{tag}-{name}"))?,
+                },
+            )
+            .await?;
+        step(
+            &format!("clone {} launched from the snapshot to agent-ready", c.id()),
+            t,
+        );
         clones.push(c);
     }
     for c in &clones {
@@ -97,7 +137,10 @@ pub async fn run(g: &Global) -> Result<()> {
     let t = Instant::now();
     let suspended = a.suspend().await.context("suspend")?;
     step(
-        &format!("suspended clone a: {:.1} MiB on disk, no process", suspended.allocated_bytes() as f64 / 1048576.0),
+        &format!(
+            "suspended clone a: {:.1} MiB on disk, no process",
+            suspended.allocated_bytes() as f64 / 1048576.0
+        ),
         t,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -118,5 +161,9 @@ pub async fn run(g: &Global) -> Result<()> {
 }
 
 fn rand_tag() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) & 0xffffff
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        & 0xffffff
 }

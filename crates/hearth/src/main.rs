@@ -16,7 +16,11 @@ use hearth_vmm::accel::{decide, AccelChoice, HostKvmFacts};
 use hearth_vmm::{BootSpec, MicroVm, QemuBackend, QemuConfig, VmBackend, VmId};
 
 #[derive(Parser)]
-#[command(name = "hearth", version, about = "Self-hosted Lambda MicroVMs: dedicated, snapshot-launched, suspendable microVMs")]
+#[command(
+    name = "hearth",
+    version,
+    about = "Self-hosted Lambda MicroVMs: dedicated, snapshot-launched, suspendable microVMs"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -111,16 +115,28 @@ impl Global {
         tracing::info!(accel = %decision.accel, "{}", decision.reason);
         let reaped = hearth_vmm::qemu::reap_stale(&self.state_dir);
         if !reaped.is_empty() {
-            tracing::info!("removed files of {} microVM(s) left by a dead Hearth process: {reaped:?}", reaped.len());
+            tracing::info!(
+                "removed files of {} microVM(s) left by a dead Hearth process: {reaped:?}",
+                reaped.len()
+            );
         }
-        Ok(QemuBackend::new(QemuConfig::new(self.state_dir.clone(), decision.accel)))
+        Ok(QemuBackend::new(QemuConfig::new(
+            self.state_dir.clone(),
+            decision.accel,
+        )))
     }
 
     fn manifest(&self) -> Result<hearth_artifacts::Manifest> {
         hearth_artifacts::Manifest::load(&self.cache_dir).map_err(anyhow::Error::from)
     }
 
-    fn boot_spec(&self, id: VmId, image: Option<&str>, mem_size_mib: u32, vcpu_count: u32) -> Result<BootSpec> {
+    fn boot_spec(
+        &self,
+        id: VmId,
+        image: Option<&str>,
+        mem_size_mib: u32,
+        vcpu_count: u32,
+    ) -> Result<BootSpec> {
         let m = self.manifest()?;
         let root_disk = match image {
             Some(name) => Some(
@@ -156,7 +172,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cli))
 }
 
@@ -165,7 +183,13 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Setup(a) => setup(&g, a),
         Cmd::Demo => demo::run(&g).await,
-        Cmd::Vm(VmCmd::Boot { image, mem_mib, vcpus, hold, command }) => vm_boot(&g, &image, mem_mib, vcpus, hold, command).await,
+        Cmd::Vm(VmCmd::Boot {
+            image,
+            mem_mib,
+            vcpus,
+            hold,
+            command,
+        }) => vm_boot(&g, &image, mem_mib, vcpus, hold, command).await,
         Cmd::Gc => {
             let reaped = hearth_vmm::qemu::reap_stale(&g.state_dir);
             println!("{}", serde_json::json!({ "removed": reaped }));
@@ -181,7 +205,10 @@ fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("locate the hearth binary")?;
     let dir = exe.parent().context("hearth binary has no directory")?;
-    for cand in [dir.join("hearth-agent"), dir.join("../x86_64-unknown-linux-gnu/release-agent/hearth-agent")] {
+    for cand in [
+        dir.join("hearth-agent"),
+        dir.join("../x86_64-unknown-linux-gnu/release-agent/hearth-agent"),
+    ] {
         if cand.is_file() {
             return Ok(cand);
         }
@@ -212,18 +239,33 @@ fn print_progress(p: hearth_artifacts::Progress) {
     match p.status {
         Status::Started => eprintln!("[setup] {}: building...", p.step),
         Status::Cached => eprintln!("[setup] {}: cached, nothing to do", p.step),
-        Status::Done { elapsed_ms } => eprintln!("[setup] {}: done in {:.1} s", p.step, elapsed_ms as f64 / 1000.0),
+        Status::Done { elapsed_ms } => eprintln!(
+            "[setup] {}: done in {:.1} s",
+            p.step,
+            elapsed_ms as f64 / 1000.0
+        ),
         Status::Info(line) => eprintln!("[setup] {}: {line}", p.step),
     }
 }
 
-async fn vm_boot(g: &Global, image: &str, mem_mib: u32, vcpus: u32, hold: bool, command: Vec<String>) -> Result<()> {
+async fn vm_boot(
+    g: &Global,
+    image: &str,
+    mem_mib: u32,
+    vcpus: u32,
+    hold: bool,
+    command: Vec<String>,
+) -> Result<()> {
     let backend = g.backend()?;
     let id = VmId::random("vm");
     let spec = g.boot_spec(id.clone(), Some(image), mem_mib, vcpus)?;
     let t0 = std::time::Instant::now();
     let vm = backend.boot(spec).await?;
-    eprintln!("booted {id} in {} ms (QEMU pid {})", t0.elapsed().as_millis(), vm.pid());
+    eprintln!(
+        "booted {id} in {} ms (QEMU pid {})",
+        t0.elapsed().as_millis(),
+        vm.pid()
+    );
     if !command.is_empty() {
         let argv: Vec<&str> = command.iter().map(String::as_str).collect();
         let out = vm.agent().run(&argv, Duration::from_secs(600)).await?;
@@ -231,10 +273,17 @@ async fn vm_boot(g: &Global, image: &str, mem_mib: u32, vcpus: u32, hold: bool, 
         std::io::stdout().write_all(&out.stdout)?;
         std::io::stderr().write_all(&out.stderr)?;
         vm.terminate().await?;
-        std::process::exit(out.status.code.unwrap_or(128 + out.status.signal.unwrap_or(0)));
+        std::process::exit(
+            out.status
+                .code
+                .unwrap_or(128 + out.status.signal.unwrap_or(0)),
+        );
     }
     if hold {
-        println!("{}", serde_json::json!({ "id": id.as_str(), "qemu_pid": vm.pid(), "dir": vm.dir() }));
+        println!(
+            "{}",
+            serde_json::json!({ "id": id.as_str(), "qemu_pid": vm.pid(), "dir": vm.dir() })
+        );
         tokio::signal::ctrl_c().await?;
     }
     vm.terminate().await?;

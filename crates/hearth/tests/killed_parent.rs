@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|st| st != "Z"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .is_some_and(|st| st != "Z")
+        })
         .unwrap_or(false)
 }
 
@@ -28,8 +32,11 @@ fn e2e_killed_hearth_leaves_no_qemu_behind() {
         .spawn()
         .expect("run hearth");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     let qemu_pid = info["qemu_pid"].as_u64().unwrap() as u32;
     let id = info["id"].as_str().unwrap().to_string();
     assert!(pid_alive(qemu_pid));
@@ -41,7 +48,10 @@ fn e2e_killed_hearth_leaves_no_qemu_behind() {
     while pid_alive(qemu_pid) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!pid_alive(qemu_pid), "QEMU {qemu_pid} outlived its killed parent");
+    assert!(
+        !pid_alive(qemu_pid),
+        "QEMU {qemu_pid} outlived its killed parent"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
         .args(["--state-dir"])
@@ -52,5 +62,8 @@ fn e2e_killed_hearth_leaves_no_qemu_behind() {
     assert!(out.status.success());
     let gc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(gc["removed"], serde_json::json!([id]));
-    assert_eq!(std::fs::read_dir(state.path().join("vms")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(state.path().join("vms")).unwrap().count(),
+        0
+    );
 }

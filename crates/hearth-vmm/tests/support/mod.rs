@@ -27,17 +27,26 @@ pub struct Env {
 
 /// Artifacts must exist: these tests fail (never skip) without them.
 pub fn env() -> Env {
-    let lock = File::create(std::env::temp_dir().join("hearth-e2e.lock")).expect("create lock file");
+    let lock =
+        File::create(std::env::temp_dir().join("hearth-e2e.lock")).expect("create lock file");
     // SAFETY: flock on a valid fd we own; blocks until the lock is free.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
     let cache = hearth_artifacts::cache_dir();
     let manifest = Manifest::load(&cache).unwrap_or_else(|e| {
         panic!("end-to-end tests need the guest artifacts: {e}. Run `hearth setup` (scripts/test.sh does)")
     });
-    let state = tempfile::Builder::new().prefix("hearth-e2e-").tempdir().expect("state dir");
+    let state = tempfile::Builder::new()
+        .prefix("hearth-e2e-")
+        .tempdir()
+        .expect("state dir");
     let decision = decide(AccelChoice::Auto, HostKvmFacts::probe());
     let backend = QemuBackend::new(QemuConfig::new(state.path().to_path_buf(), decision.accel));
-    Env { backend, manifest, state, _lock: lock }
+    Env {
+        backend,
+        manifest,
+        state,
+        _lock: lock,
+    }
 }
 
 impl Env {
@@ -75,5 +84,8 @@ impl Env {
 
 /// Host wall clock in seconds (float).
 pub fn host_now_secs() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
