@@ -835,6 +835,20 @@ impl QemuBackend {
                     tokio::time::sleep(Duration::from_micros(500)).await
                 }
                 "running" => return Ok(()),
+                // A stream saved from a stopped guest (QEMU's own `migrate`
+                // after `stop`) carries that run state; start it here.
+                "paused" => {
+                    started
+                        .qmp
+                        .execute("cont", json!({}), QMP_TIMEOUT)
+                        .await
+                        .map_err(|source| VmError::Qmp {
+                            id: id.to_string(),
+                            during: "cont",
+                            source,
+                        })?;
+                    return Ok(());
+                }
                 other => {
                     return Err(VmError::Incoming {
                         id: id.to_string(),
@@ -888,6 +902,7 @@ impl QemuBackend {
             devstate,
             diff,
         } = r;
+        let t0 = Instant::now();
         let ram = match memory {
             MemoryLayout::Own => RamBacking::File {
                 path: dir.join("memory"),
@@ -928,8 +943,17 @@ impl QemuBackend {
                 source,
             })?;
         }
+        let t_up = t0.elapsed();
         self.load_state(id, &mut started).await?;
+        let t_loaded = t0.elapsed();
         self.restore_agent(id, &mut started).await?;
+        tracing::debug!(
+            vm = %id,
+            qemu_up_ms = t_up.as_secs_f64() * 1e3,
+            state_loaded_ms = t_loaded.as_secs_f64() * 1e3,
+            agent_ready_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "restored"
+        );
         Ok(started)
     }
 }
