@@ -373,9 +373,13 @@ fn request(ctx: &Arc<Ctx>, id: u64, body: Request) {
         }
         Request::Restore(req) => {
             let result = restore::apply(ctx.system.as_ref(), &req);
+            let ok = result.is_ok();
             // Always resume: even a failed restore must be able to answer.
             outbox.release();
             outbox.respond(id, result.map(|()| Response::Restored));
+            if ok {
+                restore::persist_identity(ctx.system.as_ref(), &req);
+            }
         }
     }
 }

@@ -40,8 +40,12 @@ impl SystemOps for FakeSystem {
         self.calls.lock().unwrap().push(format!("hostname {name}"));
         Ok(())
     }
-    fn set_machine_id(&self, id: &str) -> io::Result<()> {
-        self.calls.lock().unwrap().push(format!("machine-id {id}"));
+    fn persist_identity(&self, name: Option<&str>, id: Option<&str>) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!(
+            "persist {} {}",
+            name.unwrap_or("-"),
+            id.unwrap_or("-")
+        ));
         Ok(())
     }
     fn quiesce_filesystems(&self, drop_caches: bool) -> io::Result<()> {
@@ -888,6 +892,10 @@ fn restore_validates_then_applies_and_resumes() {
     assert_eq!(h.response(q), Ok(Response::Quiesced));
     let r = h.request(Request::Restore(good));
     assert_eq!(h.response(r), Ok(Response::Restored));
+    // The identity files are persisted after the answer but before the
+    // next request is served.
+    let p = h.request(Request::Ping { nonce: 1 });
+    assert_eq!(h.response(p), Ok(Response::Pong { nonce: 1 }));
     assert_eq!(
         *h.system.calls.lock().unwrap(),
         [
@@ -895,11 +903,9 @@ fn restore_validates_then_applies_and_resumes() {
             "clock 1700000000123456789",
             "entropy 64",
             "hostname vm-abc",
-            "machine-id 0123456789abcdef0123456789abcdef",
+            "persist vm-abc 0123456789abcdef0123456789abcdef",
         ]
     );
-    let p = h.request(Request::Ping { nonce: 1 });
-    assert_eq!(h.response(p), Ok(Response::Pong { nonce: 1 }));
 }
 
 #[test]

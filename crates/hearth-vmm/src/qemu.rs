@@ -8,7 +8,9 @@
 //! # Files
 //!
 //! ```text
-//! <state_dir>/vms/<id>/      one running or suspended microVM
+//! <state_dir>/vms/<name>/    one running or suspended microVM (named by its
+//!                            id, or by the pre-started QEMU a clone came from)
+//!     id, owner              the microVM id; the Hearth process running it
 //!     memory                 own RAM file (cold-booted VMs; mapped share=on)
 //!     disk.qcow2             private disk layer over the image's disk
 //!     devstate               device state at suspend (no RAM)
@@ -33,6 +35,7 @@
 //! RAM is a shared mapping of the microVM's own file or a private mapping of
 //! an image snapshot, which `x-ignore-shared` alone cannot do.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::OwnedFd;
@@ -469,6 +472,9 @@ fn tokio_stream_from(f: File) -> std::io::Result<tokio::net::UnixStream> {
 
 /// Names the Hearth process that runs a microVM (`<pid> <start time>`).
 const OWNER_FILE: &str = "owner";
+/// The id of the microVM a directory belongs to (a launched clone's
+/// directory is named after the pre-started QEMU that became it).
+const ID_FILE: &str = "id";
 
 /// `<pid> <start time in clock ticks>`: unique for a process across pid reuse.
 fn process_identity(pid: u32) -> Option<String> {
@@ -514,6 +520,9 @@ pub fn reap_stale(state_dir: &Path) -> Vec<String> {
 #[derive(Clone)]
 pub struct QemuBackend {
     cfg: Arc<QemuConfig>,
+    /// Pre-started QEMUs by snapshot directory; dropped (killed, files
+    /// removed) with the last clone of the backend.
+    pool: Arc<Mutex<HashMap<PathBuf, Vec<Prestarted>>>>,
 }
 
 /// A running QEMU microVM.
@@ -562,7 +571,10 @@ struct Started {
 
 impl QemuBackend {
     pub fn new(cfg: QemuConfig) -> Self {
-        Self { cfg: Arc::new(cfg) }
+        Self {
+            cfg: Arc::new(cfg),
+            pool: Arc::default(),
+        }
     }
 
     pub fn config(&self) -> &QemuConfig {
@@ -599,6 +611,13 @@ impl QemuBackend {
                     id: id.to_string(),
                     op: "write",
                     path: owner,
+                    source,
+                })?;
+                let id_file = dir.path.join(ID_FILE);
+                std::fs::write(&id_file, id.as_str()).map_err(|source| VmError::Io {
+                    id: id.to_string(),
+                    op: "write",
+                    path: id_file,
                     source,
                 })?;
                 Ok(dir)
@@ -661,9 +680,14 @@ impl QemuBackend {
             "-no-reboot",
         ]);
         push(&["-global", "migration.send-configuration=off"]);
-        push(&["-kernel", &machine.kernel.to_string_lossy()]);
-        push(&["-initrd", &machine.initramfs.to_string_lossy()]);
-        push(&["-append", &machine.cmdline]);
+        if !incoming {
+            // Only the firmware reads these, at boot. A restored guest never
+            // boots again (-no-reboot), and skipping them saves ~20 ms of
+            // QEMU start-up per launch and resume.
+            push(&["-kernel", &machine.kernel.to_string_lossy()]);
+            push(&["-initrd", &machine.initramfs.to_string_lossy()]);
+            push(&["-append", &machine.cmdline]);
+        }
         push(&[
             "-chardev",
             "socket,id=qmp,fd=3",
@@ -943,19 +967,122 @@ impl QemuBackend {
                 source,
             })?;
         }
-        let t_up = t0.elapsed();
-        self.load_state(id, &mut started).await?;
+        tracing::debug!(vm = %id, qemu_up_ms = t0.elapsed().as_secs_f64() * 1e3, "QEMU waiting for state");
+        self.complete_restore(id, &mut started).await?;
+        Ok(started)
+    }
+
+    /// Load the device state into a started, waiting QEMU and make the guest
+    /// ready: the part of a launch that a pre-started QEMU still has to do.
+    async fn complete_restore(&self, id: &VmId, started: &mut Started) -> Result<(), VmError> {
+        let t0 = Instant::now();
+        self.load_state(id, started).await?;
         let t_loaded = t0.elapsed();
-        self.restore_agent(id, &mut started).await?;
+        self.restore_agent(id, started).await?;
         tracing::debug!(
             vm = %id,
-            qemu_up_ms = t_up.as_secs_f64() * 1e3,
             state_loaded_ms = t_loaded.as_secs_f64() * 1e3,
             agent_ready_ms = t0.elapsed().as_secs_f64() * 1e3,
             "restored"
         );
-        Ok(started)
+        Ok(())
     }
+
+    /// Keep `depth` QEMUs started and waiting for `snapshot`'s state, so that
+    /// a launch pays no process start-up. Each waits at `-incoming defer`
+    /// with the snapshot memory mapped (no page touched yet), its own disk
+    /// layer, and its channels connected; an idle one uses no CPU.
+    pub async fn prestart(&self, snapshot: &Snapshot, depth: usize) -> Result<(), VmError> {
+        loop {
+            let have = self
+                .pool
+                .lock()
+                .unwrap()
+                .get(&snapshot.dir)
+                .map_or(0, Vec::len);
+            if have >= depth {
+                return Ok(());
+            }
+            let p = self.prestart_one(snapshot).await?;
+            self.pool
+                .lock()
+                .unwrap()
+                .entry(snapshot.dir.clone())
+                .or_default()
+                .push(p);
+        }
+    }
+
+    /// How many QEMUs wait for `snapshot`.
+    pub fn pooled(&self, snapshot: &Snapshot) -> usize {
+        self.pool
+            .lock()
+            .unwrap()
+            .get(&snapshot.dir)
+            .map_or(0, Vec::len)
+    }
+
+    /// Stop the waiting QEMUs of `snapshot` (before deleting it).
+    pub fn drain_pool(&self, snapshot: &Snapshot) {
+        self.pool.lock().unwrap().remove(&snapshot.dir);
+    }
+
+    async fn prestart_one(&self, snap: &Snapshot) -> Result<Prestarted, VmError> {
+        let id = VmId::random("pool");
+        let dir = self.create_dir(&id)?;
+        let machine = &snap.manifest.machine;
+        let disk_path = dir.path.join("disk.qcow2");
+        if let Some(size) = machine.disk_size_bytes {
+            let (img, base, overlay) = (
+                self.cfg.qemu_img.clone(),
+                snap.disk_path(),
+                disk_path.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                disk::create_overlay(&img, &base, DiskFormat::Qcow2, size, &overlay)
+            })
+            .await
+            .expect("create_overlay task")
+            .map_err(|source| VmError::Disk {
+                id: id.to_string(),
+                source,
+            })?;
+        }
+        let devstate = snap.devstate_path();
+        let state = File::open(&devstate).map_err(|source| VmError::Io {
+            id: id.to_string(),
+            op: "open",
+            path: devstate.clone(),
+            source,
+        })?;
+        let ram = RamBacking::File {
+            path: snap.memory_path(),
+            shared: false,
+        };
+        let disk = machine.disk_size_bytes.map(|_| disk_path.as_path());
+        let started = self
+            .start(&id, &dir.path, machine, &ram, disk, Some(state))
+            .await?;
+        Ok(Prestarted { dir, started })
+    }
+
+    /// Take a waiting QEMU for `snapshot`, if one is alive.
+    fn take_pooled(&self, snapshot: &Snapshot) -> Option<Prestarted> {
+        let mut pool = self.pool.lock().unwrap();
+        let list = pool.get_mut(&snapshot.dir)?;
+        while let Some(mut p) = list.pop() {
+            if p.started.process.try_wait().is_none() {
+                return Some(p);
+            }
+        }
+        None
+    }
+}
+
+/// A QEMU started ahead of time for one snapshot (see `QemuBackend::prestart`).
+struct Prestarted {
+    dir: VmDir,
+    started: Started,
 }
 
 async fn wait_exit(p: &mut QemuProcess) -> String {
@@ -1186,49 +1313,30 @@ impl QemuBackend {
 
     async fn launch_inner(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
         let id = spec.id;
-        let dir = self.create_dir(&id)?;
-        let machine = snapshot.manifest.machine.clone();
-        let disk_path = dir.path.join("disk.qcow2");
-        if let Some(size) = machine.disk_size_bytes {
-            let (img, base, overlay) = (
-                self.cfg.qemu_img.clone(),
-                snapshot.disk_path(),
-                disk_path.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                disk::create_overlay(&img, &base, DiskFormat::Qcow2, size, &overlay)
-            })
-            .await
-            .expect("create_overlay task")
-            .map_err(|source| VmError::Disk {
-                id: id.to_string(),
-                source,
-            })?;
-        }
+        let mut p = match self.take_pooled(snapshot) {
+            Some(p) => p,
+            None => self.prestart_one(snapshot).await?,
+        };
+        // The waiting QEMU becomes this microVM. Its directory keeps its
+        // name: QEMU reopens the disk layer by path when the state activates.
+        let id_file = p.dir.path.join(ID_FILE);
+        std::fs::write(&id_file, id.as_str()).map_err(|source| VmError::Io {
+            id: id.to_string(),
+            op: "write",
+            path: id_file,
+            source,
+        })?;
+        self.complete_restore(&id, &mut p.started).await?;
         let memory = MemoryLayout::Clone {
             base: snapshot.memory_path(),
         };
-        let disk = machine.disk_size_bytes.map(|_| disk_path.as_path());
-        let started = self
-            .resume_into(
-                &id,
-                &dir.path,
-                RestoreFrom {
-                    machine: &machine,
-                    memory: &memory,
-                    disk,
-                    devstate: &snapshot.devstate_path(),
-                    diff: None,
-                },
-            )
-            .await?;
         Ok(QemuVm::new(
             id,
             self.cfg.clone(),
-            dir,
-            machine,
+            p.dir,
+            snapshot.manifest.machine.clone(),
             memory,
-            started,
+            p.started,
         ))
     }
 

@@ -323,6 +323,9 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
         )
         .await
         .unwrap();
+    // b comes from a QEMU pre-started for the snapshot.
+    env.backend.prestart(&snap, 1).await.expect("prestart");
+    assert_eq!(env.backend.pooled(&snap), 1);
     let b = env
         .backend
         .launch(
@@ -333,6 +336,7 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
         )
         .await
         .unwrap();
+    assert_eq!(env.backend.pooled(&snap), 0);
     let read = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
     let (ra, rb) = (sh(&a, read).await, sh(&b, read).await);
     assert_eq!(ra.len(), 64);
@@ -341,6 +345,9 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
     assert_eq!(sh(&b, "hostname").await, "ident-b");
     a.terminate().await.unwrap();
     b.terminate().await.unwrap();
+    // A waiting QEMU that is never used goes away with the pool, files and all.
+    env.backend.prestart(&snap, 1).await.expect("prestart");
+    env.backend.drain_pool(&snap);
     snap.delete().unwrap();
     env.assert_no_leftovers();
 }
