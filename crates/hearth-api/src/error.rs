@@ -1,0 +1,158 @@
+//! AWS-shaped errors.
+//!
+//! Owns the mapping from every failure the API can report to the wire form
+//! the AWS clients parse (WIRE.md "Responses"): HTTP status by shape, the
+//! `x-amzn-errortype` header, a JSON body with `message` plus the modelled
+//! members. Built on the request task; no I/O.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+/// One API failure, as the client will see it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 400: input does not satisfy the model (or is not JSON at all).
+    #[error("{0}")]
+    Validation(String),
+    /// 403: signature, key or date problems (code from the verifier).
+    #[error("{code}: {message}")]
+    Auth { code: &'static str, message: String },
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// 404: no such resource *for this account*.
+    #[error("{message}")]
+    NotFound { message: String, resource_type: &'static str, resource_id: String },
+    /// 404: no operation at this path.
+    #[error("{0}")]
+    UnknownOperation(String),
+    /// 405: the path exists with other methods.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: state conflict, or a reused client token with a different request.
+    #[error("{message}")]
+    Conflict { message: String, resource_id: Option<String>, resource_type: Option<&'static str> },
+    /// 402.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// 429.
+    #[error("rate exceeded")]
+    Throttling { retry_after_secs: u32 },
+    /// 501: the operation exists in the API but this build cannot perform it yet.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// 500: our fault. The message is generic; details go to the log.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn not_found(resource_type: &'static str, resource_id: impl Into<String>) -> Self {
+        let resource_id = resource_id.into();
+        ApiError::NotFound {
+            message: format!("{resource_type} {resource_id} not found"),
+            resource_type,
+            resource_id,
+        }
+    }
+
+    /// An internal failure: logs the detail, tells the client only that it happened.
+    pub fn internal(context: &str, detail: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {detail}");
+        ApiError::Internal(format!("internal error while {context}; see the server log"))
+    }
+
+    /// The modelled shape name (`x-amzn-errortype`).
+    pub fn shape(&self) -> &'static str {
+        match self {
+            ApiError::Validation(_) => "ValidationException",
+            ApiError::Auth { code, .. } => code,
+            ApiError::AccessDenied(_) => "AccessDeniedException",
+            ApiError::NotFound { .. } => "ResourceNotFoundException",
+            ApiError::UnknownOperation(_) => "UnknownOperationException",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowedException",
+            ApiError::Conflict { .. } => "ConflictException",
+            ApiError::QuotaExceeded(_) => "ServiceQuotaExceededException",
+            ApiError::Throttling { .. } => "ThrottlingException",
+            ApiError::NotImplemented(_) => "NotImplementedException",
+            ApiError::Internal(_) => "InternalServerException",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::Auth { .. } | ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } | ApiError::UnknownOperation(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::QuotaExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Throttling { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body: `message` plus modelled members.
+    pub fn body(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("message".into(), json!(self.to_string()));
+        match self {
+            ApiError::NotFound { resource_type, resource_id, .. } => {
+                m.insert("resourceType".into(), json!(resource_type));
+                m.insert("resourceId".into(), json!(resource_id));
+            }
+            ApiError::Conflict { resource_id, resource_type, .. } => {
+                if let Some(id) = resource_id {
+                    m.insert("resourceId".into(), json!(id));
+                }
+                if let Some(t) = resource_type {
+                    m.insert("resourceType".into(), json!(t));
+                }
+            }
+            ApiError::Throttling { retry_after_secs } => {
+                m.insert("retryAfterSeconds".into(), json!(retry_after_secs));
+            }
+            _ => {}
+        }
+        Value::Object(m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        let h = resp.headers_mut();
+        h.insert("x-amzn-errortype", HeaderValue::from_static(self.shape()));
+        if let ApiError::Throttling { retry_after_secs } = self {
+            h.insert("retry-after", HeaderValue::from(retry_after_secs));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_statuses_and_bodies() {
+        let e = ApiError::not_found("MicroVM", "mvm-1");
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(e.shape(), "ResourceNotFoundException");
+        assert_eq!(e.body()["resourceId"], "mvm-1");
+        assert_eq!(ApiError::QuotaExceeded("x".into()).status().as_u16(), 402);
+        let t = ApiError::Throttling { retry_after_secs: 3 };
+        let r = t.into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "3");
+        assert_eq!(r.headers()["x-amzn-errortype"], "ThrottlingException");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let e = ApiError::internal("listing microVMs", "sqlite: disk I/O error at /secret/path");
+        assert!(!e.to_string().contains("/secret/path"));
+    }
+}

@@ -1,0 +1,10 @@
+//! The Lambda MicroVMs API server.
+//!
+//! Owns the HTTP side of Hearth's control plane: SigV4 authentication,
+//! model-driven routing and validation (`hearth-api-model`), AWS-shaped
+//! errors, pagination tokens, idempotency, and the operation handlers over
+//! the store (`hearth-store`). Runs on the caller's Tokio runtime; store calls
+//! are blocking and go through `spawn_blocking`.
+
+pub mod error;
+pub mod paging;
