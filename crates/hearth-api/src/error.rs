@@ -23,7 +23,11 @@ pub enum ApiError {
     AccessDenied(String),
     /// 404: no such resource *for this account*.
     #[error("{message}")]
-    NotFound { message: String, resource_type: &'static str, resource_id: String },
+    NotFound {
+        message: String,
+        resource_type: &'static str,
+        resource_id: String,
+    },
     /// 404: no operation at this path.
     #[error("{0}")]
     UnknownOperation(String),
@@ -32,7 +36,11 @@ pub enum ApiError {
     MethodNotAllowed(String),
     /// 409: state conflict, or a reused client token with a different request.
     #[error("{message}")]
-    Conflict { message: String, resource_id: Option<String>, resource_type: Option<&'static str> },
+    Conflict {
+        message: String,
+        resource_id: Option<String>,
+        resource_type: Option<&'static str>,
+    },
     /// 402.
     #[error("{0}")]
     QuotaExceeded(String),
@@ -60,7 +68,9 @@ impl ApiError {
     /// An internal failure: logs the detail, tells the client only that it happened.
     pub fn internal(context: &str, detail: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {detail}");
-        ApiError::Internal(format!("internal error while {context}; see the server log"))
+        ApiError::Internal(format!(
+            "internal error while {context}; see the server log"
+        ))
     }
 
     /// The modelled shape name (`x-amzn-errortype`).
@@ -99,11 +109,19 @@ impl ApiError {
         let mut m = Map::new();
         m.insert("message".into(), json!(self.to_string()));
         match self {
-            ApiError::NotFound { resource_type, resource_id, .. } => {
+            ApiError::NotFound {
+                resource_type,
+                resource_id,
+                ..
+            } => {
                 m.insert("resourceType".into(), json!(resource_type));
                 m.insert("resourceId".into(), json!(resource_id));
             }
-            ApiError::Conflict { resource_id, resource_type, .. } => {
+            ApiError::Conflict {
+                resource_id,
+                resource_type,
+                ..
+            } => {
                 if let Some(id) = resource_id {
                     m.insert("resourceId".into(), json!(id));
                 }
@@ -143,7 +161,9 @@ mod tests {
         assert_eq!(e.shape(), "ResourceNotFoundException");
         assert_eq!(e.body()["resourceId"], "mvm-1");
         assert_eq!(ApiError::QuotaExceeded("x".into()).status().as_u16(), 402);
-        let t = ApiError::Throttling { retry_after_secs: 3 };
+        let t = ApiError::Throttling {
+            retry_after_secs: 3,
+        };
         let r = t.into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "3");

@@ -6,5 +6,11 @@
 //! the store (`hearth-store`). Runs on the caller's Tokio runtime; store calls
 //! are blocking and go through `spawn_blocking`.
 
+pub mod datadir;
 pub mod error;
+pub mod handlers;
 pub mod paging;
+pub mod server;
+
+pub use datadir::DataDir;
+pub use server::{router, AppState, ManagedImage};

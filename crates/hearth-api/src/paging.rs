@@ -43,14 +43,27 @@ impl TokenSealer {
     }
 
     pub fn seal<C: Serialize>(&self, account: &str, operation: &str, cursor: &C) -> String {
-        let env = Envelope { a: account.into(), o: operation.into(), c: cursor };
+        let env = Envelope {
+            a: account.into(),
+            o: operation.into(),
+            c: cursor,
+        };
         let payload = serde_json::to_vec(&env).expect("serialize cursor");
-        format!("{}.{}", B64.encode(&payload), B64.encode(self.mac(&payload)))
+        format!(
+            "{}.{}",
+            B64.encode(&payload),
+            B64.encode(self.mac(&payload))
+        )
     }
 
     /// Open a token; any tampering, or use by another account or operation,
     /// is a ValidationException that says only that the token is invalid.
-    pub fn open<C: DeserializeOwned>(&self, account: &str, operation: &str, token: &str) -> Result<C, ApiError> {
+    pub fn open<C: DeserializeOwned>(
+        &self,
+        account: &str,
+        operation: &str,
+        token: &str,
+    ) -> Result<C, ApiError> {
         let invalid = || ApiError::Validation("Invalid nextToken".into());
         if token.len() > MAX_TOKEN_LEN {
             return Err(invalid());
@@ -58,7 +71,8 @@ impl TokenSealer {
         let (p, m) = token.split_once('.').ok_or_else(invalid)?;
         let payload = B64.decode(p).map_err(|_| invalid())?;
         let mac = B64.decode(m).map_err(|_| invalid())?;
-        let mut verifier = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut verifier =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
         verifier.update(&payload);
         verifier.verify_slice(&mac).map_err(|_| invalid())?;
         let env: Envelope<C> = serde_json::from_slice(&payload).map_err(|_| invalid())?;
@@ -82,18 +96,35 @@ mod tests {
     #[test]
     fn round_trip_and_binding() {
         let s = TokenSealer::new([7; 32]);
-        let c = Cur { t: 5, id: "x".into() };
+        let c = Cur {
+            t: 5,
+            id: "x".into(),
+        };
         let tok = s.seal("111111111111", "ListMicrovms", &c);
-        assert_eq!(s.open::<Cur>("111111111111", "ListMicrovms", &tok).unwrap(), c);
+        assert_eq!(
+            s.open::<Cur>("111111111111", "ListMicrovms", &tok).unwrap(),
+            c
+        );
         assert!(s.open::<Cur>("222222222222", "ListMicrovms", &tok).is_err());
-        assert!(s.open::<Cur>("111111111111", "ListMicrovmImages", &tok).is_err());
-        assert!(TokenSealer::new([8; 32]).open::<Cur>("111111111111", "ListMicrovms", &tok).is_err());
+        assert!(s
+            .open::<Cur>("111111111111", "ListMicrovmImages", &tok)
+            .is_err());
+        assert!(TokenSealer::new([8; 32])
+            .open::<Cur>("111111111111", "ListMicrovms", &tok)
+            .is_err());
     }
 
     #[test]
     fn tampering_is_rejected() {
         let s = TokenSealer::new([7; 32]);
-        let tok = s.seal("111111111111", "Op", &Cur { t: 5, id: "x".into() });
+        let tok = s.seal(
+            "111111111111",
+            "Op",
+            &Cur {
+                t: 5,
+                id: "x".into(),
+            },
+        );
         let (p, m) = tok.split_once('.').unwrap();
         let mut payload = B64.decode(p).unwrap();
         payload[10] ^= 1;

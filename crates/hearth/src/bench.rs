@@ -14,6 +14,7 @@ use clap::Args;
 use hearth_vmm::{LaunchSpec, MicroVm, SnapshotMode, VmBackend, VmId};
 use serde_json::{json, Value};
 
+pub use crate::bench_api::{api, ApiArgs};
 use crate::Global;
 
 #[derive(Args)]
@@ -414,13 +415,12 @@ async fn finish(
     }
     if a.markdown.as_os_str() != "-" {
         let host = &report["host"];
-        let md = format!(
-            "# Benchmarks\n\nWritten by `hearth bench engine` (do not edit by hand; re-run it).\n\n\
-             ## Engine\n\nHost: {} ({} cores), accelerator **{}**, {}. Guest: {} MiB, 1 vCPU, `{}` root disk, \
-             Debian cloud kernel, `hearth-agent` as PID 1. \"Agent-ready\" means the agent answered (boot: its \
-             hello; clone/resume: its reply to the post-restore request that sets clock, entropy and identity). \
-             Baselines run in the same invocation on the same guest: a plain QEMU boot with anonymous RAM, and \
-             QEMU's own snapshot restore with the whole RAM in the migration stream.\n\n{}\n\
+        let section = format!(
+            "## Engine\n\nWritten by `hearth bench engine`. Host: {} ({} cores), accelerator **{}**, {}. Guest: {} MiB, \
+             1 vCPU, `{}` root disk, Debian cloud kernel, `hearth-agent` as PID 1. \"Agent-ready\" means the agent \
+             answered (boot: its hello; clone/resume: its reply to the post-restore request that sets clock, entropy \
+             and identity). Baselines run in the same invocation on the same guest: a plain QEMU boot with anonymous \
+             RAM, and QEMU's own snapshot restore with the whole RAM in the migration stream.\n\n{}\n\
              Raw JSON (`hearth bench engine --json`):\n\n```json\n{}\n```\n",
             host["cpu"].as_str().unwrap_or(""),
             host["cores"],
@@ -431,12 +431,73 @@ async fn finish(
             t,
             serde_json::to_string_pretty(&report)?
         );
-        if let Some(parent) = a.markdown.parent() {
-            std::fs::create_dir_all(parent).ok();
-        }
-        std::fs::write(&a.markdown, md)
-            .with_context(|| format!("write {}", a.markdown.display()))?;
+        update_markdown_section(&a.markdown, "## Engine", &section)?;
         eprintln!("[bench] wrote {}", a.markdown.display());
     }
     Ok(())
+}
+
+/// Replace (or append) the section that starts with `heading` in a Markdown
+/// file, leaving the other benchmarks' sections as they are.
+pub fn update_markdown_section(path: &std::path::Path, heading: &str, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out = if old.trim().is_empty() {
+        "# Benchmarks\n\nEach section is written by the `hearth bench` command it names; re-run it rather than edit.\n\n"
+            .to_string()
+    } else {
+        String::new()
+    };
+    let mut rest = old.as_str();
+    let mut replaced = false;
+    if let Some(start) = old
+        .find(&format!("\n{heading}\n"))
+        .map(|i| i + 1)
+        .or_else(|| old.starts_with(&format!("{heading}\n")).then_some(0))
+    {
+        let after = &old[start + heading.len()..];
+        let end = after
+            .find("\n## ")
+            .map(|i| start + heading.len() + i + 1)
+            .unwrap_or(old.len());
+        out.push_str(&old[..start]);
+        out.push_str(section.trim_end());
+        out.push_str("\n\n");
+        out.push_str(&old[end..]);
+        replaced = true;
+        rest = "";
+    }
+    if !replaced {
+        out.push_str(rest.trim_end());
+        if !rest.trim().is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(section.trim_end());
+        out.push('\n');
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).ok();
+    }
+    std::fs::write(path, out.trim_end().to_string() + "\n")
+        .with_context(|| format!("write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_sections_are_replaced_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.md");
+        update_markdown_section(&p, "## Engine", "## Engine\n\nE1").unwrap();
+        update_markdown_section(&p, "## API", "## API\n\nA1").unwrap();
+        update_markdown_section(&p, "## Engine", "## Engine\n\nE2").unwrap();
+        let s = std::fs::read_to_string(&p).unwrap();
+        assert!(s.starts_with("# Benchmarks"));
+        assert!(
+            s.contains("E2") && !s.contains("E1") && s.contains("A1"),
+            "{s}"
+        );
+        assert!(s.find("## Engine").unwrap() < s.find("## API").unwrap());
+    }
 }

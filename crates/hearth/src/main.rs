@@ -5,7 +5,9 @@
 //! Runs on a multi-threaded Tokio runtime created in `main`.
 
 mod bench;
+mod bench_api;
 mod demo;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +41,9 @@ struct Global {
     /// Accelerator: auto (KVM if it runs standard guests, else TCG), kvm or tcg.
     #[arg(long, global = true, default_value = "auto")]
     accel: AccelChoice,
+    /// The API server's data directory (store, keys, credentials).
+    #[arg(long, global = true, env = "HEARTH_DATA", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +60,14 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Run the Lambda MicroVMs API server.
+    Serve(serve::ServeArgs),
+    /// Manage accounts (works while the server runs).
+    #[command(subcommand)]
+    Account(serve::AccountCmd),
+    /// Manage access keys.
+    #[command(subcommand)]
+    Key(serve::KeyCmd),
 }
 
 #[derive(Args)]
@@ -98,6 +111,14 @@ enum VmCmd {
 enum BenchCmd {
     /// Engine: cold boot, snapshot, clone launch, suspend, resume, memory, with baselines.
     Engine(bench::EngineArgs),
+    /// API: signed GetMicrovm and ListMicrovms at 1 and 64 clients vs. an unauthenticated ceiling.
+    Api(bench::ApiArgs),
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local/share/hearth"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/hearth/data"))
 }
 
 fn default_state_dir() -> PathBuf {
@@ -196,6 +217,10 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(BenchCmd::Engine(a)) => bench::engine(&g, a).await,
+        Cmd::Bench(BenchCmd::Api(a)) => bench::api(&g, a).await,
+        Cmd::Serve(a) => serve::serve(&g, a).await,
+        Cmd::Account(c) => serve::account(&g, c),
+        Cmd::Key(c) => serve::key(&g, c),
     }
 }
 

@@ -1,0 +1,264 @@
+//! `hearth bench api`: signed GetMicrovm and ListMicrovms at 1 and 64
+//! concurrent clients, next to an unauthenticated trivial handler on the
+//! same server (the ceiling). Runs an in-process server on a loopback port
+//! with a throw-away data directory; clients are keep-alive HTTP/1.1
+//! connections on the same Tokio runtime.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hearth_api::{AppState, DataDir};
+use hearth_sigv4::SecretKey;
+use hearth_store::{AccountName, NewMicrovm};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::Global;
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// Requests per client per measurement.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Markdown file to update ("-" for none).
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    markdown: std::path::PathBuf,
+}
+
+struct Conn {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Conn {
+    async fn open(addr: std::net::SocketAddr) -> Result<Self> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Self {
+            r: BufReader::new(r),
+            w,
+        })
+    }
+
+    /// One request; returns the status.
+    async fn call(&mut self, head: &str) -> Result<u16> {
+        self.w.write_all(head.as_bytes()).await?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).await?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .context("status line")?
+            .parse()?;
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.r.read_exact(&mut body).await?;
+        Ok(status)
+    }
+}
+
+/// A request head signed now (SigV4, service lambda).
+fn signed(host: &str, path: &str, query: &str, akid: &str, secret: &SecretKey) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let date = hearth_sigv4::format_amz_date(now);
+    let headers = [("host", host), ("x-amz-date", date.as_str())];
+    let req = hearth_sigv4::Request {
+        method: "GET",
+        raw_path: path,
+        raw_query: query,
+        headers: &headers,
+        body: b"",
+    };
+    let auth = hearth_sigv4::sign(
+        &req,
+        akid,
+        secret,
+        "us-east-1",
+        "lambda",
+        &["host", "x-amz-date"],
+    )
+    .expect("sign");
+    let target = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\n\r\n")
+}
+
+struct Level {
+    clients: usize,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn measure(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    per_client: usize,
+    head: Arc<dyn Fn() -> String + Send + Sync>,
+) -> Result<Level> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let head = head.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await?;
+            let mut lat = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let h = head();
+                let t = Instant::now();
+                let st = c.call(&h).await?;
+                if st != 200 {
+                    bail!("HTTP {st}");
+                }
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all: Vec<Duration> = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = start.elapsed();
+    all.sort();
+    let pct =
+        |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    Ok(Level {
+        clients,
+        rps: all.len() as f64 / wall.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
+}
+
+pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dd = DataDir::open(dir.path())?;
+    let acct = dd
+        .store
+        .create_account(&AccountName::new("bench").unwrap(), false)?;
+    let key = dd.store.create_access_key(&acct.account_id)?;
+    // A microVM record to Get, and a few to List.
+    for i in 0..10 {
+        dd.store.create_microvm(
+            &acct.account_id,
+            &NewMicrovm {
+                microvm_id: format!("mvm-bench{i:04}"),
+                image_arn: format!("arn:aws:lambda:us-east-1:{}:microvm-image:img-bench", acct.account_id),
+                image_version: "1".into(),
+                state: "RUNNING".into(),
+                created_at_secs: 1_700_000_000 + i,
+                doc: json!({ "endpoint": format!("mvm-bench{i:04}.localhost"), "maximumDurationInSeconds": 3600, "startedAt": 1_700_000_000 + i }),
+            },
+        )?;
+    }
+    let state = Arc::new(AppState {
+        store: dd.store.clone(),
+        sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
+        managed_images: vec![],
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, hearth_api::router(state)).await });
+    let host = addr.to_string();
+    let akid = key.key.access_key_id.clone();
+    let secret = SecretKey::new(key.secret_access_key.expose().to_string());
+    let secret = Arc::new(secret);
+
+    type HeadFn = Arc<dyn Fn() -> String + Send + Sync>;
+    let ping: HeadFn = {
+        let host = host.clone();
+        Arc::new(move || format!("GET /hearth/v1/ping HTTP/1.1\r\nhost: {host}\r\n\r\n"))
+    };
+    let get: HeadFn = {
+        let (host, akid, secret) = (host.clone(), akid.clone(), secret.clone());
+        Arc::new(move || {
+            signed(
+                &host,
+                "/2025-09-09/microvms/mvm-bench0001",
+                "",
+                &akid,
+                &secret,
+            )
+        })
+    };
+    let list: HeadFn = {
+        let (host, akid, secret) = (host.clone(), akid.clone(), secret.clone());
+        Arc::new(move || {
+            signed(
+                &host,
+                "/2025-09-09/microvms",
+                "maxResults=10",
+                &akid,
+                &secret,
+            )
+        })
+    };
+    let mut rows = Vec::new();
+    for (name, head) in [
+        ("unauthenticated ping (ceiling)", ping),
+        ("GetMicrovm (signed)", get),
+        ("ListMicrovms (signed, 10 items)", list),
+    ] {
+        for clients in [1usize, 64] {
+            let per = if clients == 1 {
+                a.requests * 4
+            } else {
+                a.requests
+            };
+            eprintln!("[bench api] {name}, {clients} client(s)");
+            let l = measure(addr, clients, per, head.clone()).await?;
+            rows.push((name, l));
+        }
+    }
+    let mut table = String::from(
+        "| request | clients | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+    );
+    for (name, l) in &rows {
+        table.push_str(&format!(
+            "| {name} | {} | {:.0} | {:.2} | {:.2} |\n",
+            l.clients, l.rps, l.p50_ms, l.p99_ms
+        ));
+    }
+    let report = json!(rows.iter().map(|(n, l)| json!({"request": n, "clients": l.clients, "rps": l.rps.round(), "p50_ms": l.p50_ms, "p99_ms": l.p99_ms})).collect::<Vec<_>>());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{table}");
+    }
+    if a.markdown.as_os_str() != "-" {
+        let section = format!(
+            "## API\n\nWritten by `hearth bench api`. In-process server on loopback, SQLite store, keep-alive HTTP/1.1 \
+             clients on the same {}-core host (clients and server share the CPU). Each signed request is signed \
+             fresh by the client (SigV4, as the AWS SDKs do) and fully verified, routed, validated and answered \
+             from the store by the server; the ceiling is an unauthenticated handler that returns a constant.\n\n{table}",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+        crate::bench::update_markdown_section(&a.markdown, "## API", &section)?;
+        eprintln!("[bench api] wrote {}", a.markdown.display());
+    }
+    Ok(())
+}
