@@ -112,19 +112,27 @@ async fn pipeline(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // 1. Body, bounded before anything is buffered beyond the limit.
-    if let Some(len) = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > MAX_BODY_BYTES as u64 {
-            return Err(too_large());
-        }
-    }
+    // 1. Body: at most MAX_BODY_BYTES are ever buffered. The body is read
+    // up to the limit rather than refused on Content-Length alone, so that
+    // the client, still sending, reliably gets the 400 instead of a reset.
     let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| too_large())?;
+    if !body.is_empty() {
+        let ct = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json")
+            && !mime.eq_ignore_ascii_case("application/x-amz-json-1.1")
+        {
+            return Err(ApiError::Validation(format!(
+                "Content-Type must be application/json for a request with a body (got {:?})",
+                ct.chars().take(64).collect::<String>()
+            )));
+        }
+    }
 
     // 2. Authentication.
     let raw_path = uri.path();
@@ -133,10 +141,13 @@ async fn pipeline(
         .iter()
         .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
         .collect();
-    let auth_value = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let Some(auth_value) = headers.get("authorization") else {
+        return Err(ApiError::Auth {
+            code: "MissingAuthenticationTokenException",
+            message: "Missing Authentication Token".into(),
+        });
+    };
+    let auth_value = auth_value.to_str().unwrap_or("");
     let akid = match hearth_sigv4::parse_authorization(auth_value) {
         Ok(a) => a.access_key_id.to_string(),
         Err(e) => return Err(auth_err(e)),
