@@ -26,3 +26,16 @@ setup_artifacts() {
   log "hearth setup"
   hearth setup --agent "$HEARTH_AGENT" >/dev/null
 }
+
+# The real AWS clients the API tests drive: aws CLI, boto3 and
+# capo-lambda-microvms (validates nothing client-side), in a venv.
+setup_pyenv() {
+  export HEARTH_PYENV="$HEARTH_ROOT/target/pyenv"
+  if ! "$HEARTH_PYENV/bin/python" -c 'import boto3, capo_lambda_microvms' 2>/dev/null \
+     || [ ! -x "$HEARTH_PYENV/bin/aws" ]; then
+    log "installing the AWS clients (awscli, boto3, capo-lambda-microvms) into $HEARTH_PYENV"
+    python3 -m venv "$HEARTH_PYENV"
+    "$HEARTH_PYENV/bin/pip" install --quiet --disable-pip-version-check \
+      'awscli>=1.46' 'boto3>=1.44' 'capo-lambda-microvms>=0.10'
+  fi
+}

@@ -7,6 +7,7 @@ command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo i
 build_agent
 build_hearth
 setup_artifacts
+setup_pyenv
 log "format and lint"
 cargo fmt --all --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
