@@ -534,29 +534,34 @@ impl AgentClient {
         self.wait_gate_open().await?;
         self.send(&msg).await
     }
+
+    /// Bytes for a stream, in protocol-sized chunks.
+    async fn stream_data(&self, stream: u64, data: &[u8]) -> Result<(), AgentClientError> {
+        for chunk in data.chunks(MAX_CHUNK_BYTES) {
+            self.stream_send(HostMessage::StreamData {
+                stream,
+                data: chunk.to_vec(),
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Half-close a stream from the host side.
+    async fn stream_eof(&self, stream: u64) -> Result<(), AgentClientError> {
+        self.stream_send(HostMessage::StreamEof { stream }).await
+    }
 }
 
 impl Process {
     /// Send bytes to the process's stdin (requires `stdin: true`).
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), AgentClientError> {
-        for chunk in data.chunks(MAX_CHUNK_BYTES) {
-            self.client
-                .stream_send(HostMessage::StreamData {
-                    stream: self.stream,
-                    data: chunk.to_vec(),
-                })
-                .await?;
-        }
-        Ok(())
+        self.client.stream_data(self.stream, data).await
     }
 
     /// Close the process's stdin.
     pub async fn close_stdin(&self) -> Result<(), AgentClientError> {
-        self.client
-            .stream_send(HostMessage::StreamEof {
-                stream: self.stream,
-            })
-            .await
+        self.client.stream_eof(self.stream).await
     }
 
     /// Send a signal to the process group.
@@ -632,23 +637,11 @@ impl Drop for Process {
 
 impl TcpStream {
     pub async fn write(&self, data: &[u8]) -> Result<(), AgentClientError> {
-        for chunk in data.chunks(MAX_CHUNK_BYTES) {
-            self.client
-                .stream_send(HostMessage::StreamData {
-                    stream: self.stream,
-                    data: chunk.to_vec(),
-                })
-                .await?;
-        }
-        Ok(())
+        self.client.stream_data(self.stream, data).await
     }
 
     pub async fn shutdown_write(&self) -> Result<(), AgentClientError> {
-        self.client
-            .stream_send(HostMessage::StreamEof {
-                stream: self.stream,
-            })
-            .await
+        self.client.stream_eof(self.stream).await
     }
 
     /// Read everything until the guest closes its side.

@@ -278,19 +278,7 @@ impl Snapshot {
 
     /// Open a snapshot directory (written completely by `snapshot`).
     pub fn load(dir: &Path) -> Result<Self, VmError> {
-        let manifest: SnapshotManifest =
-            load_record(&dir.join(SnapshotManifest::FILE), "snapshot")?;
-        if manifest.version != SnapshotManifest::VERSION {
-            return Err(VmError::Record {
-                what: "snapshot",
-                path: dir.into(),
-                reason: format!(
-                    "version {} (this build reads {})",
-                    manifest.version,
-                    SnapshotManifest::VERSION
-                ),
-            });
-        }
+        let manifest: SnapshotManifest = load_record(dir)?;
         Ok(Self {
             dir: dir.into(),
             manifest,
@@ -328,14 +316,7 @@ pub struct SuspendedVm {
 impl SuspendedVm {
     /// Open a suspended microVM's directory.
     pub fn load(dir: &Path) -> Result<Self, VmError> {
-        let record: PersistedVm = load_record(&dir.join(PersistedVm::FILE), "suspended microVM")?;
-        if record.version != PersistedVm::VERSION {
-            return Err(VmError::Record {
-                what: "suspended microVM",
-                path: dir.into(),
-                reason: format!("version {}", record.version),
-            });
-        }
+        let record: PersistedVm = load_record(dir)?;
         Ok(Self {
             dir: dir.into(),
             record,
@@ -359,20 +340,50 @@ impl SuspendedVm {
     }
 }
 
-fn load_record<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    what: &'static str,
-) -> Result<T, VmError> {
-    let bytes = std::fs::read(path).map_err(|e| VmError::Record {
-        what,
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| VmError::Record {
-        what,
-        path: path.into(),
-        reason: e.to_string(),
-    })
+/// A versioned record file in a directory.
+trait Record: for<'de> Deserialize<'de> {
+    const FILE: &'static str;
+    const VERSION: u32;
+    const WHAT: &'static str;
+    fn version(&self) -> u32;
+}
+
+impl Record for SnapshotManifest {
+    const FILE: &'static str = SnapshotManifest::FILE;
+    const VERSION: u32 = SnapshotManifest::VERSION;
+    const WHAT: &'static str = "snapshot";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+impl Record for PersistedVm {
+    const FILE: &'static str = PersistedVm::FILE;
+    const VERSION: u32 = PersistedVm::VERSION;
+    const WHAT: &'static str = "suspended microVM";
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+/// Read `dir/<T::FILE>` and refuse versions this build does not know.
+fn load_record<T: Record>(dir: &Path) -> Result<T, VmError> {
+    let path = dir.join(T::FILE);
+    let bad = |reason: String| VmError::Record {
+        what: T::WHAT,
+        path: path.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+    let record: T = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if record.version() != T::VERSION {
+        return Err(bad(format!(
+            "version {} (this build reads {})",
+            record.version(),
+            T::VERSION
+        )));
+    }
+    Ok(record)
 }
 
 fn save_record<T: Serialize>(path: &Path, value: &T) -> Result<(), MemoryError> {
