@@ -539,7 +539,6 @@ pub struct QemuBackend {
 /// A running QEMU microVM.
 pub struct QemuVm {
     id: VmId,
-    cfg: Arc<QemuConfig>,
     dir: VmDir,
     machine: MachineConfig,
     memory: MemoryLayout,
@@ -1182,7 +1181,6 @@ impl QemuBackend {
             .await?;
         Ok(QemuVm::new(
             id,
-            self.cfg.clone(),
             dir,
             snap.machine.clone(),
             MemoryLayout::Anonymous,
@@ -1312,14 +1310,7 @@ impl QemuBackend {
         } else {
             MemoryLayout::Own
         };
-        Ok(QemuVm::new(
-            id,
-            self.cfg.clone(),
-            dir,
-            machine,
-            layout,
-            started,
-        ))
+        Ok(QemuVm::new(id, dir, machine, layout, started))
     }
 
     async fn launch_inner(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
@@ -1343,7 +1334,6 @@ impl QemuBackend {
         };
         Ok(QemuVm::new(
             id,
-            self.cfg.clone(),
             p.dir,
             snapshot.manifest.machine.clone(),
             memory,
@@ -1402,7 +1392,6 @@ impl QemuBackend {
         dir.remove_on_drop = true;
         Ok(QemuVm::new(
             id,
-            self.cfg.clone(),
             dir,
             rec.machine.clone(),
             rec.memory.clone(),
@@ -1412,17 +1401,9 @@ impl QemuBackend {
 }
 
 impl QemuVm {
-    fn new(
-        id: VmId,
-        cfg: Arc<QemuConfig>,
-        dir: VmDir,
-        machine: MachineConfig,
-        memory: MemoryLayout,
-        s: Started,
-    ) -> Self {
+    fn new(id: VmId, dir: VmDir, machine: MachineConfig, memory: MemoryLayout, s: Started) -> Self {
         let mut vm = Self {
             id,
-            cfg,
             dir,
             machine,
             memory,
@@ -1846,7 +1827,7 @@ impl MicroVm for QemuVm {
     async fn terminate(mut self) -> Result<(), VmError> {
         self.quit().await;
         self.apply(VmEvent::Terminate)?;
-        let _ = self.cfg; // the directory goes with `self.dir` on drop
+        // The directory goes with `self.dir` on drop.
         Ok(())
     }
 }
