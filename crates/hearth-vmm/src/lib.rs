@@ -115,8 +115,12 @@ pub trait MicroVm: Send {
     fn agent(&self) -> &AgentClient;
     /// Write a snapshot of the running microVM into `dest` (a new directory).
     async fn snapshot(&mut self, dest: PathBuf, mode: SnapshotMode) -> Result<Snapshot, VmError>;
-    /// Save memory, device state and disk to the microVM's own files and end its process.
-    async fn suspend(self) -> Result<SuspendedVm, VmError>;
+    /// Save memory, device state and disk to the microVM's own files and end
+    /// its process. On success `self` is an empty shell (state `Suspended`)
+    /// whose files now belong to the returned [`SuspendedVm`]. On failure the
+    /// guest is thawed and goes on `Running` when that is possible (else it is
+    /// `Failed`): a failed suspend never loses a running microVM.
+    async fn suspend(&mut self) -> Result<SuspendedVm, VmError>;
     /// End the process and delete the microVM's files.
     async fn terminate(self) -> Result<(), VmError>;
 }

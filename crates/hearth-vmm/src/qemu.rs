@@ -1781,15 +1781,25 @@ impl MicroVm for QemuVm {
             Err(e) => {
                 // Nothing half-written may look like a snapshot.
                 let _ = std::fs::remove_dir_all(&dest);
-                let _ = self.apply(VmEvent::Fail {
-                    reason: e.to_string(),
-                });
+                // A guest that is still there goes on running.
+                let back = if self.process.try_wait().is_none() {
+                    self.unfreeze().await.is_ok()
+                } else {
+                    false
+                };
+                let _ = if back {
+                    self.apply(VmEvent::EndSnapshot)
+                } else {
+                    self.apply(VmEvent::Fail {
+                        reason: e.to_string(),
+                    })
+                };
                 Err(e)
             }
         }
     }
 
-    async fn suspend(mut self) -> Result<SuspendedVm, VmError> {
+    async fn suspend(&mut self) -> Result<SuspendedVm, VmError> {
         if self.state() != VmState::Running {
             return Err(VmError::State {
                 id: self.id.to_string(),
@@ -1816,9 +1826,18 @@ impl MicroVm for QemuVm {
                 ] {
                     let _ = std::fs::remove_file(self.dir.path.join(f));
                 }
-                let _ = self.apply(VmEvent::Fail {
-                    reason: e.to_string(),
-                });
+                let back = if self.process.try_wait().is_none() {
+                    self.unfreeze().await.is_ok()
+                } else {
+                    false
+                };
+                let _ = if back {
+                    self.apply(VmEvent::AbortSuspend)
+                } else {
+                    self.apply(VmEvent::Fail {
+                        reason: e.to_string(),
+                    })
+                };
                 Err(e)
             }
         }

@@ -8,8 +8,8 @@
 //!            Ready                 BeginSnapshot
 //!  Starting -------> Running <-------------------> Snapshotting
 //!     |                 |        EndSnapshot            |
-//!     |                 | BeginSuspend                  |
-//!     |                 v                               |
+//!     |                 | BeginSuspend  ^ AbortSuspend  |
+//!     |                 v               |               |
 //!     |            Suspending --EndSuspend--> Suspended (process gone;
 //!     |                 |                      a SuspendedVm holds the files)
 //!     +--------+--------+---------------------------+
@@ -40,7 +40,11 @@ pub enum VmEvent {
     EndSnapshot,
     BeginSuspend,
     EndSuspend,
-    Fail { reason: String },
+    /// A suspend failed before the process ended and the guest was thawed.
+    AbortSuspend,
+    Fail {
+        reason: String,
+    },
     Terminate,
 }
 
@@ -83,6 +87,7 @@ pub fn transition(state: &VmState, event: &VmEvent) -> Result<VmState, InvalidTr
         (S::Snapshotting, E::EndSnapshot) => Some(S::Running),
         (S::Running, E::BeginSuspend) => Some(S::Suspending),
         (S::Suspending, E::EndSuspend) => Some(S::Suspended),
+        (S::Suspending, E::AbortSuspend) => Some(S::Running),
         (S::Starting | S::Running | S::Snapshotting | S::Suspending, _) => None,
     };
     next.ok_or_else(|| InvalidTransition {
@@ -113,6 +118,11 @@ mod tests {
             VmState::Suspended
         );
         assert_eq!(run(&[Ready, Terminate]).unwrap(), VmState::Terminated);
+        assert_eq!(
+            run(&[Ready, BeginSuspend, AbortSuspend]).unwrap(),
+            VmState::Running
+        );
+        assert!(run(&[Ready, AbortSuspend]).is_err());
     }
 
     #[test]

@@ -207,7 +207,10 @@ async fn e2e_suspend_resume_keeps_process_and_clock() {
         .expect("boot");
     let pid = start_counter(&vm).await;
     let before = counter(&vm).await;
+    let mut vm = vm;
     let suspended = vm.suspend().await.expect("suspend");
+    assert_eq!(vm.state(), VmState::Suspended);
+    drop(vm);
     assert!(suspended.dir.join("devstate").is_file());
     tokio::time::sleep(Duration::from_secs(30)).await;
     let vm = env.backend.resume(suspended).await.expect("resume");
@@ -267,6 +270,7 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
     )
     .await;
     let before = counter(&clone).await;
+    let mut clone = clone;
     let suspended = clone.suspend().await.expect("suspend clone");
     let diff = std::fs::metadata(suspended.dir.join("memory.diff.json"))
         .expect("a clone suspends to a diff");
@@ -288,7 +292,10 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
     // And once more: a resumed clone suspends and resumes again.
     let vm = env
         .backend
-        .resume(vm.suspend().await.expect("suspend again"))
+        .resume({
+            let mut vm = vm;
+            vm.suspend().await.expect("suspend again")
+        })
         .await
         .expect("resume again");
     assert_eq!(

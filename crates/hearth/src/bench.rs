@@ -247,6 +247,7 @@ async fn finish(
             )
             .await?;
         let t = Instant::now();
+        let mut vm = vm;
         let s = vm.suspend().await.context("suspend")?;
         suspend.push_ms(t.elapsed());
         suspended_mib.samples.push(mib(s.allocated_bytes()));

@@ -146,6 +146,7 @@ pub async fn run(g: &Global) -> Result<()> {
     let before = sh(&a, "cat /run/count").await?;
 
     let t = Instant::now();
+    let mut a = a;
     let suspended = a.suspend().await.context("suspend")?;
     step(
         &format!(
