@@ -436,11 +436,13 @@ impl Tail {
 
 /// Drain a QEMU output socket/pipe into a tail (and optionally a capped log).
 fn drain_output(fd: OwnedFd, tail: Arc<Tail>, log: Option<File>) {
-    let std_file = File::from(fd);
-    // SAFETY-free: set non-blocking via the tokio wrapper below.
-    let stream = match tokio_stream_from(std_file) {
-        Ok(s) => s,
-        Err(_) => return,
+    // Console and stderr are stream sockets (see `start`).
+    let std_stream = std::os::unix::net::UnixStream::from(fd);
+    if std_stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(stream) = tokio::net::UnixStream::from_std(std_stream) else {
+        return;
     };
     tokio::spawn(async move {
         let mut stream = stream;
@@ -466,19 +468,6 @@ fn drain_output(fd: OwnedFd, tail: Arc<Tail>, log: Option<File>) {
             }
         }
     });
-}
-
-/// Wrap a pipe or socket fd for async reading.
-fn tokio_stream_from(f: File) -> std::io::Result<tokio::net::UnixStream> {
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-    // Console and stderr fds are stream sockets (see `start`), so they can be
-    // adopted as UnixStreams.
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` was just released by `File` and is owned here.
-    let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
-    debug_assert!(s.as_raw_fd() >= 0);
-    s.set_nonblocking(true)?;
-    tokio::net::UnixStream::from_std(s)
 }
 
 /// Names the Hearth process that runs a microVM (`<pid> <start time>`).
@@ -744,7 +733,7 @@ impl QemuBackend {
         machine: &MachineConfig,
         ram: &RamBacking,
         disk: Option<&Path>,
-        incoming: Option<File>,
+        incoming: Option<&Path>,
     ) -> Result<Started, VmError> {
         let io = |op: &'static str, path: &Path| {
             let (id, path) = (id.to_string(), path.to_path_buf());
@@ -775,7 +764,8 @@ impl QemuBackend {
             },
         ];
         let is_incoming = incoming.is_some();
-        if let Some(f) = incoming {
+        if let Some(path) = incoming {
+            let f = File::open(path).map_err(io("open", path))?;
             fds.push(PassFd {
                 fd: f.into(),
                 target: INCOMING_FD,
@@ -948,14 +938,8 @@ impl QemuBackend {
             },
             MemoryLayout::Anonymous => RamBacking::Anonymous,
         };
-        let state = File::open(devstate).map_err(|source| VmError::Io {
-            id: id.to_string(),
-            op: "open",
-            path: devstate.into(),
-            source,
-        })?;
         let mut started = self
-            .start(id, dir, machine, &ram, disk, Some(state))
+            .start(id, dir, machine, &ram, disk, Some(devstate))
             .await?;
         if let Some((diff, data)) = diff {
             let pid = started.process.pid();
@@ -1043,37 +1027,46 @@ impl QemuBackend {
         let machine = &snap.manifest.machine;
         let disk_path = dir.path.join("disk.qcow2");
         if let Some(size) = machine.disk_size_bytes {
-            let (img, base, overlay) = (
-                self.cfg.qemu_img.clone(),
-                snap.disk_path(),
-                disk_path.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                disk::create_overlay(&img, &base, DiskFormat::Qcow2, size, &overlay)
-            })
-            .await
-            .expect("create_overlay task")
-            .map_err(|source| VmError::Disk {
-                id: id.to_string(),
-                source,
-            })?;
+            self.create_layer(&id, snap.disk_path(), DiskFormat::Qcow2, size, &disk_path)
+                .await?;
         }
-        let devstate = snap.devstate_path();
-        let state = File::open(&devstate).map_err(|source| VmError::Io {
-            id: id.to_string(),
-            op: "open",
-            path: devstate.clone(),
-            source,
-        })?;
         let ram = RamBacking::File {
             path: snap.memory_path(),
             shared: false,
         };
         let disk = machine.disk_size_bytes.map(|_| disk_path.as_path());
         let started = self
-            .start(&id, &dir.path, machine, &ram, disk, Some(state))
+            .start(
+                &id,
+                &dir.path,
+                machine,
+                &ram,
+                disk,
+                Some(&snap.devstate_path()),
+            )
             .await?;
         Ok(Prestarted { dir, started })
+    }
+
+    /// Create a microVM's private qcow2 disk layer over `base` (off the async threads).
+    async fn create_layer(
+        &self,
+        id: &VmId,
+        base: PathBuf,
+        format: DiskFormat,
+        size_bytes: u64,
+        overlay: &Path,
+    ) -> Result<(), VmError> {
+        let (img, overlay) = (self.cfg.qemu_img.clone(), overlay.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            disk::create_overlay(&img, &base, format, size_bytes, &overlay)
+        })
+        .await
+        .expect("create_overlay task")
+        .map_err(|source| VmError::Disk {
+            id: id.to_string(),
+            source,
+        })
     }
 
     /// Take a waiting QEMU for `snapshot`, if one is alive.
@@ -1153,17 +1146,8 @@ impl QemuBackend {
         let dir = self.create_dir(&id)?;
         let disk_path = dir.path.join("disk.qcow2");
         if let (Some(base), Some(size)) = (&snap.disk, snap.machine.disk_size_bytes) {
-            disk::create_overlay(
-                &self.cfg.qemu_img,
-                base,
-                DiskFormat::Qcow2,
-                size,
-                &disk_path,
-            )
-            .map_err(|source| VmError::Disk {
-                id: id.to_string(),
-                source,
-            })?;
+            self.create_layer(&id, base.clone(), DiskFormat::Qcow2, size, &disk_path)
+                .await?;
         }
         let disk = snap.disk.as_ref().map(|_| disk_path.as_path());
         let started = self
@@ -1252,16 +1236,8 @@ impl QemuBackend {
                 id: id.to_string(),
                 source,
             })?;
-            let (img, base, overlay) = (self.cfg.qemu_img.clone(), base.clone(), disk_path.clone());
-            tokio::task::spawn_blocking(move || {
-                disk::create_overlay(&img, &base, DiskFormat::Raw, size, &overlay)
-            })
-            .await
-            .expect("create_overlay task")
-            .map_err(|source| VmError::Disk {
-                id: id.to_string(),
-                source,
-            })?;
+            self.create_layer(&id, base.clone(), DiskFormat::Raw, size, &disk_path)
+                .await?;
             disk_size_bytes = Some(size);
         } else {
             cmdline.push("hearth.noroot".into());

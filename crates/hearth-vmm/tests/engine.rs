@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hearth_proto::ExecRequest;
 use hearth_vmm::agent::Output;
-use hearth_vmm::{LaunchSpec, MicroVm, QemuVm, SnapshotMode, VmBackend, VmId, VmState};
+use hearth_vmm::{LaunchSpec, MicroVm, QemuVm, Snapshot, SnapshotMode, VmBackend, VmId, VmState};
 use support::*;
 
 async fn sh(vm: &QemuVm, script: &str) -> String {
@@ -73,6 +73,26 @@ async fn wait_counter_above(vm: &QemuVm, floor: u64) -> u64 {
     panic!("counter of {} never went above {floor}", vm.id());
 }
 
+/// Boot a Debian guest, start the counter, and snapshot it (the source ends).
+/// Returns the snapshot, the counter's PID and its count at the snapshot.
+async fn counting_snapshot(env: &Env, name: &str) -> (Snapshot, u32, u64) {
+    let mut src = env
+        .backend
+        .boot(env.boot_spec(name, Some("debian-12-minimal")))
+        .await
+        .expect("boot");
+    let pid = start_counter(&src).await;
+    let at_snapshot = counter(&src).await;
+    let snap = src
+        .snapshot(
+            env.state.path().join(format!("{name}-snap")),
+            SnapshotMode::Consume,
+        )
+        .await
+        .expect("snapshot");
+    (snap, pid, at_snapshot)
+}
+
 #[tokio::test]
 async fn e2e_boot_and_run_uname() {
     let env = env();
@@ -108,21 +128,9 @@ async fn e2e_boot_and_run_uname() {
 #[tokio::test]
 async fn e2e_snapshot_and_two_clones_diverge() {
     let env = env();
-    let mut src = env
-        .backend
-        .boot(env.boot_spec("snap-src", Some("debian-12-minimal")))
-        .await
-        .expect("boot");
-    let counter_pid = start_counter(&src).await;
-    let at_snapshot = counter(&src).await;
-    let snap_dir = env.state.path().join("snap-1");
-    let snap = src
-        .snapshot(snap_dir.clone(), SnapshotMode::Consume)
-        .await
-        .expect("snapshot");
+    let (snap, counter_pid, at_snapshot) = counting_snapshot(&env, "snap-src").await;
     assert!(snap.manifest.memory_allocated_bytes > 0);
-    assert!(snap_dir.join("snapshot.json").is_file());
-    drop(src);
+    assert!(snap.dir.join("snapshot.json").is_file());
 
     let a = env
         .backend
@@ -242,17 +250,7 @@ async fn e2e_suspend_resume_keeps_process_and_clock() {
 #[tokio::test]
 async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
     let env = env();
-    let mut src = env
-        .backend
-        .boot(env.boot_spec("diff-src", Some("debian-12-minimal")))
-        .await
-        .expect("boot");
-    let pid = start_counter(&src).await;
-    let snap = src
-        .snapshot(env.state.path().join("snap-d"), SnapshotMode::Consume)
-        .await
-        .expect("snapshot");
-    drop(src);
+    let (snap, pid, _) = counting_snapshot(&env, "diff-src").await;
     let clone = env
         .backend
         .launch(
@@ -310,16 +308,7 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
 #[tokio::test]
 async fn e2e_clones_get_their_own_entropy_and_identity() {
     let env = env();
-    let mut src = env
-        .backend
-        .boot(env.boot_spec("ident-src", Some("debian-12-minimal")))
-        .await
-        .expect("boot");
-    let snap = src
-        .snapshot(env.state.path().join("snap-i"), SnapshotMode::Consume)
-        .await
-        .unwrap();
-    drop(src);
+    let (snap, _, _) = counting_snapshot(&env, "ident-src").await;
     let a = env
         .backend
         .launch(

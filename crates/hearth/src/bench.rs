@@ -143,6 +143,7 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
 
     eprintln!("[bench] baseline: plain QEMU cold boots ({} runs)", a.runs);
     let mut base_cold = Series::new();
+    let mut last_plain = None;
     for i in 0..a.runs {
         let t = Instant::now();
         let vm = backend
@@ -150,70 +151,36 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
             .await
             .context("plain boot")?;
         base_cold.push_ms(t.elapsed());
-        if i + 1 < a.runs {
-            vm.terminate().await?;
-        } else {
-            // The last one becomes the full-RAM baseline's source.
-            eprintln!(
-                "[bench] baseline: QEMU full-RAM migration save + restores ({} runs)",
-                a.runs
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let t = Instant::now();
-            let full = vm
-                .save_full_ram(&work.join("full-ram.mig"))
-                .await
-                .context("full-RAM save")?;
-            let full_save_ms = t.elapsed().as_secs_f64() * 1000.0;
-            let mut base_restore = Series::new();
-            for j in 0..a.runs {
-                let t = Instant::now();
-                let vm = backend
-                    .restore_full_ram(&full, VmId::new(format!("b{tag}-full-{j}"))?)
-                    .await
-                    .context("full-RAM restore")?;
-                base_restore.push_ms(t.elapsed());
-                vm.terminate().await?;
-            }
-            return finish(
-                g,
-                &a,
-                backend,
-                accel,
-                work,
-                tag,
-                snap,
-                cold,
-                snapshot_ms,
-                pss_cold,
-                base_cold,
-                base_restore,
-                full_save_ms,
-                full.stream_bytes,
-            )
-            .await;
+        // The last one becomes the full-RAM baseline's source.
+        if let Some(prev) = last_plain.replace(vm) {
+            prev.terminate().await?;
         }
     }
-    unreachable!("runs >= 5")
-}
+    let plain = last_plain.expect("runs >= 5");
 
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    _g: &Global,
-    a: &EngineArgs,
-    backend: hearth_vmm::QemuBackend,
-    accel: hearth_vmm::Accel,
-    work: PathBuf,
-    tag: u32,
-    snap: hearth_vmm::Snapshot,
-    cold: Series,
-    snapshot_ms: Series,
-    pss_cold: Series,
-    base_cold: Series,
-    base_restore: Series,
-    full_save_ms: f64,
-    full_stream_bytes: u64,
-) -> Result<()> {
+    eprintln!(
+        "[bench] baseline: QEMU full-RAM migration save + restores ({} runs)",
+        a.runs
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    let full = plain
+        .save_full_ram(&work.join("full-ram.mig"))
+        .await
+        .context("full-RAM save")?;
+    let full_save_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let full_stream_bytes = full.stream_bytes;
+    let mut base_restore = Series::new();
+    for j in 0..a.runs {
+        let t = Instant::now();
+        let vm = backend
+            .restore_full_ram(&full, VmId::new(format!("b{tag}-full-{j}"))?)
+            .await
+            .context("full-RAM restore")?;
+        base_restore.push_ms(t.elapsed());
+        vm.terminate().await?;
+    }
+
     eprintln!("[bench] clone launch, suspend, resume ({} runs)", a.runs);
     let mut launch = Series::new();
     let mut launch_cold_qemu = Series::new();
