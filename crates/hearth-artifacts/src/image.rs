@@ -2,15 +2,21 @@
 //! (no loop mounts) and turned into sparse ext4 files with `mke2fs -d`.
 //!
 //! Build: `mmdebstrap --variant=minbase [--include=...] --mode=root bookworm
-//! <tree> <mirror>` (stdin from `/dev/null`, since mmdebstrap reads a sources
-//! list from a non-terminal stdin), then a small post-processing of the tree
-//! (empty machine-id, `localhost` hostname and hosts, a placeholder
-//! resolv.conf, no apt caches), then `mke2fs -t ext4 -d <tree> -L hearth-root`
-//! into a file of `used * 1.25 + 512 MiB`: the image is sparse, so the
-//! headroom (the user's free space inside the microVM) costs nothing.
+//! <tree> "deb <mirror> bookworm main" "deb <mirror> bookworm-updates main"
+//! "deb <security mirror> bookworm-security main"` (stdin from `/dev/null`,
+//! since mmdebstrap reads a sources list from a non-terminal stdin), so the
+//! image has the point releases' and the security fixes, and its own
+//! `sources.list` names all three for the `apt-get install`s of image builds.
+//! Then a small post-processing of the tree (empty machine-id, `localhost`
+//! hostname and hosts, a placeholder resolv.conf, no apt caches), then
+//! `mke2fs -t ext4 -i 8192 -d <tree> -L hearth-root` into a file of
+//! `used * 1.25 + 2 GiB`: the image is sparse, so the headroom (the user's
+//! free space and inodes inside the microVM, enough for the `pip install` and
+//! `apt-get install` steps of an image build) costs nothing until used.
 //!
 //! Stored as `<cache>/images/<name>/<key>/{rootfs.ext4, image.json}`, keyed
-//! by (name, suite, variant, packages, recipe version); not by the mirror.
+//! by (name, suite, variant, packages, recipe version); not by the mirror,
+//! and not by the date (the security suite moves; the recipe does not).
 
 use std::collections::HashSet;
 use std::fs;
@@ -27,12 +33,15 @@ use crate::manifest::ImageArtifact;
 use crate::{exec, Progress, Reporter, SetupError, Step};
 
 /// Bumped whenever the build or post-processing changes.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
 
 /// The Debian suite of the managed images.
 pub const SUITE: &str = "bookworm";
 /// Mirror used when the host's apt sources name none for [`SUITE`].
 pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// Security mirror used when the host's apt sources name none for
+/// `<SUITE>-security`.
+pub const DEFAULT_SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 /// The image file's name.
 pub const IMAGE_FILE: &str = "rootfs.ext4";
 /// Metadata file of an image artifact.
@@ -43,8 +52,14 @@ pub const FS_LABEL: &str = "hearth-root";
 pub const IMAGE_VERSION: &str = "1";
 
 const MIB: u64 = 1024 * 1024;
-/// Free space added to every image on top of 25% of its contents.
-const HEADROOM_BYTES: u64 = 512 * MIB;
+/// Free space added to every image on top of 25% of its contents: room for
+/// the `apt-get install` and `pip install` steps of an image build. The
+/// file is sparse and every microVM writes to its own qcow2 layer, so free
+/// space costs nothing until it is used.
+const HEADROOM_BYTES: u64 = 2048 * MIB;
+/// Bytes per inode (`mke2fs -i`): one inode per 8 KiB, twice ext4's default,
+/// because package trees (Python's above all) are many small files.
+const BYTES_PER_INODE: u64 = 8192;
 
 /// What a managed image is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +109,12 @@ pub struct ImageMeta {
     pub packages: Vec<String>,
     /// Informational: not part of the key.
     pub mirror: String,
+    /// Informational: not part of the key.
+    #[serde(default)]
+    pub security_mirror: String,
+    /// Inodes of the file system (`mke2fs -i`), for the free-inode check.
+    #[serde(default)]
+    pub inodes: u64,
     /// Seconds since the Unix epoch.
     pub built_at: u64,
     pub key: String,
@@ -119,17 +140,47 @@ pub fn arn_resource(name: &str) -> String {
 /// The mirror for `suite` named by the host's apt sources (deb822
 /// `debian.sources` first, then `sources.list`), else [`DEFAULT_MIRROR`].
 pub fn detect_mirror(suite: &str) -> String {
+    detect_named_mirror(suite).unwrap_or_else(|| DEFAULT_MIRROR.to_string())
+}
+
+/// The mirror for `suite` named by the host's apt sources, if any.
+fn detect_named_mirror(suite: &str) -> Option<String> {
     let deb822 = fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
         .ok()
         .and_then(|t| mirror_from_deb822(&t, suite));
-    let one_line = || {
+    deb822.or_else(|| {
         fs::read_to_string("/etc/apt/sources.list")
             .ok()
             .and_then(|t| mirror_from_sources_list(&t, suite))
-    };
-    deb822
-        .or_else(one_line)
-        .unwrap_or_else(|| DEFAULT_MIRROR.to_string())
+    })
+}
+
+/// Where an image's packages come from: the suite and its `-updates` from
+/// one mirror, `-security` from the security mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    pub mirror: String,
+    pub security_mirror: String,
+}
+
+impl Sources {
+    /// Both mirrors as the host's apt sources name them (else Debian's).
+    pub fn detect(suite: &str) -> Sources {
+        Sources {
+            mirror: detect_mirror(suite),
+            security_mirror: detect_named_mirror(&format!("{suite}-security"))
+                .unwrap_or_else(|| DEFAULT_SECURITY_MIRROR.to_string()),
+        }
+    }
+
+    /// `mmdebstrap` source lines for `suite`.
+    pub fn lines(&self, suite: &str) -> Vec<String> {
+        vec![
+            format!("deb {} {suite} main", self.mirror),
+            format!("deb {} {suite}-updates main", self.mirror),
+            format!("deb {} {suite}-security main", self.security_mirror),
+        ]
+    }
 }
 
 fn usable_uri(uri: &str) -> bool {
@@ -324,11 +375,11 @@ fn cached(dir: &Path, key: &str) -> Option<ImageArtifact> {
     complete.then_some(a)
 }
 
-/// Makes sure the image `spec` exists, building it from `mirror` if not.
+/// Makes sure the image `spec` exists, building it from `sources` if not.
 pub(crate) fn ensure(
     cache_dir: &Path,
     spec: &ImageSpec,
-    mirror: &str,
+    sources: &Sources,
     progress: &dyn Fn(Progress),
 ) -> Result<ImageArtifact, SetupError> {
     let mut r = Reporter::new(Step::Image(spec.name.to_string()), progress);
@@ -339,7 +390,7 @@ pub(crate) fn ensure(
         return Ok(a);
     }
     r.started();
-    build(&dir, spec, &key, mirror, &r)?;
+    build(&dir, spec, &key, sources, &r)?;
     let a = cached(&dir, &key).ok_or_else(|| {
         SetupError::unexpected(
             r.step(),
@@ -354,7 +405,7 @@ fn build(
     dir: &Path,
     spec: &ImageSpec,
     key: &str,
-    mirror: &str,
+    sources: &Sources,
     r: &Reporter<'_>,
 ) -> Result<(), SetupError> {
     let step = r.step();
@@ -367,8 +418,15 @@ fn build(
     if !spec.packages.is_empty() {
         cmd.arg(format!("--include={}", spec.packages.join(",")));
     }
-    cmd.args(["--mode=root", spec.suite]).arg(&tree).arg(mirror);
-    r.info(format!("mirror {mirror}"));
+    cmd.args(["--mode=root", spec.suite])
+        .arg(&tree)
+        .args(sources.lines(spec.suite));
+    r.info(format!(
+        "mirrors {} and {} ({suite}, {suite}-updates, {suite}-security)",
+        sources.mirror,
+        sources.security_mirror,
+        suite = spec.suite
+    ));
     exec::run_streaming(step, &mut cmd, &mut |line| r.info(line))?;
 
     post_process(&tree).map_err(SetupError::io(step, "post-process", &tree))?;
@@ -382,7 +440,7 @@ fn build(
     exec::run(
         step,
         Command::new("mke2fs")
-            .args(["-t", "ext4", "-d"])
+            .args(["-t", "ext4", "-i", &BYTES_PER_INODE.to_string(), "-d"])
             .arg(&tree)
             .args(["-L", FS_LABEL, "-F", "-q"])
             .arg(&image)
@@ -407,7 +465,9 @@ fn build(
         suite: spec.suite.to_string(),
         variant: spec.variant.to_string(),
         packages: spec.packages.iter().map(|p| p.to_string()).collect(),
-        mirror: mirror.to_string(),
+        mirror: sources.mirror.clone(),
+        security_mirror: sources.security_mirror.clone(),
+        inodes: size_bytes / BYTES_PER_INODE,
         built_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -454,11 +514,30 @@ mod tests {
     }
 
     #[test]
+    fn sources_cover_updates_and_security() {
+        let s = Sources {
+            mirror: "http://m/debian".into(),
+            security_mirror: "http://m/debian-security".into(),
+        };
+        assert_eq!(
+            s.lines("bookworm"),
+            [
+                "deb http://m/debian bookworm main",
+                "deb http://m/debian bookworm-updates main",
+                "deb http://m/debian-security bookworm-security main",
+            ]
+        );
+    }
+
+    #[test]
     fn size_rule() {
-        assert_eq!(image_size_bytes(0), 512 * MIB);
-        // 178 MiB of contents -> 222.5 + 512 -> 735 MiB.
-        assert_eq!(image_size_bytes(178 * MIB), 735 * MIB);
-        assert_eq!(image_size_bytes(1), 513 * MIB);
+        assert_eq!(image_size_bytes(0), 2048 * MIB);
+        // 178 MiB of contents -> 222.5 + 2048 -> 2271 MiB.
+        assert_eq!(image_size_bytes(178 * MIB), 2271 * MIB);
+        assert_eq!(image_size_bytes(1), 2049 * MIB);
+        // At one inode per 8 KiB such an image has ~290k inodes: room for
+        // a Python dependency tree on top of the base system's ~10k.
+        assert!(image_size_bytes(178 * MIB) / BYTES_PER_INODE > 250_000);
         assert_eq!(image_size_bytes(100 * MIB) % MIB, 0);
     }
 
@@ -595,6 +674,8 @@ mod tests {
             variant: "minbase".into(),
             packages: vec![],
             mirror: DEFAULT_MIRROR.into(),
+            security_mirror: DEFAULT_SECURITY_MIRROR.into(),
+            inodes: 735 * MIB / BYTES_PER_INODE,
             built_at: 1_700_000_000,
             key: "k".into(),
             recipe_version: RECIPE_VERSION,

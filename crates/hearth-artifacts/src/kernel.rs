@@ -389,32 +389,9 @@ pub(crate) struct KernelPackage {
     pub version: String,
 }
 
-/// Field `field` of the first stanza of Debian control-format `text`
-/// (continuation lines joined).
+/// Field `field` of the first stanza of Debian control-format `text`.
 fn control_field(text: &str, field: &str) -> Option<String> {
-    let mut value: Option<String> = None;
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if value.is_some() {
-                break;
-            }
-            continue;
-        }
-        if let Some(v) = value.as_mut() {
-            if line.starts_with([' ', '\t']) {
-                v.push(' ');
-                v.push_str(line.trim());
-                continue;
-            }
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case(field) {
-                value = Some(v.trim().to_string());
-            }
-        }
-    }
-    value
+    crate::control::first_field(text, field)
 }
 
 /// The versioned `linux-image-*` package named in a `Depends:` value, and

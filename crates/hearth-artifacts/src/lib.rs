@@ -35,6 +35,7 @@
 //! with the same inputs reports every step as [`Status::Cached`].
 
 pub mod cache;
+mod control;
 pub mod cpio;
 pub mod elf;
 mod error;
@@ -217,22 +218,23 @@ pub fn setup(opts: &SetupOptions, progress: &dyn Fn(Progress)) -> Result<Manifes
 
     cache::prepare(&cache)?;
 
-    host::ensure(opts.install_host_packages, progress)?;
+    let qemu = host::ensure(opts.install_host_packages, progress)?;
     let kernel = kernel::ensure(&cache, opts.install_host_packages, progress)?;
     let initramfs = initramfs::ensure(&cache, &agent, &kernel, progress)?;
 
-    let mirror = match &opts.mirror {
-        Some(m) => m.clone(),
-        None => image::detect_mirror(image::SUITE),
-    };
+    let mut sources = image::Sources::detect(image::SUITE);
+    if let Some(m) = &opts.mirror {
+        sources.mirror = m.clone();
+    }
     let mut images = Vec::new();
     for spec in specs {
-        images.push(image::ensure(&cache, spec, &mirror, progress)?);
+        images.push(image::ensure(&cache, spec, &sources, progress)?);
     }
 
     let manifest = Manifest {
         version: manifest::MANIFEST_VERSION,
         cache_dir: cache.clone(),
+        qemu,
         kernel: kernel.artifact,
         initramfs,
         images,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache;
 
 /// Version of the manifest format this crate reads and writes.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
 /// File name of the manifest in the cache directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -23,6 +23,8 @@ pub struct Manifest {
     /// Always [`MANIFEST_VERSION`].
     pub version: u32,
     pub cache_dir: PathBuf,
+    /// The QEMU binaries setup verified (both report this version).
+    pub qemu: crate::host::QemuInfo,
     pub kernel: KernelArtifact,
     pub initramfs: InitramfsArtifact,
     pub images: Vec<ImageArtifact>,
@@ -166,6 +168,12 @@ mod tests {
         Manifest {
             version: MANIFEST_VERSION,
             cache_dir: cache_dir.to_path_buf(),
+            qemu: crate::host::QemuInfo {
+                version: "7.2.19".into(),
+                package_version: Some("1:7.2+dfsg-7+deb12u18+b2".into()),
+                system_binary: "qemu-system-x86_64".into(),
+                img_binary: "qemu-img".into(),
+            },
             kernel: KernelArtifact {
                 path: cache_dir.join("kernel/k/vmlinuz"),
                 release: "6.1.0-57-cloud-amd64".into(),
@@ -223,11 +231,11 @@ mod tests {
     fn other_versions_and_garbage_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut v = serde_json::to_value(sample(dir.path())).unwrap();
-        v["version"] = 2.into();
+        v["version"] = (MANIFEST_VERSION + 1).into();
         fs::write(dir.path().join(MANIFEST_FILE), v.to_string()).unwrap();
         assert!(matches!(
             Manifest::load(dir.path()),
-            Err(ManifestError::UnsupportedVersion { found: 2, .. })
+            Err(ManifestError::UnsupportedVersion { found, .. }) if found == MANIFEST_VERSION + 1
         ));
         fs::write(dir.path().join(MANIFEST_FILE), b"{\"version\": 1").unwrap();
         assert!(matches!(
