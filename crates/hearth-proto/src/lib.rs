@@ -2,17 +2,18 @@
 //!
 //! One virtio-serial port carries every conversation between Hearth and the
 //! `hearth-agent` running as PID 1 in a microVM. This crate owns the bytes on
-//! that port: the frame layout, the message types, and the bounds both sides
-//! enforce. It does no I/O of its own, so the (synchronous, threaded) agent and
-//! the (async) host side share exactly one definition.
+//! that port: the frame layout, the message types of every protocol version,
+//! and the bounds both sides enforce. It does no I/O of its own, so the
+//! (synchronous, threaded) agent, the (async) host and the per-microVM
+//! supervisor that relays frames share exactly one definition.
 //!
 //! # Frames
 //!
 //! ```text
 //!  0      2       3      4               8
 //!  +------+-------+------+---------------+---------------------------+
-//!  | "HR" | ver=1 | kind | payload len   | payload (postcard)        |
-//!  |      |       | =0   | u32 LE        | <= MAX_PAYLOAD_BYTES      |
+//!  | "HR" | ver   | kind | payload len   | payload (postcard)        |
+//!  |      | 1 | 2 | =0   | u32 LE        | <= MAX_PAYLOAD_BYTES      |
 //!  +------+-------+------+---------------+---------------------------+
 //! ```
 //!
@@ -20,31 +21,71 @@
 //! payload, so a hostile guest can neither make the host allocate more than
 //! [`MAX_PAYLOAD_BYTES`] nor keep it waiting for a frame that will never be
 //! valid. Any violation is fatal for the channel: the host marks that microVM
-//! failed and never resynchronises on a stream it can no longer trust.
+//! failed and never resynchronises on a stream it can no longer trust. The
+//! header is the same in every version, so a relay can find frame
+//! boundaries ([`parse_header_any`]) without knowing the messages.
 //!
-//! # Conversations
+//! # Versions
 //!
-//! The host sends [`HostMessage::Request`]s, each with a fresh `id`; the agent
-//! answers each with exactly one [`GuestMessage::Response`] carrying that id.
-//! Requests that open a stream (`Exec`, `TcpConnect`) name the stream by the
-//! request id; data then flows as `StreamData`/`Output` messages tagged with it.
+//! The version byte names the message set of the payload: [`v1`] (frozen)
+//! or [`v2`] (current, re-exported at the crate root). An agent speaks one
+//! version, the one it was built with; it announces it in its boot `Hello`
+//! and in its answer to `Restore`. The host speaks every version a stored
+//! snapshot may contain: it learns the version from the first frame after a
+//! boot, and from the snapshot's record before a restore.
+//!
+//! # Conversations (version 2)
+//!
+//! The host sends [`Request`]s, each with a fresh `id`; the agent answers each
+//! with exactly one [`GuestMessage::Response`] carrying that id. Requests
+//! that open a stream (`Exec`, `TcpConnect`, `Attach`) name the stream by the
+//! request id; data then flows as `StreamData`/`Output` messages tagged with
+//! it, until the stream ends (`Exited` that does not restart, or
+//! `StreamClosed`).
+//!
+//! # Flow control (version 2)
+//!
+//! Every stream has a window of [`STREAM_WINDOW_BYTES`] in each direction:
+//! a sender may have at most that many payload bytes of the stream's data
+//! (`Output`, `StreamData`) that the receiver has not yet handed to its
+//! consumer. The receiver returns credit (`StreamCredit`) as its consumer
+//! takes the bytes. A stream whose consumer stalls (a slow HTTP client, a
+//! process that never reads stdin) therefore stops only itself: neither side
+//! ever blocks its channel reader on one stream, so other streams and the
+//! control requests (`Quiesce`, `Restore`) always get through. Sending more
+//! than the window is a protocol violation.
 //!
 //! # Snapshots
 //!
-//! Bytes the host wrote that still sit in the socket buffer when QEMU stops are
-//! lost (DESIGN.md §2). The protocol therefore quiesces the channel before every
-//! snapshot: the host sends `Quiesce` and then nothing more; the agent answers
-//! `Quiesced` as the very last frame it writes, and holds every later frame in
-//! guest memory until a `Thaw` (same VM) or `Restore` (restored copy) arrives on
-//! the (new) connection. Nothing is in flight in either direction while the
-//! state is captured.
+//! Bytes the host wrote that still sit in the socket buffer when QEMU stops
+//! are lost. The protocol therefore quiesces the channel before every
+//! snapshot: the host sends `Quiesce` and then nothing more; the agent
+//! answers `Quiesced` as the very last frame it writes, and holds every later
+//! frame in guest memory until a `Thaw` (same VM) or `Restore` (restored
+//! copy) arrives on the (new) connection. Nothing is in flight in either
+//! direction while the state is captured.
+//!
+//! A restored copy's streams belong to a host connection that no longer
+//! exists. In version 2 the agent ends them all when it handles `Restore`
+//! (or `Reattach`, a new host connection to the same running agent): TCP
+//! sockets are closed, PTY sessions hung up, processes lose their stdin,
+//! and the answer lists the streams it closed. Named supervised processes
+//! (the app) go on running; their output is kept (bounded) until a host
+//! `Attach`es to them again.
+
+pub mod v1;
+pub mod v2;
+
+pub use v2::*;
 
 use serde::{Deserialize, Serialize};
 
 /// First two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"HR";
-/// Protocol version carried by every frame; bumped on incompatible change.
-pub const PROTO_VERSION: u8 = 1;
+/// The newest protocol version: what this crate's agent speaks.
+pub const PROTO_VERSION: u8 = v2::VERSION;
+/// The oldest protocol version a host still speaks.
+pub const MIN_PROTO_VERSION: u8 = v1::VERSION;
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 8;
 /// Largest payload either side accepts.
@@ -63,8 +104,8 @@ const KIND_MESSAGE: u8 = 0;
 pub enum FrameError {
     #[error("bad frame magic {found:02x?}")]
     BadMagic { found: [u8; 2] },
-    #[error("unsupported protocol version {found} (this side speaks {PROTO_VERSION})")]
-    BadVersion { found: u8 },
+    #[error("unsupported protocol version {found} (expected {expected})")]
+    BadVersion { found: u8, expected: String },
     #[error("unknown frame kind {found}")]
     BadKind { found: u8 },
     #[error("frame payload of {len} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
@@ -73,218 +114,13 @@ pub enum FrameError {
     BadPayload { reason: String },
 }
 
-/// Messages from the host to the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum HostMessage {
-    /// A request; answered by exactly one [`GuestMessage::Response`] with the same id.
-    Request { id: u64, body: Request },
-    /// Bytes for a stream (stdin of an `Exec`, payload of a `TcpConnect`).
-    StreamData { stream: u64, data: Vec<u8> },
-    /// The host will send nothing more on this stream (half close).
-    StreamEof { stream: u64 },
-    /// The host abandons this stream; the agent closes its end.
-    StreamClose { stream: u64 },
-}
-
-/// Requests the host can make.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Request {
-    /// Liveness check.
-    Ping { nonce: u64 },
-    /// Start a process; its output and exit arrive on stream `id`.
-    Exec(ExecRequest),
-    /// Write (a chunk of) a file.
-    WriteFile(WriteFileRequest),
-    /// Read (a chunk of) a file.
-    ReadFile(ReadFileRequest),
-    /// Open a TCP connection to `127.0.0.1:port` inside the guest; bytes flow on stream `id`.
-    TcpConnect { port: u16 },
-    /// Send a signal to the process of an `Exec` stream.
-    Signal { stream: u64, signal: i32 },
-    /// Prepare for a snapshot: sync filesystems, optionally drop caches, then stop writing.
-    Quiesce { drop_caches: bool },
-    /// Resume writing after a `Quiesce` on the same, unrestored VM.
-    Thaw,
-    /// First message to a restored copy: clock, entropy, identity; then resume writing.
-    Restore(RestoreRequest),
-}
-
-/// How the agent treats a process that exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum RestartPolicy {
-    /// Report the exit and forget the process.
-    #[default]
-    Never,
-    /// Restart after a non-zero exit or a signal (with back-off).
-    OnFailure,
-    /// Restart after every exit (with back-off).
-    Always,
-}
-
-/// Run a command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct ExecRequest {
-    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
-    pub argv: Vec<String>,
-    /// Environment; replaces the agent's own when `clear_env` is set.
-    pub env: Vec<(String, String)>,
-    pub clear_env: bool,
-    /// Working directory (default `/`).
-    pub cwd: Option<String>,
-    /// User name or numeric uid (default root).
-    pub user: Option<String>,
-    /// Keep stdin open for `StreamData`; otherwise stdin is `/dev/null`.
-    pub stdin: bool,
-    /// Supervision: restart per policy; output keeps flowing on the same stream.
-    pub restart: RestartPolicy,
-}
-
-/// Write file bytes at `offset`; `truncate` empties the file first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct WriteFileRequest {
-    pub path: String,
-    pub data: Vec<u8>,
-    pub offset: u64,
-    pub truncate: bool,
-    /// Mode bits when the file is created.
-    pub mode: u32,
-    /// Create missing parent directories (mode 0755).
-    pub create_parents: bool,
-    /// Owner as `uid:gid`, applied when set.
-    pub owner: Option<(u32, u32)>,
-}
-
-/// Read at most `max_len` (<= [`MAX_CHUNK_BYTES`]) bytes from `offset`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct ReadFileRequest {
-    pub path: String,
-    pub offset: u64,
-    pub max_len: u32,
-}
-
-/// Post-restore duties (DESIGN.md §3 "After every restore").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct RestoreRequest {
-    /// Host wall clock when the message was built.
-    pub unix_time_ns: u64,
-    /// Fresh host entropy, exactly [`RESTORE_ENTROPY_BYTES`] long.
-    pub entropy: Vec<u8>,
-    /// New hostname (validated with [`valid_hostname`]).
-    pub hostname: Option<String>,
-    /// New machine id, 32 lowercase hex digits.
-    pub machine_id: Option<String>,
-}
-
-/// Messages from the agent to the host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum GuestMessage {
-    /// First frame after boot.
-    Hello(Hello),
-    /// The answer to request `id`.
-    Response {
-        id: u64,
-        body: Result<Response, AgentError>,
-    },
-    /// Output of an `Exec` stream.
-    Output {
-        stream: u64,
-        fd: OutputFd,
-        data: Vec<u8>,
-    },
-    /// A supervised process was (re)started.
-    Started { stream: u64, pid: u32 },
-    /// A process exited; `restarting` tells whether supervision starts it again.
-    Exited {
-        stream: u64,
-        status: ExitStatus,
-        restarting: bool,
-    },
-    /// TCP stream bytes.
-    StreamData { stream: u64, data: Vec<u8> },
-    /// The guest side of a TCP stream reached EOF.
-    StreamEof { stream: u64 },
-    /// The stream is gone on the guest side (error or both halves closed).
-    StreamClosed { stream: u64, reason: Option<String> },
-}
-
-/// Which output of a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OutputFd {
-    Stdout,
-    Stderr,
-}
-
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitStatus {
-    /// Exit code, when it exited normally.
-    pub code: Option<i32>,
-    /// Terminating signal, when killed.
-    pub signal: Option<i32>,
-}
-
-impl ExitStatus {
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-/// Agent identification, sent once per boot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Hello {
-    pub proto_version: u8,
-    pub agent_version: String,
-    pub kernel_release: String,
-    /// Milliseconds since the guest kernel booted.
-    pub uptime_ms: u64,
-}
-
-/// Successful answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Response {
-    Pong { nonce: u64 },
-    Exec { pid: u32 },
-    WriteFile { bytes_written: u64 },
-    ReadFile { data: Vec<u8>, eof: bool },
-    TcpConnect,
-    Signal,
-    Quiesced,
-    Thawed,
-    Restored,
-}
-
-/// A failed request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{kind:?}: {message}")]
-pub struct AgentError {
-    pub kind: AgentErrorKind,
-    pub message: String,
-}
-
-/// Coarse classification of agent-side failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AgentErrorKind {
-    NotFound,
-    PermissionDenied,
-    InvalidRequest,
-    ConnectionRefused,
-    Io,
-}
-
-impl AgentError {
-    pub fn new(kind: AgentErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-}
-
-/// Encode one message as a complete frame.
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; HEADER_LEN];
+/// Encode one message as a complete frame of protocol `version`.
+///
+/// The caller picks the message type of that version (`v1::HostMessage`
+/// for version 1, ...); this function only frames it.
+pub fn encode_frame_version<T: Serialize>(version: u8, msg: &T) -> Result<Vec<u8>, FrameError> {
     let mut out =
-        postcard::to_extend(msg, std::mem::take(&mut out)).map_err(|e| FrameError::BadPayload {
+        postcard::to_extend(msg, vec![0u8; HEADER_LEN]).map_err(|e| FrameError::BadPayload {
             reason: e.to_string(),
         })?;
     let len = out.len() - HEADER_LEN;
@@ -292,20 +128,29 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
         return Err(FrameError::TooLarge { len });
     }
     out[0..2].copy_from_slice(&MAGIC);
-    out[2] = PROTO_VERSION;
+    out[2] = version;
     out[3] = KIND_MESSAGE;
     out[4..8].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
 }
 
-/// Validate a header and return the payload length it announces.
-pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<usize, FrameError> {
+/// Encode one current-version message as a complete frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_frame_version(PROTO_VERSION, msg)
+}
+
+/// Validate a header of any known version; returns (version, payload length).
+pub fn parse_header_any(header: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let magic = [header[0], header[1]];
     if magic != MAGIC {
         return Err(FrameError::BadMagic { found: magic });
     }
-    if header[2] != PROTO_VERSION {
-        return Err(FrameError::BadVersion { found: header[2] });
+    let version = header[2];
+    if !(MIN_PROTO_VERSION..=PROTO_VERSION).contains(&version) {
+        return Err(FrameError::BadVersion {
+            found: version,
+            expected: format!("{MIN_PROTO_VERSION}..={PROTO_VERSION}"),
+        });
     }
     if header[3] != KIND_MESSAGE {
         return Err(FrameError::BadKind { found: header[3] });
@@ -314,21 +159,55 @@ pub fn parse_header(header: &[u8; HEADER_LEN]) -> Result<usize, FrameError> {
     if len > MAX_PAYLOAD_BYTES {
         return Err(FrameError::TooLarge { len });
     }
+    Ok((version, len))
+}
+
+/// Validate a header of exactly `version`; returns the payload length.
+pub fn parse_header(version: u8, header: &[u8; HEADER_LEN]) -> Result<usize, FrameError> {
+    let (found, len) = parse_header_any(header)?;
+    if found != version {
+        return Err(FrameError::BadVersion {
+            found,
+            expected: version.to_string(),
+        });
+    }
     Ok(len)
 }
 
-/// Incremental frame decoder: feed it whatever bytes arrive, take out whole
-/// messages. Never buffers more than one header plus [`MAX_PAYLOAD_BYTES`].
-#[derive(Debug, Default)]
+/// Incremental frame decoder for one protocol version: feed it whatever
+/// bytes arrive, take out whole messages. Never buffers more than one
+/// header plus [`MAX_PAYLOAD_BYTES`].
+#[derive(Debug)]
 pub struct FrameDecoder {
+    version: u8,
     buf: Vec<u8>,
     /// Payload length of the frame being assembled, once its header checked out.
     want: Option<usize>,
 }
 
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FrameDecoder {
+    /// A decoder for the current version.
     pub fn new() -> Self {
-        Self::default()
+        Self::for_version(PROTO_VERSION)
+    }
+
+    /// A decoder for frames of `version`.
+    pub fn for_version(version: u8) -> Self {
+        Self {
+            version,
+            buf: Vec::new(),
+            want: None,
+        }
+    }
+
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// How many more bytes the decoder can take before it must be drained
@@ -346,6 +225,17 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The version of the frame whose header is buffered, if one is: lets a
+    /// reader that does not know its peer's version yet pick a decoder.
+    pub fn peek_version(&self) -> Option<u8> {
+        (self.buf.len() >= 3 && self.buf[..2] == MAGIC).then(|| self.buf[2])
+    }
+
+    /// Switch to another version before the first frame is decoded.
+    pub fn set_version(&mut self, version: u8) {
+        self.version = version;
+    }
+
     /// Take out the next whole message, if one is buffered.
     pub fn decode_next<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
         if self.want.is_none() {
@@ -354,7 +244,7 @@ impl FrameDecoder {
             }
             let mut header = [0u8; HEADER_LEN];
             header.copy_from_slice(&self.buf[..HEADER_LEN]);
-            self.want = Some(parse_header(&header)?);
+            self.want = Some(parse_header(self.version, &header)?);
         }
         let len = self.want.expect("header parsed above");
         if self.buf.len() < HEADER_LEN + len {
@@ -390,6 +280,16 @@ pub fn valid_machine_id(id: &str) -> bool {
         && id.bytes().any(|c| c != b'0')
 }
 
+/// A name for a supervised process ([`ExecRequest::name`]): 1-64 of
+/// `[A-Za-z0-9._-]`.
+pub fn valid_process_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +319,8 @@ mod tests {
                     env: vec![("A".into(), "b".into())],
                     user: Some("nobody".into()),
                     restart: RestartPolicy::OnFailure,
+                    pty: Some(PtySize { cols: 80, rows: 24 }),
+                    name: Some("app".into()),
                     ..Default::default()
                 }),
             },
@@ -431,9 +333,23 @@ mod tests {
                     machine_id: None,
                 }),
             },
+            HostMessage::Request {
+                id: 10,
+                body: Request::Resize {
+                    stream: 8,
+                    size: PtySize {
+                        cols: 120,
+                        rows: 40,
+                    },
+                },
+            },
             HostMessage::StreamData {
                 stream: 3,
                 data: vec![0, 1, 2],
+            },
+            HostMessage::StreamCredit {
+                stream: 3,
+                bytes: 4096,
             },
             HostMessage::StreamEof { stream: 3 },
         ];
@@ -453,6 +369,18 @@ mod tests {
                 id: 2,
                 body: Err(AgentError::new(AgentErrorKind::NotFound, "no such file")),
             },
+            GuestMessage::Response {
+                id: 3,
+                body: Ok(Response::Restored(AgentInfo {
+                    proto_version: PROTO_VERSION,
+                    agent_version: "0.1.0".into(),
+                    capabilities: vec![CAP_CREDIT_WINDOWS.into()],
+                    closed_streams: vec![ClosedStream {
+                        stream: 9,
+                        kind: StreamKind::Tcp,
+                    }],
+                })),
+            },
             GuestMessage::Exited {
                 stream: 3,
                 status: ExitStatus {
@@ -466,10 +394,46 @@ mod tests {
                 fd: OutputFd::Stderr,
                 data: b"x".to_vec(),
             },
+            GuestMessage::StreamClosed {
+                stream: 4,
+                reason: CloseReason::Restored,
+            },
         ];
         for m in msgs {
             assert_eq!(roundtrip(&m), m);
         }
+    }
+
+    /// Version 1 frames are byte-for-byte what the first agent spoke: this
+    /// ping was answered by that agent in a real microVM.
+    #[test]
+    fn version_1_bytes_are_frozen() {
+        let ping = encode_frame_version(
+            v1::VERSION,
+            &v1::HostMessage::Request {
+                id: 5,
+                body: v1::Request::Ping { nonce: 77 },
+            },
+        )
+        .unwrap();
+        assert_eq!(ping, b"HR\x01\x00\x04\x00\x00\x00\x00\x05\x00\x4d");
+        let mut dec = FrameDecoder::for_version(v1::VERSION);
+        dec.push(b"HR\x01\x00\x05\x00\x00\x00\x01\x05\x00\x00\x4d");
+        assert_eq!(
+            dec.decode_next::<v1::GuestMessage>().unwrap(),
+            Some(v1::GuestMessage::Response {
+                id: 5,
+                body: Ok(v1::Response::Pong { nonce: 77 })
+            })
+        );
+        // A version-2 decoder refuses a version-1 frame (and vice versa).
+        let mut dec = FrameDecoder::new();
+        dec.push(&ping);
+        assert_eq!(dec.peek_version(), Some(1));
+        assert!(matches!(
+            dec.decode_next::<HostMessage>(),
+            Err(FrameError::BadVersion { found: 1, .. })
+        ));
     }
 
     #[test]
@@ -506,6 +470,10 @@ mod tests {
             dec.decode_next::<GuestMessage>(),
             Err(FrameError::TooLarge { .. })
         ));
+        assert!(matches!(
+            parse_header_any(&header),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -518,9 +486,14 @@ mod tests {
         ));
         let mut dec = FrameDecoder::new();
         dec.push(&[b'H', b'R', 9, 0, 0, 0, 0, 0]);
-        assert_eq!(
+        assert!(matches!(
             dec.decode_next::<GuestMessage>(),
-            Err(FrameError::BadVersion { found: 9 })
+            Err(FrameError::BadVersion { found: 9, .. })
+        ));
+        assert!(parse_header_any(&[b'H', b'R', 0, 0, 0, 0, 0, 0]).is_err());
+        assert_eq!(
+            parse_header_any(&[b'H', b'R', 1, 0, 3, 0, 0, 0]),
+            Ok((1, 3))
         );
     }
 
@@ -543,6 +516,10 @@ mod tests {
         assert!(valid_machine_id(&"0123456789abcdef".repeat(2)));
         assert!(!valid_machine_id(&"0".repeat(32)));
         assert!(!valid_machine_id("ABCDEF0123456789abcdef0123456789"));
+        assert!(valid_process_name("app.web-1_x"));
+        assert!(!valid_process_name(""));
+        assert!(!valid_process_name("a/b"));
+        assert!(!valid_process_name(&"a".repeat(65)));
     }
 
     proptest! {
