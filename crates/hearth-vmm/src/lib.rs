@@ -1,39 +1,54 @@
 //! Hearth's VM engine.
 //!
 //! Runs Linux microVMs and brings them back from snapshots: boot from kernel +
-//! initramfs + root disk, snapshot a running microVM to files, launch any
-//! number of copy-on-write clones of a snapshot, suspend a microVM to its own
-//! files and resume it later. No HTTP and no AWS types live here; the control
+//! initramfs + root disk, snapshot a running microVM into the catalog, launch
+//! any number of copy-on-write clones of a snapshot, suspend a microVM to its
+//! own files and resume it later, and re-adopt running microVMs after the
+//! Hearth process restarts. No HTTP and no AWS types live here; the control
 //! plane stands on this crate.
 //!
-//! * [`VmBackend`] / [`MicroVm`]: the engine's contract, so a Firecracker
-//!   backend can sit beside the QEMU one on KVM hosts.
-//! * [`qemu`]: the QEMU `microvm` backend driven over [`qmp`].
-//! * [`agent`]: the host side of the guest agent channel.
-//! * [`memory`]: memory files and per-microVM memory diffs.
-//! * [`state`]: the lifecycle state machine.
+//! * [`VmBackend`] / [`MicroVm`]: the engine's contract, in backend-neutral
+//!   types ([`spec`], [`catalog`], [`record`]), so a Firecracker backend can
+//!   sit beside the QEMU one on KVM hosts without touching callers.
+//! * [`qemu`]: the QEMU `microvm` backend, driven over [`qmp`], each QEMU
+//!   under its own supervisor ([`supervise`]) and confined ([`confine`]).
+//! * [`agent`]: the host side of the guest agent channel, every protocol
+//!   version a stored snapshot may contain.
+//! * [`catalog`]: snapshots by id, with what a restore needs and who depends
+//!   on them. [`record`]: each microVM's persisted state.
+//! * [`memory`]: memory files, sealed images and per-microVM memory diffs;
+//!   [`disk`]: disk chains.
+//! * [`state`]: the lifecycle state machine. [`fault`]: fault injection.
 //!
 //! Everything async runs on the caller's Tokio runtime; blocking file work is
 //! moved to `spawn_blocking`.
 
 pub mod accel;
 pub mod agent;
+pub mod catalog;
+pub mod confine;
 pub mod disk;
+pub mod error;
+pub mod fault;
 pub mod memory;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod record;
+pub mod sockets;
+pub mod spec;
 pub mod state;
+pub mod supervise;
 
 use std::fmt;
-use std::path::PathBuf;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use agent::{AgentClient, AgentClientError, ChannelHealth};
-pub use qemu::{
-    BootSpec, FullRamSnapshot, LaunchSpec, QemuBackend, QemuConfig, QemuVm, Snapshot,
-    SnapshotManifest, SnapshotMode, SuspendedVm, VmError,
-};
+pub use catalog::{Catalog, RestoreRequirements, Snapshot, SnapshotId, SnapshotRecord};
+pub use error::VmError;
+pub use qemu::{Adopted, FullRamSnapshot, GcReport, QemuBackend, QemuConfig, QemuVm};
+pub use record::{SuspendedVm, VmRecord};
+pub use spec::{BootSpec, LaunchSpec, Lifetime, MachineConfig, SnapshotMode};
 pub use state::{VmEvent, VmState};
 
 /// A microVM id: 1-63 characters of `[a-z0-9-]`, not starting or ending with
@@ -93,7 +108,8 @@ impl fmt::Display for VmId {
 }
 
 /// The engine contract. Implementations own processes and files; every
-/// method either succeeds or leaves nothing behind.
+/// method either succeeds or leaves nothing behind (a failed resume leaves
+/// the suspended microVM as it was).
 #[async_trait::async_trait]
 pub trait VmBackend: Send + Sync {
     type Vm: MicroVm;
@@ -113,8 +129,8 @@ pub trait MicroVm: Send {
     /// Lifecycle state; `Failed` once the guest broke the agent protocol or QEMU died.
     fn state(&mut self) -> VmState;
     fn agent(&self) -> &AgentClient;
-    /// Write a snapshot of the running microVM into `dest` (a new directory).
-    async fn snapshot(&mut self, dest: PathBuf, mode: SnapshotMode) -> Result<Snapshot, VmError>;
+    /// Snapshot the running microVM into the catalog.
+    async fn snapshot(&mut self, mode: SnapshotMode) -> Result<Snapshot, VmError>;
     /// Save memory, device state and disk to the microVM's own files and end
     /// its process. On success `self` is an empty shell (state `Suspended`)
     /// whose files now belong to the returned [`SuspendedVm`]. On failure the

@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -41,8 +41,8 @@ pub enum MemoryError {
         #[source]
         source: io::Error,
     },
-    #[error("guest RAM mapping of {path} not found in QEMU process {pid}")]
-    MappingNotFound { pid: u32, path: PathBuf },
+    #[error("guest RAM mapping ({key:?}) not found in QEMU process {pid}")]
+    MappingNotFound { pid: u32, key: FileKey },
     #[error("memory diff {path} is invalid: {reason}")]
     InvalidDiff { path: PathBuf, reason: String },
 }
@@ -60,21 +60,63 @@ pub struct RamMapping {
     pub len_bytes: u64,
 }
 
-/// Find QEMU's mapping of `mem_path` (the memory-backend-file).
-pub fn find_ram_mapping(
-    pid: u32,
-    mem_path: &Path,
-    len_bytes: u64,
-) -> Result<RamMapping, MemoryError> {
+/// Which file a mapping maps: device and inode, as `/proc/<pid>/maps`
+/// shows them (paths there depend on the mapping process's mount
+/// namespace; a memfd has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileKey {
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// The key of an open file.
+    pub fn of(f: &impl AsRawFd) -> io::Result<FileKey> {
+        // SAFETY: stat is plain data that fstat fills.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is valid for writes; the fd is open.
+        if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(FileKey {
+            dev_major: libc::major(st.st_dev),
+            dev_minor: libc::minor(st.st_dev),
+            ino: st.st_ino,
+        })
+    }
+
+    /// The key of the file at `path`.
+    pub fn of_path(path: &Path) -> Result<FileKey, MemoryError> {
+        let f = File::open(path).map_err(io_err("open", path))?;
+        FileKey::of(&f).map_err(io_err("stat", path))
+    }
+}
+
+/// Find QEMU's mapping of guest RAM: the mapping of `key` at least
+/// `len_bytes` long.
+pub fn find_ram_mapping(pid: u32, key: FileKey, len_bytes: u64) -> Result<RamMapping, MemoryError> {
     let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
     let maps = std::fs::read_to_string(&maps_path).map_err(io_err("read", &maps_path))?;
-    let want = mem_path.to_string_lossy();
     for line in maps.lines() {
         // start-end perms offset dev inode path
-        let mut fields = line.splitn(6, ' ');
-        let range = fields.next().unwrap_or("");
-        let path = fields.nth(4).map(str::trim_start).unwrap_or("");
-        if path != want {
+        let mut fields = line.split_whitespace();
+        let (Some(range), _, _, Some(dev), Some(ino)) = (
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+            fields.next(),
+        ) else {
+            continue;
+        };
+        let Some((maj, min)) = dev.split_once(':') else {
+            continue;
+        };
+        let same = u32::from_str_radix(maj, 16) == Ok(key.dev_major)
+            && u32::from_str_radix(min, 16) == Ok(key.dev_minor)
+            && ino.parse::<u64>() == Ok(key.ino);
+        if !same {
             continue;
         }
         let Some((a, b)) = range.split_once('-') else {
@@ -91,10 +133,7 @@ pub fn find_ram_mapping(
             });
         }
     }
-    Err(MemoryError::MappingNotFound {
-        pid,
-        path: mem_path.to_path_buf(),
-    })
+    Err(MemoryError::MappingNotFound { pid, key })
 }
 
 /// A run of consecutive pages: (first page index, page count).
@@ -303,6 +342,33 @@ fn for_each_chunk(
     Ok(())
 }
 
+/// The data regions of a file, as (start, end) byte offsets (SEEK_DATA /
+/// SEEK_HOLE): everything else is holes.
+fn data_regions(f: &File, path: &Path) -> Result<Vec<(i64, i64)>, MemoryError> {
+    let len = f.metadata().map_err(io_err("stat", path))?.len() as i64;
+    let mut out = Vec::new();
+    let mut pos: i64 = 0;
+    while pos < len {
+        // SAFETY: lseek on a valid fd we own; no memory is passed.
+        let data = unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole remains
+            }
+            return Err(io_err("seek", path)(e));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io_err("seek", path)(io::Error::last_os_error()));
+        }
+        out.push((data, hole));
+        pos = hole;
+    }
+    Ok(out)
+}
+
 /// Copy a file, preserving holes (SEEK_DATA/SEEK_HOLE + copy_file_range).
 pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, MemoryError> {
     let s = File::open(src).map_err(io_err("open", src))?;
@@ -310,22 +376,7 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, MemoryError> {
     let len = s.metadata().map_err(io_err("stat", src))?.len();
     d.set_len(len).map_err(io_err("truncate", dst))?;
     let mut copied = 0u64;
-    let mut pos: i64 = 0;
-    while (pos as u64) < len {
-        // SAFETY: lseek on a valid fd we own; no memory is passed.
-        let data = unsafe { libc::lseek(s.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(io_err("seek", src)(e));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(s.as_raw_fd(), data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(io_err("seek", src)(io::Error::last_os_error()));
-        }
+    for (data, hole) in data_regions(&s, src)? {
         let mut off_in = data;
         let mut off_out = data;
         while off_in < hole {
@@ -348,9 +399,52 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<u64, MemoryError> {
             }
             copied += n as u64;
         }
-        pos = hole;
     }
     Ok(copied)
+}
+
+/// A sealed in-memory copy of a snapshot's memory file.
+///
+/// Clones map a snapshot's RAM privately. QEMU 7.2 opens the backing file
+/// read-write even for a private mapping, and a confined QEMU must not be
+/// able to write the snapshot every other clone maps. A memfd sealed
+/// against writes, growth and shrinking gives it exactly what it needs: it
+/// can open and map it privately (copy-on-write), and any write through
+/// the file is refused (`EPERM`). Holes stay holes; the file's page cache
+/// is dropped afterwards, so the pages are held once. Returns the memfd.
+pub fn sealed_image(src: &Path, name: &str) -> Result<OwnedFd, MemoryError> {
+    let s = File::open(src).map_err(io_err("open", src))?;
+    let len = s.metadata().map_err(io_err("stat", src))?.len();
+    let cname = std::ffi::CString::new(format!("hearth-{name}")).expect("no NUL in a name");
+    // SAFETY: memfd_create takes a NUL-terminated name and flags.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io_err("create a memfd for", src)(io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create returned a new descriptor that we now own.
+    let m = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    m.set_len(len).map_err(io_err("size the memfd for", src))?;
+    let mut buf = vec![0u8; COPY_CHUNK_BYTES];
+    for (data, hole) in data_regions(&s, src)? {
+        let mut off = data as u64;
+        while off < hole as u64 {
+            let n = ((hole as u64 - off) as usize).min(buf.len());
+            s.read_exact_at(&mut buf[..n], off)
+                .map_err(io_err("read", src))?;
+            m.write_all_at(&buf[..n], off)
+                .map_err(io_err("fill the memfd for", src))?;
+            off += n as u64;
+        }
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on our memfd takes an integer.
+    if unsafe { libc::fcntl(m.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io_err("seal the memfd for", src)(io::Error::last_os_error()));
+    }
+    // SAFETY: advice on our own descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(s.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(m.into())
 }
 
 /// Build a stand-alone memory file: `base` with a running private QEMU's
@@ -388,6 +482,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MemoryError> {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn diff_round_trips_and_validates() {
@@ -433,6 +528,37 @@ mod tests {
         assert!(allocated_bytes(&dst) < 1 << 20, "holes were filled");
     }
 
+    #[test]
+    fn sealed_images_keep_data_and_holes_and_refuse_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("memory");
+        let f = File::create(&src).unwrap();
+        f.set_len(32 << 20).unwrap();
+        f.write_all_at(b"guest", 3 << 20).unwrap();
+        let m = File::from(sealed_image(&src, "t").unwrap());
+        let mut b = [0u8; 5];
+        m.read_exact_at(&mut b, 3 << 20).unwrap();
+        assert_eq!(&b, b"guest");
+        assert_eq!(m.metadata().unwrap().len(), 32 << 20);
+        assert!(
+            m.metadata().unwrap().blocks() * 512 < 1 << 20,
+            "holes were filled"
+        );
+        let err = m.write_all_at(b"x", 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        assert!(m.set_len(1).is_err());
+        // Reopened read-write (as QEMU does through /proc/self/fd), still refused.
+        let again = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", m.as_raw_fd()))
+            .unwrap();
+        assert_eq!(
+            again.write_all_at(b"x", 0).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+    }
+
     /// The pagemap logic on our own process: a private file mapping whose
     /// written pages become anonymous, exactly as in a clone's QEMU.
     #[test]
@@ -465,7 +591,7 @@ mod tests {
             std::ptr::write_volatile(mem.add(3 * 4096 + 17), 2);
             std::ptr::write_volatile(mem.add(9 * 4096), 3);
         }
-        let map = find_ram_mapping(std::process::id(), &path, len).unwrap();
+        let map = find_ram_mapping(std::process::id(), FileKey::of(&f).unwrap(), len).unwrap();
         assert_eq!(map.host_addr, ptr as u64);
         let runs = dirty_pages(&map).unwrap();
         assert_eq!(runs, vec![(2, 2), (9, 1)]);

@@ -1,14 +1,11 @@
-//! Starting and ending QEMU processes.
-//!
-//! Owns the fork/exec of `qemu-system-x86_64` with its pre-connected file
-//! descriptors, and the guarantee that a QEMU never outlives Hearth: every child
-//! gets `PR_SET_PDEATHSIG(SIGKILL)`, and [`QemuProcess`] kills and reaps it on
-//! drop. Called from async tasks of the backend; the blocking work (fork/exec,
-//! a final `waitpid`) is short.
+//! Starting child processes (each microVM's supervisor) with descriptors at
+//! fixed numbers and tied to this process: every child gets
+//! `PR_SET_PDEATHSIG(SIGKILL)` until it is told to outlive Hearth. Called
+//! from async tasks of the backend; the fork/exec is short.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not
 //! the process. Spawns therefore happen on one dedicated, never-exiting thread
-//! (see [`spawn_qemu`]), never on a transient blocking-pool thread.
+//! (see [`spawn_child`]), never on a transient blocking-pool thread.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -17,7 +14,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// A file descriptor handed to the child at a fixed number.
 pub struct PassFd {
@@ -30,7 +26,7 @@ pub struct SpawnRequest {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub fds: Vec<PassFd>,
-    /// Where QEMU's own stderr goes (its error messages).
+    /// Where the child's stderr goes.
     pub stderr: OwnedFd,
 }
 
@@ -41,25 +37,25 @@ fn spawner() -> &'static std_mpsc::Sender<SpawnJob> {
     SPAWNER.get_or_init(|| {
         let (tx, rx) = std_mpsc::channel::<SpawnJob>();
         std::thread::Builder::new()
-            .name("hearth-qemu-spawner".into())
+            .name("hearth-spawner".into())
             .spawn(move || {
                 for (req, reply) in rx {
                     let _ = reply.send(spawn_here(req));
                 }
             })
-            .expect("spawn the QEMU spawner thread");
+            .expect("spawn the spawner thread");
         tx
     })
 }
 
 /// Start a process on the spawner thread. Blocks the caller for the fork/exec.
-pub fn spawn_qemu(req: SpawnRequest) -> io::Result<Child> {
+pub fn spawn_child(req: SpawnRequest) -> io::Result<Child> {
     let (tx, rx) = std_mpsc::channel();
     spawner()
         .send((req, tx))
-        .map_err(|_| io::Error::other("QEMU spawner thread is gone"))?;
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
     rx.recv()
-        .map_err(|_| io::Error::other("QEMU spawner thread is gone"))?
+        .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
 fn spawn_here(req: SpawnRequest) -> io::Result<Child> {
@@ -113,55 +109,6 @@ fn spawn_here(req: SpawnRequest) -> io::Result<Child> {
     let child = cmd.spawn();
     drop(moved);
     child
-}
-
-/// A running QEMU; killed and reaped when dropped.
-pub struct QemuProcess {
-    child: Option<Child>,
-}
-
-impl QemuProcess {
-    pub fn new(child: Child) -> Self {
-        Self { child: Some(child) }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// Has the process exited? Returns its status if so.
-    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// Wait up to `timeout` for a voluntary exit (after QMP `quit`), then kill.
-    pub async fn wait_or_kill(&mut self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if self.try_wait().is_some() {
-                self.child = None;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        self.kill();
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for QemuProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A connected UNIX stream socket pair (both ends CLOEXEC).
@@ -218,7 +165,7 @@ mod tests {
     fn passes_fds_at_fixed_numbers() {
         let (mine, theirs) = socketpair().unwrap();
         let (_err_r, err_w) = pipe().unwrap();
-        let child = spawn_qemu(SpawnRequest {
+        let child = spawn_child(SpawnRequest {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo hello >&3".into()],
             fds: vec![PassFd {
@@ -228,30 +175,11 @@ mod tests {
             stderr: err_w,
         })
         .unwrap();
-        let mut p = QemuProcess::new(child);
+        let mut child = child;
         let mut s = std::os::unix::net::UnixStream::from(mine);
         let mut buf = String::new();
         s.read_to_string(&mut buf).unwrap();
         assert_eq!(buf, "hello\n");
-        let pid = p.pid();
-        p.kill();
-        assert!(!pid_alive(pid));
-    }
-
-    #[test]
-    fn drop_kills_the_child() {
-        let (_r, w) = pipe().unwrap();
-        let child = spawn_qemu(SpawnRequest {
-            program: "/bin/sleep".into(),
-            args: vec!["30".into()],
-            fds: vec![],
-            stderr: w,
-        })
-        .unwrap();
-        let p = QemuProcess::new(child);
-        let pid = p.pid();
-        assert!(pid_alive(pid));
-        drop(p);
-        assert!(!pid_alive(pid));
+        child.wait().unwrap();
     }
 }

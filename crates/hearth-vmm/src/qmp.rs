@@ -1,12 +1,19 @@
 //! A minimal QMP (QEMU Machine Protocol) client.
 //!
-//! Owns one QMP connection, handed to QEMU as a pre-connected socket at spawn
-//! (no socket file on disk). Commands run one at a time from the task that
-//! drives the VM; asynchronous events that arrive in between are skipped.
-//! Every read is bounded (line length) and every command has a deadline, so a
-//! wedged QEMU turns into an error instead of a hang.
+//! Owns one QMP connection to the listening socket QEMU serves in the
+//! microVM's directory (`qmp.sock`), so a restarted `hearth` can connect
+//! again. Commands run one at a time from the task that drives the VM;
+//! asynchronous events that arrive in between are skipped. Every read is
+//! bounded (line length) and every command has a deadline, so a wedged QEMU
+//! turns into an error instead of a hang. A command that timed out may
+//! still be answered, or its answer half-read: the session is then dead
+//! (every later command fails at once with [`QmpError::Dead`]) and the owner
+//! connects a new one. Descriptors (disk layers, device state) travel with
+//! a command as `SCM_RIGHTS` ([`Qmp::execute_with_fd`]) for `add-fd` and
+//! `getfd`.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -38,6 +45,8 @@ pub enum QmpError {
     },
     #[error("malformed QMP message during {during}: {detail}")]
     Protocol { during: String, detail: String },
+    #[error("QMP session is dead after an earlier command ({after}) timed out; reconnect")]
+    Dead { after: String },
 }
 
 /// One QMP session.
@@ -45,11 +54,22 @@ pub struct Qmp {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     next_id: u64,
+    /// Set when a command timed out: the stream may be mid-answer.
+    dead: Option<String>,
 }
 
 impl Qmp {
-    /// Take over the host end of QEMU's QMP socket pair, read the greeting
-    /// and negotiate capabilities.
+    /// Connect to QEMU's QMP socket and negotiate (see [`Qmp::handshake`]).
+    pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+        let s = crate::sockets::connect(path).map_err(|source| QmpError::Io {
+            during: format!("connect {}", path.display()),
+            source,
+        })?;
+        Self::handshake(s.into(), timeout).await
+    }
+
+    /// Take over a connected QMP socket, read the greeting and negotiate
+    /// capabilities.
     pub async fn handshake(fd: OwnedFd, timeout: Duration) -> Result<Self, QmpError> {
         let std_stream = std::os::unix::net::UnixStream::from(fd);
         std_stream
@@ -67,6 +87,7 @@ impl Qmp {
             reader: BufReader::new(r),
             writer: w,
             next_id: 1,
+            dead: None,
         };
         let greeting = tokio::time::timeout(timeout, qmp.read_message("greeting"))
             .await
@@ -124,6 +145,34 @@ impl Qmp {
         arguments: Value,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, None, timeout).await
+    }
+
+    /// Run one command that takes a descriptor (`add-fd`, `getfd`): the
+    /// descriptor travels with the command's bytes.
+    pub async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, Some(fd), timeout)
+            .await
+    }
+
+    async fn execute_inner(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
+        if let Some(after) = &self.dead {
+            return Err(QmpError::Dead {
+                after: after.clone(),
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "execute": command, "id": id });
@@ -133,13 +182,14 @@ impl Qmp {
         let mut bytes = serde_json::to_vec(&msg).expect("serialize QMP command");
         bytes.push(b'\n');
         let fut = async {
-            self.writer
-                .write_all(&bytes)
-                .await
-                .map_err(|source| QmpError::Io {
-                    during: command.into(),
-                    source,
-                })?;
+            match fd {
+                Some(fd) => send_with_fd(&self.writer, &bytes, fd).await,
+                None => self.writer.write_all(&bytes).await,
+            }
+            .map_err(|source| QmpError::Io {
+                during: command.into(),
+                source,
+            })?;
             loop {
                 let reply = self.read_message(command).await?;
                 if reply.get("event").is_some() {
@@ -164,12 +214,21 @@ impl Qmp {
                 });
             }
         };
-        tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| QmpError::Timeout {
-                command: command.into(),
-                timeout_ms: timeout.as_millis() as u64,
-            })?
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.dead = Some(command.to_string());
+                Err(QmpError::Timeout {
+                    command: command.into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Is the session still usable?
+    pub fn is_dead(&self) -> bool {
+        self.dead.is_some()
     }
 
     /// `query-status` -> the run state string (`running`, `paused`, `inmigrate`, ...).
@@ -182,6 +241,27 @@ impl Qmp {
                 during: "query-status".into(),
                 detail: v.to_string(),
             })
+    }
+}
+
+/// Write `bytes` in one `sendmsg` carrying `fd` as `SCM_RIGHTS`.
+async fn send_with_fd(w: &OwnedWriteHalf, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let sock: &UnixStream = w.as_ref();
+    loop {
+        sock.writable().await?;
+        match sock.try_io(tokio::io::Interest::WRITABLE, || {
+            crate::sockets::send_with_fd(sock.as_raw_fd(), bytes, fd.as_raw_fd())
+        }) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                return Err(std::io::Error::other(format!(
+                    "short sendmsg: {n} of {} bytes",
+                    bytes.len()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -1,0 +1,649 @@
+//! Bringing microVMs up: cold boot, a clone launched from a snapshot, a
+//! suspended microVM resumed. Launch and resume take a pre-started QEMU of
+//! the snapshot when one waits (else start one on the spot) and go through
+//! the same steps: hand it the disk chain, write back the guest's pages,
+//! load the device state, give the agent its post-restore duties, commit.
+//!
+//! A failed launch or boot kills its QEMU and removes everything it made. A
+//! failed resume does the same to the new process and its new disk layer
+//! and leaves the suspended microVM exactly as it was: the resumed guest
+//! writes only to a disk layer of its own, created for this resume, and
+//! maps its memory privately, so the suspended state never moves on until
+//! the resume has committed.
+
+use std::fs::File;
+use std::os::unix::fs::chown;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_proto::{RestoreRequest, RESTORE_ENTROPY_BYTES};
+use rand::RngCore;
+
+use super::pool::{create_vm_dir, Prestarted, SPARE_LAYER};
+use super::start::{ended_error, Disk, Proc, Ram, StartSpec};
+use super::vm::QemuVm;
+use super::QemuBackend;
+use crate::agent::ChannelStart;
+use crate::catalog::{Dependent, Snapshot};
+use crate::confine;
+use crate::disk::{self, DiskChain, DiskFormat, DiskLayer, LayerLocation};
+use crate::error::VmError;
+use crate::fault::{FaultContext, FaultPoint};
+use crate::memory::{self, FileKey, MemoryDiff};
+use crate::record::{MemoryBase, MemoryRecord, RecordedState, SuspendedVm, VmRecord, RUN_DIR};
+use crate::spec::{BootSpec, LaunchSpec, MachineConfig};
+use crate::{VmBackend, VmId};
+
+fn io(id: &str, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    let (id, path) = (id.to_string(), path.to_path_buf());
+    move |source| VmError::Io {
+        id,
+        op,
+        path,
+        source,
+    }
+}
+
+/// The next own layer's file name in `dir` (`disk-<n>.qcow2`).
+fn next_layer_name(dir: &Path) -> String {
+    let n = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("disk-")?
+                        .strip_suffix(".qcow2")?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    format!("disk-{}.qcow2", n + 1)
+}
+
+/// Removes what a failed bring-up made, unless disarmed.
+struct Undo {
+    paths: Vec<PathBuf>,
+    uid: Option<(PathBuf, u32)>,
+    refs: Vec<(
+        crate::catalog::Catalog,
+        crate::catalog::SnapshotId,
+        Dependent,
+    )>,
+    proc: Option<Proc>,
+}
+
+impl Undo {
+    fn new() -> Self {
+        Self {
+            paths: Vec::new(),
+            uid: None,
+            refs: Vec::new(),
+            proc: None,
+        }
+    }
+
+    fn disarm(mut self) -> Option<Proc> {
+        self.paths.clear();
+        self.uid = None;
+        self.refs.clear();
+        self.proc.take()
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.supervisor.kill();
+        }
+        for p in &self.paths {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if let Some((state, uid)) = &self.uid {
+            confine::release_uid(state, *uid);
+        }
+        for (cat, id, dep) in &self.refs {
+            cat.remove_ref(id, dep);
+        }
+    }
+}
+
+impl QemuBackend {
+    fn fault_at(&self, point: FaultPoint, id: &VmId, dir: &Path, proc: &Proc) {
+        self.fault(point, || FaultContext {
+            vm: id.clone(),
+            qemu_pid: Some(proc.qemu.pid),
+            supervisor_pid: Some(proc.supervisor.pid()),
+            dir: dir.to_path_buf(),
+        });
+    }
+
+    /// Give a restored guest its clock, entropy and identity; the agent
+    /// ends every stream of the snapshot's connection.
+    async fn restore_agent(&self, id: &VmId, proc: &mut Proc) -> Result<(), VmError> {
+        let mut entropy = vec![0u8; RESTORE_ENTROPY_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut entropy);
+        let mut machine_id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut machine_id);
+        let req = RestoreRequest {
+            unix_time_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            entropy,
+            hostname: Some(id.to_string()),
+            machine_id: Some(machine_id.iter().map(|b| format!("{b:02x}")).collect()),
+        };
+        let agent = proc.agent.clone();
+        let timeout = self.inner.cfg.agent_timeout;
+        let res = tokio::select! {
+            r = agent.restore(req, timeout) => r,
+            _ = proc.supervisor.wait_exit(timeout) => {
+                return Err(ended_error(&mut proc.supervisor, &proc.run, id.as_str(), "restore")
+                    .await
+                    .unwrap_or(VmError::Supervisor { id: id.to_string(), detail: "exited".into() }));
+            }
+        };
+        res.map(|_| ()).map_err(|source| VmError::Agent {
+            id: id.to_string(),
+            during: "restore",
+            console: proc.console_tail(),
+            source,
+        })
+    }
+
+    /// Load state into a claimed QEMU and make the guest ready: the part of
+    /// a launch or resume that a pre-started QEMU still has to do.
+    pub(super) async fn complete_restore(
+        &self,
+        id: &VmId,
+        dir: &Path,
+        proc: &mut Proc,
+        chain: Option<&DiskChain>,
+        diff: Option<(MemoryDiff, PathBuf, FileKey, u64)>,
+        devstate: &Path,
+    ) -> Result<(), VmError> {
+        let t = self.inner.cfg.qmp_timeout;
+        let t0 = std::time::Instant::now();
+        if let Some(chain) = chain {
+            let layers = chain.resolve(&self.inner.catalog.root(), dir);
+            proc.hand_disk(id.as_str(), &layers, t).await?;
+        }
+        self.fault_at(FaultPoint::ResumeDiskReady, id, dir, proc);
+        if let Some((diff, data, key, len)) = diff {
+            let pid = proc.qemu.pid;
+            tokio::task::spawn_blocking(move || {
+                let map = memory::find_ram_mapping(pid, key, len)?;
+                memory::apply_diff(&map, &diff, &data)
+            })
+            .await
+            .expect("apply_diff task")
+            .map_err(|source| VmError::Memory {
+                id: id.to_string(),
+                source,
+            })?;
+        }
+        self.fault_at(FaultPoint::ResumeMemoryWritten, id, dir, proc);
+        let t_disk = t0.elapsed();
+        proc.load_state(id.as_str(), devstate, t).await?;
+        self.fault_at(FaultPoint::ResumeStateLoaded, id, dir, proc);
+        let t_loaded = t0.elapsed();
+        self.restore_agent(id, proc).await?;
+        self.fault_at(FaultPoint::ResumeAgentRestored, id, dir, proc);
+        tracing::debug!(
+            vm = %id,
+            handover_ms = t_disk.as_secs_f64() * 1e3,
+            state_loaded_ms = t_loaded.as_secs_f64() * 1e3,
+            agent_ready_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "restored"
+        );
+        Ok(())
+    }
+
+    /// A waiting QEMU for `snapshot`: from the pool, or started now.
+    async fn claim(&self, snapshot: &Snapshot) -> Result<Prestarted, VmError> {
+        match self.take_pooled(&snapshot.id) {
+            Some(p) => Ok(p),
+            None => self.prestart_one(snapshot).await,
+        }
+    }
+
+    /// Cold boot; `anonymous_ram` gives the plain-QEMU baseline.
+    pub async fn boot_with(&self, spec: BootSpec, anonymous_ram: bool) -> Result<QemuVm, VmError> {
+        if spec.mem_size_mib < 64 || spec.vcpu_count == 0 || spec.vcpu_count > 64 {
+            return Err(VmError::Invalid(format!(
+                "need at least 64 MiB and 1-64 vCPUs, got {} MiB and {} vCPUs",
+                spec.mem_size_mib, spec.vcpu_count
+            )));
+        }
+        let open = |what: &str, p: &Path| {
+            File::open(p).map_err(|e| {
+                VmError::Invalid(format!("{what} {} cannot be opened: {e}", p.display()))
+            })
+        };
+        let kernel = open("kernel", &spec.kernel)?;
+        let initrd = open("initramfs", &spec.initramfs)?;
+        let id = spec.id.clone();
+        let name = id.to_string();
+        let dir = create_vm_dir(self, &name)?;
+        let state_dir = self.inner.cfg.state_dir.clone();
+        let mut undo = Undo::new();
+        undo.paths.push(dir.clone());
+        let uid = confine::claim_uid(&state_dir, &name).map_err(io(
+            &name,
+            "claim a uid in",
+            &state_dir,
+        ))?;
+        undo.uid = Some((state_dir, uid));
+
+        let mut cmdline = vec![
+            "console=ttyS0".to_string(),
+            "quiet".into(),
+            "panic=-1".into(),
+            "rdinit=/init".into(),
+            format!("hearth.hostname={id}"),
+        ];
+        if let Some(khz) = self.inner.cfg.tsc_khz {
+            cmdline.push(format!("tsc_early_khz={khz}"));
+        }
+        cmdline.extend(spec.extra_cmdline.iter().cloned());
+        let mut chain = None;
+        if let Some(base) = &spec.root_disk {
+            let base = std::fs::canonicalize(base)
+                .map_err(|e| VmError::Invalid(format!("root disk {}: {e}", base.display())))?;
+            let size = disk::raw_size_bytes(&base).map_err(|source| VmError::Disk {
+                id: name.clone(),
+                source,
+            })?;
+            let layer_name = "disk-1.qcow2";
+            let (img, layer) = (self.inner.cfg.qemu_img.clone(), dir.join(layer_name));
+            tokio::task::spawn_blocking(move || disk::create_layer(&img, &layer, size))
+                .await
+                .expect("create_layer task")
+                .map_err(|source| VmError::Disk {
+                    id: name.clone(),
+                    source,
+                })?;
+            chain = Some(
+                DiskChain {
+                    size_bytes: size,
+                    layers: vec![DiskLayer {
+                        location: LayerLocation::External { path: base },
+                        format: DiskFormat::Raw,
+                    }],
+                }
+                .with_own_top(layer_name),
+            );
+        } else {
+            cmdline.push("hearth.noroot".into());
+        }
+        let machine = MachineConfig {
+            mem_size_mib: spec.mem_size_mib,
+            vcpu_count: spec.vcpu_count,
+            cmdline: cmdline.join(" "),
+            disk_size_bytes: chain.as_ref().map(|c| c.size_bytes),
+        };
+        let (ram, memory) = if anonymous_ram {
+            (Ram::Anonymous, MemoryBase::Anonymous)
+        } else {
+            let mem_path = dir.join("memory");
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&mem_path)
+                .and_then(|f| f.set_len(machine.mem_size_bytes()).map(|()| f))
+                .map_err(io(&name, "create", &mem_path))?;
+            // QEMU opens its own memory file itself, as its own user.
+            chown(&mem_path, Some(uid), Some(uid)).map_err(io(&name, "chown", &mem_path))?;
+            (
+                Ram::File {
+                    file: f,
+                    shared: true,
+                },
+                MemoryBase::Own {
+                    file: "memory".into(),
+                },
+            )
+        };
+        let mut proc = self
+            .start(StartSpec {
+                name: &name,
+                vm_dir: &dir,
+                machine: &machine,
+                ram,
+                boot: Some((kernel, initrd, &machine.cmdline)),
+                disk: chain.clone().map_or(Disk::None, Disk::Chain),
+                incoming: false,
+                uid,
+                channel: ChannelStart::Boot,
+            })
+            .await?;
+        let agent = proc.agent.clone();
+        let timeout = self.inner.cfg.boot_timeout;
+        let hello = tokio::select! {
+            r = agent.wait_hello(timeout) => r,
+            _ = proc.supervisor.wait_exit(timeout) => {
+                let e = ended_error(&mut proc.supervisor, &proc.run, &name, "boot").await;
+                undo.proc = Some(proc);
+                return Err(e.unwrap_or(VmError::Supervisor { id: name, detail: "exited".into() }));
+            }
+        };
+        let hello = match hello {
+            Ok(h) => h,
+            Err(source) => {
+                let console = proc.console_tail();
+                undo.proc = Some(proc);
+                return Err(VmError::Agent {
+                    id: name,
+                    during: "boot",
+                    console,
+                    source,
+                });
+            }
+        };
+        let mut requirements = self.inner.host.requirements.clone();
+        requirements.kernel_release = Some(hello.kernel_release.clone());
+        requirements.agent_protocol = hello.proto_version;
+        let record = VmRecord {
+            version: VmRecord::VERSION,
+            id: id.clone(),
+            machine,
+            lifetime: spec.lifetime,
+            uid,
+            requirements,
+            memory: MemoryRecord {
+                base: memory,
+                shared: !anonymous_ram,
+            },
+            disk: chain,
+            state: RecordedState::Suspended {
+                generation: 0,
+                suspended_at_unix_ms: 0,
+                has_diff: false,
+            },
+        };
+        undo.disarm();
+        let mut vm = QemuVm::new(self.clone(), id, dir, record, proc);
+        vm.commit().await?;
+        Ok(vm)
+    }
+
+    async fn launch_inner(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
+        let snapshot = self.inner.catalog.get(&snapshot.id)?;
+        self.check_restorable(
+            format!("snapshot {}", snapshot.id),
+            &snapshot.record.requirements,
+        )?;
+        let id = spec.id;
+        let name = id.to_string();
+        let mut undo = Undo::new();
+        let catalog = self.inner.catalog.clone();
+        for s in snapshot_dependencies(&snapshot) {
+            catalog.add_ref(&s, &Dependent::Vm(id.clone()))?;
+            undo.refs
+                .push((catalog.clone(), s, Dependent::Vm(id.clone())));
+        }
+        let entry = self.claim(&snapshot).await?;
+        let (mut proc, pool_dir, uid, pool_name) = entry.take();
+        let state_dir = self.inner.cfg.state_dir.clone();
+        undo.uid = Some((state_dir.clone(), uid));
+        undo.paths.push(pool_dir.clone());
+        // The waiting QEMU becomes this microVM: its directory is renamed
+        // (QEMU reaches its files only through descriptors).
+        let dir = self.vm_dir(&name);
+        if dir.exists() {
+            undo.proc = Some(proc);
+            return Err(VmError::Exists(name));
+        }
+        if let Err(e) = std::fs::rename(&pool_dir, &dir) {
+            undo.proc = Some(proc);
+            return Err(io(&name, "claim", &pool_dir)(e));
+        }
+        undo.paths = vec![dir.clone()];
+        let _ = confine::move_uid(&state_dir, uid, &name);
+        let _ = pool_name;
+        self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
+        let chain = match &snapshot.record.disk {
+            Some(c) => {
+                let layer = next_layer_name(&dir);
+                std::fs::rename(dir.join(SPARE_LAYER), dir.join(&layer)).map_err(io(
+                    &name,
+                    "rename",
+                    &dir.join(SPARE_LAYER),
+                ))?;
+                Some(c.with_own_top(&layer))
+            }
+            None => None,
+        };
+        let devstate = self.inner.catalog.dir(&snapshot.id).join("devstate");
+        if let Err(e) = self
+            .complete_restore(&id, &dir, &mut proc, chain.as_ref(), None, &devstate)
+            .await
+        {
+            undo.proc = Some(proc);
+            return Err(e);
+        }
+        let record = VmRecord {
+            version: VmRecord::VERSION,
+            id: id.clone(),
+            machine: snapshot.record.machine.clone(),
+            lifetime: spec.lifetime,
+            uid,
+            requirements: snapshot.record.requirements.clone(),
+            memory: MemoryRecord {
+                base: MemoryBase::Snapshot(snapshot.id.clone()),
+                shared: false,
+            },
+            disk: chain,
+            state: RecordedState::Suspended {
+                generation: 0,
+                suspended_at_unix_ms: 0,
+                has_diff: false,
+            },
+        };
+        undo.disarm();
+        let mut vm = QemuVm::new(self.clone(), id, dir, record, proc);
+        vm.commit().await?;
+        Ok(vm)
+    }
+
+    async fn resume_inner(&self, suspended: SuspendedVm) -> Result<QemuVm, VmError> {
+        let mut record = suspended.record;
+        let dir = suspended.dir;
+        let id = record.id.clone();
+        let name = id.to_string();
+        let RecordedState::Suspended {
+            generation,
+            has_diff,
+            ..
+        } = record.state
+        else {
+            return Err(VmError::Invalid(format!("{id} is not suspended")));
+        };
+        self.check_restorable(format!("microVM {id}"), &record.requirements)?;
+        let gen_dir = VmRecord::generation_dir(&dir, generation);
+        let mut undo = Undo::new();
+        let state_dir = self.inner.cfg.state_dir.clone();
+        // A QEMU for it: a waiting one of its snapshot, or a new one.
+        let (mut proc, key, spare, pooled) = match &record.memory.base {
+            MemoryBase::Snapshot(sid) => {
+                let snap = self.inner.catalog.get(sid)?;
+                let image = self.image(&snap).await?;
+                let key = FileKey::of(&*image).map_err(io(&name, "inspect the image of", &dir))?;
+                let entry = self.claim(&snap).await?;
+                let (proc, pool_dir, uid, pool_name) = entry.take();
+                undo.paths.push(pool_dir.clone());
+                undo.uid = Some((state_dir.clone(), uid));
+                let run = dir.join(RUN_DIR);
+                let _ = std::fs::remove_dir_all(&run);
+                let moved = std::fs::rename(pool_dir.join(RUN_DIR), &run);
+                undo.proc = Some(proc);
+                moved.map_err(io(&name, "claim", &pool_dir))?;
+                let mut proc = undo.proc.take().expect("just set");
+                proc.run = crate::supervise::RunDir(run.clone());
+                undo.paths.push(run);
+                let spare = record.disk.as_ref().map(|_| pool_dir.join(SPARE_LAYER));
+                let _ = pool_name;
+                (proc, key, spare, Some((pool_dir, uid)))
+            }
+            MemoryBase::Own { file } => {
+                let path = dir.join(file);
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io(&name, "open", &path))?;
+                let key = FileKey::of(&f).map_err(io(&name, "inspect", &path))?;
+                chown(&path, Some(record.uid), Some(record.uid))
+                    .map_err(io(&name, "chown", &path))?;
+                let proc = self
+                    .start(StartSpec {
+                        name: &name,
+                        vm_dir: &dir,
+                        machine: &record.machine,
+                        ram: Ram::File {
+                            file: f,
+                            shared: false,
+                        },
+                        boot: None,
+                        disk: record
+                            .machine
+                            .disk_size_bytes
+                            .map_or(Disk::None, |size_bytes| Disk::Placeholder { size_bytes }),
+                        incoming: true,
+                        uid: record.uid,
+                        channel: ChannelStart::Restored {
+                            version: record.requirements.agent_protocol,
+                        },
+                    })
+                    .await?;
+                undo.paths.push(dir.join(RUN_DIR));
+                (proc, key, None, None)
+            }
+            MemoryBase::Anonymous => {
+                return Err(VmError::Invalid(format!(
+                    "{id} has anonymous RAM and cannot be resumed"
+                )))
+            }
+        };
+        self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
+        // The resumed guest writes to a new layer: the suspended one stays
+        // as it was until this resume commits.
+        let chain = match &record.disk {
+            Some(c) => {
+                let layer = next_layer_name(&dir);
+                let path = dir.join(&layer);
+                let made = match &spare {
+                    Some(spare) => {
+                        std::fs::rename(spare, &path).map_err(io(&name, "rename", spare))
+                    }
+                    None => {
+                        let (img, p, size) =
+                            (self.inner.cfg.qemu_img.clone(), path.clone(), c.size_bytes);
+                        tokio::task::spawn_blocking(move || disk::create_layer(&img, &p, size))
+                            .await
+                            .expect("create_layer task")
+                            .map_err(|source| VmError::Disk {
+                                id: name.clone(),
+                                source,
+                            })
+                    }
+                };
+                undo.paths.push(path);
+                if let Err(e) = made {
+                    undo.proc = Some(proc);
+                    return Err(e);
+                }
+                Some(c.with_own_top(&layer))
+            }
+            None => None,
+        };
+        let diff = if has_diff {
+            let json = gen_dir.join("memory.diff.json");
+            match MemoryDiff::load(&json) {
+                Ok(d) => Some((
+                    d,
+                    gen_dir.join("memory.diff"),
+                    key,
+                    record.machine.mem_size_bytes(),
+                )),
+                Err(source) => {
+                    undo.proc = Some(proc);
+                    return Err(VmError::Memory { id: name, source });
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(e) = self
+            .complete_restore(
+                &id,
+                &dir,
+                &mut proc,
+                chain.as_ref(),
+                diff,
+                &gen_dir.join("devstate"),
+            )
+            .await
+        {
+            undo.proc = Some(proc);
+            return Err(e);
+        }
+        record.disk = chain;
+        let old_uid = record.uid;
+        if let Some((_, uid)) = &pooled {
+            // The microVM now runs as the waiting QEMU's user.
+            record.uid = *uid;
+        }
+        undo.disarm();
+        let mut vm = QemuVm::new(self.clone(), id, dir.clone(), record, proc);
+        vm.commit().await?;
+        // The guest owns its state again; the suspended generation is stale.
+        let _ = std::fs::remove_dir_all(&gen_dir);
+        if let Some((pool_dir, uid)) = pooled {
+            confine::release_uid(&state_dir, old_uid);
+            let _ = confine::move_uid(&state_dir, uid, &name);
+            let _ = std::fs::remove_dir_all(pool_dir);
+        }
+        Ok(vm)
+    }
+}
+
+/// What a clone of `snapshot` depends on: the snapshot, and those its disk
+/// is layered on.
+fn snapshot_dependencies(snapshot: &Snapshot) -> Vec<crate::catalog::SnapshotId> {
+    let mut out = vec![snapshot.id.clone()];
+    if let Some(d) = &snapshot.record.disk {
+        for s in d.snapshots() {
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl VmBackend for QemuBackend {
+    type Vm = QemuVm;
+
+    async fn boot(&self, spec: BootSpec) -> Result<QemuVm, VmError> {
+        self.boot_with(spec, false).await
+    }
+
+    async fn launch(&self, snapshot: &Snapshot, spec: LaunchSpec) -> Result<QemuVm, VmError> {
+        self.launch_inner(snapshot, spec).await
+    }
+
+    async fn resume(&self, suspended: SuspendedVm) -> Result<QemuVm, VmError> {
+        self.resume_inner(suspended).await
+    }
+}

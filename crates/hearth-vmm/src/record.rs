@@ -1,0 +1,357 @@
+//! Persisted microVM state: `vm.json` in every microVM directory, and the
+//! versioned-JSON helpers every record uses (written atomically: temporary
+//! file, fsync, rename, directory fsync).
+//!
+//! ```text
+//! <state>/vms/<id>/
+//!     vm.json            VmRecord: written when the microVM is committed
+//!                        (booted, launched, resumed) and at each suspend
+//!     owner              the Hearth process that is creating it (until committed)
+//!     memory             own RAM (cold-booted microVMs)
+//!     disk-<n>.qcow2     own disk layers
+//!     gen-<n>/           a suspend: devstate, memory.diff, memory.diff.json
+//!     run/               the running QEMU: supervisor.sock, qmp.sock,
+//!                        console.log, exit.json
+//! ```
+//!
+//! Records name files relative to the microVM directory or the catalog,
+//! never absolute paths in the state directory, so it can move.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{RestoreRequirements, SnapshotId};
+use crate::disk::DiskChain;
+use crate::error::VmError;
+use crate::spec::{Lifetime, MachineConfig};
+use crate::VmId;
+
+/// The record file of a microVM.
+pub const RECORD_FILE: &str = "vm.json";
+/// The Hearth process creating a microVM directory, until it is committed.
+pub const OWNER_FILE: &str = "owner";
+/// The running QEMU's files.
+pub const RUN_DIR: &str = "run";
+
+/// Where a microVM's RAM comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemoryBase {
+    /// A snapshot's memory, mapped privately (copy-on-write).
+    Snapshot(SnapshotId),
+    /// The microVM's own file in its directory.
+    Own { file: String },
+    /// RAM inside QEMU only (the benchmark's baselines): such a microVM
+    /// cannot be snapshotted or suspended.
+    Anonymous,
+}
+
+/// The RAM of a microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRecord {
+    pub base: MemoryBase,
+    /// The base is mapped shared: the guest writes straight into it (a
+    /// cold-booted microVM never suspended). Otherwise it is mapped
+    /// privately and the guest's own pages are the diff.
+    pub shared: bool,
+}
+
+/// A process identity: the pid with its start time (unique across reuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcessIdentity {
+    /// This identity, if that process exists now (and is not a zombie).
+    pub fn of(pid: u32) -> Option<ProcessIdentity> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let mut fields = rest.split_whitespace();
+        if matches!(fields.next(), Some("Z") | Some("X")) {
+            return None;
+        }
+        let start_ticks = fields.nth(18)?.parse().ok()?;
+        Some(ProcessIdentity { pid, start_ticks })
+    }
+
+    /// Is this very process still running?
+    pub fn alive(&self) -> bool {
+        Self::of(self.pid).is_some_and(|now| now == *self)
+    }
+}
+
+/// Where a microVM is, as far as its record knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordedState {
+    /// A QEMU runs it under this supervisor.
+    Running {
+        supervisor: ProcessIdentity,
+        qemu: ProcessIdentity,
+    },
+    /// Suspended: generation `generation` holds its device state and the
+    /// pages it wrote.
+    Suspended {
+        generation: u32,
+        suspended_at_unix_ms: u64,
+        /// `memory.diff` in the generation directory, when the guest's
+        /// pages are not in the base itself.
+        has_diff: bool,
+    },
+}
+
+/// `vm.json`: everything needed to re-adopt or resume a microVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub version: u32,
+    pub id: VmId,
+    pub machine: MachineConfig,
+    pub lifetime: Lifetime,
+    /// The user its QEMU runs as.
+    pub uid: u32,
+    pub requirements: RestoreRequirements,
+    pub memory: MemoryRecord,
+    pub disk: Option<DiskChain>,
+    pub state: RecordedState,
+}
+
+impl VmRecord {
+    pub const VERSION: u32 = 2;
+
+    /// The directory of generation `n`.
+    pub fn generation_dir(vm_dir: &Path, n: u32) -> PathBuf {
+        vm_dir.join(format!("gen-{n}"))
+    }
+}
+
+/// A suspended microVM: files only, no process.
+#[derive(Debug, Clone)]
+pub struct SuspendedVm {
+    pub dir: PathBuf,
+    pub record: VmRecord,
+}
+
+impl SuspendedVm {
+    /// Open a suspended microVM's directory.
+    pub fn load(dir: &Path) -> Result<Self, VmError> {
+        let record = load_vm_record(dir)?;
+        if !matches!(record.state, RecordedState::Suspended { .. }) {
+            return Err(VmError::Record {
+                what: "suspended microVM",
+                path: dir.join(RECORD_FILE),
+                reason: "it is not suspended".into(),
+            });
+        }
+        Ok(Self {
+            dir: dir.into(),
+            record,
+        })
+    }
+
+    pub fn id(&self) -> &VmId {
+        &self.record.id
+    }
+
+    /// Bytes the suspended microVM occupies on disk (state, pages, own disk
+    /// layers and memory).
+    pub fn allocated_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            match fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => fs::read_dir(p)
+                    .map(|d| d.flatten().map(|e| walk(&e.path())).sum())
+                    .unwrap_or(0),
+                Ok(_) => crate::memory::allocated_bytes(p),
+                Err(_) => 0,
+            }
+        }
+        walk(&self.dir)
+    }
+}
+
+/// Load `vm.json` of a microVM directory.
+pub fn load_vm_record(dir: &Path) -> Result<VmRecord, VmError> {
+    load_json(
+        &dir.join(RECORD_FILE),
+        "microVM record",
+        VmRecord::VERSION,
+        |r: &VmRecord| r.version,
+    )
+}
+
+/// Read a versioned JSON record and refuse versions this build does not know.
+pub fn load_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    what: &'static str,
+    version: u32,
+    version_of: impl Fn(&T) -> u32,
+) -> Result<T, VmError> {
+    let bad = |reason: String| VmError::Record {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
+    // Look at the version before the shape, so an old or new record is
+    // named as such rather than as malformed.
+    if let Some(found) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
+    {
+        if found != u64::from(version) {
+            return Err(bad(format!(
+                "record version {found} (this build reads {version})"
+            )));
+        }
+    }
+    let record: T = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if version_of(&record) != version {
+        return Err(bad(format!(
+            "record version {} (this build reads {version})",
+            version_of(&record)
+        )));
+    }
+    Ok(record)
+}
+
+/// Write a record atomically and durably.
+pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VmError> {
+    let io = |op: &'static str| {
+        let path = path.to_path_buf();
+        move |source| VmError::Io {
+            id: "record".into(),
+            op,
+            path,
+            source,
+        }
+    };
+    let tmp = path.with_extension("json.tmp");
+    let mut f = fs::File::create(&tmp).map_err(io("create"))?;
+    f.write_all(&serde_json::to_vec_pretty(value).expect("serialize record"))
+        .and_then(|()| f.sync_all())
+        .map_err(io("write"))?;
+    fs::rename(&tmp, path).map_err(io("rename"))?;
+    if let Some(parent) = path.parent() {
+        let _ = fs::File::open(parent).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::{DiskFormat, DiskLayer, LayerLocation};
+
+    fn record(state: RecordedState) -> VmRecord {
+        VmRecord {
+            version: VmRecord::VERSION,
+            id: VmId::new("vm-2").unwrap(),
+            machine: MachineConfig {
+                mem_size_mib: 512,
+                vcpu_count: 1,
+                cmdline: "console=ttyS0".into(),
+                disk_size_bytes: Some(1 << 30),
+            },
+            lifetime: Lifetime::Persistent,
+            uid: 1_610_612_800,
+            requirements: crate::catalog::RestoreRequirements {
+                backend: "qemu".into(),
+                backend_version: "7.2.22".into(),
+                machine: "microvm".into(),
+                accelerator: "tcg".into(),
+                cpu_model: "max".into(),
+                kernel_release: None,
+                agent_protocol: 2,
+            },
+            memory: MemoryRecord {
+                base: MemoryBase::Snapshot(SnapshotId::new("snap-1").unwrap()),
+                shared: false,
+            },
+            disk: Some(DiskChain {
+                size_bytes: 1 << 30,
+                layers: vec![DiskLayer {
+                    location: LayerLocation::Own {
+                        file: "disk-1.qcow2".into(),
+                    },
+                    format: DiskFormat::Qcow2,
+                }],
+            }),
+            state,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_in_every_state() {
+        let dir = tempfile::tempdir().unwrap();
+        for state in [
+            RecordedState::Running {
+                supervisor: ProcessIdentity {
+                    pid: 1,
+                    start_ticks: 2,
+                },
+                qemu: ProcessIdentity {
+                    pid: 3,
+                    start_ticks: 4,
+                },
+            },
+            RecordedState::Suspended {
+                generation: 3,
+                suspended_at_unix_ms: 5,
+                has_diff: true,
+            },
+        ] {
+            let r = record(state);
+            save_json(&dir.path().join(RECORD_FILE), &r).unwrap();
+            assert_eq!(load_vm_record(dir.path()).unwrap(), r);
+        }
+        let s = SuspendedVm::load(dir.path()).unwrap();
+        assert_eq!(s.id().as_str(), "vm-2");
+        assert!(s.allocated_bytes() > 0);
+    }
+
+    #[test]
+    fn other_versions_and_running_records_are_not_suspended_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v = serde_json::to_value(record(RecordedState::Suspended {
+            generation: 1,
+            suspended_at_unix_ms: 0,
+            has_diff: false,
+        }))
+        .unwrap();
+        v["version"] = 1.into();
+        fs::write(dir.path().join(RECORD_FILE), v.to_string()).unwrap();
+        let err = SuspendedVm::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("record version 1"), "{err}");
+        save_json(
+            &dir.path().join(RECORD_FILE),
+            &record(RecordedState::Running {
+                supervisor: ProcessIdentity {
+                    pid: 1,
+                    start_ticks: 1,
+                },
+                qemu: ProcessIdentity {
+                    pid: 1,
+                    start_ticks: 1,
+                },
+            }),
+        )
+        .unwrap();
+        assert!(SuspendedVm::load(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not suspended"));
+    }
+
+    #[test]
+    fn process_identity_tells_this_process_from_a_reused_pid() {
+        let me = ProcessIdentity::of(std::process::id()).unwrap();
+        assert!(me.alive());
+        let other = ProcessIdentity {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        };
+        assert!(!other.alive());
+    }
+}

@@ -1,0 +1,79 @@
+//! What callers ask the engine for, independent of the backend: specs for
+//! boot and launch, the machine a microVM is, how long it lives, and how a
+//! snapshot treats its source. Plain data, no I/O.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::VmId;
+
+/// How long a microVM lives relative to the Hearth process that started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lifetime {
+    /// It ends with the Hearth process that started it, even when that
+    /// process is killed (tests, benchmarks, the demo, pre-started QEMUs).
+    Process,
+    /// It survives a restart of Hearth: the next Hearth process re-adopts it
+    /// ([`crate::QemuBackend::adopt`]). Only `terminate` ends it.
+    Persistent,
+}
+
+/// What to cold-boot.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub id: VmId,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// A raw ext4 image used read-only as the base of the root disk.
+    pub root_disk: Option<PathBuf>,
+    pub mem_size_mib: u32,
+    pub vcpu_count: u32,
+    /// Extra kernel command line words (e.g. `hearth.noroot`).
+    pub extra_cmdline: Vec<String>,
+    pub lifetime: Lifetime,
+}
+
+/// What to call a clone, and how long it lives.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub id: VmId,
+    pub lifetime: Lifetime,
+}
+
+impl LaunchSpec {
+    /// A clone that ends with this process.
+    pub fn ephemeral(id: VmId) -> Self {
+        Self {
+            id,
+            lifetime: Lifetime::Process,
+        }
+    }
+}
+
+/// The machine a microVM is; a snapshot's clones and a suspended microVM
+/// are started as exactly this machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineConfig {
+    pub mem_size_mib: u32,
+    pub vcpu_count: u32,
+    /// The kernel command line it booted with.
+    pub cmdline: String,
+    /// Virtual size of the root disk, when there is one.
+    pub disk_size_bytes: Option<u64>,
+}
+
+impl MachineConfig {
+    pub fn mem_size_bytes(&self) -> u64 {
+        u64::from(self.mem_size_mib) << 20
+    }
+}
+
+/// How `snapshot` treats the source microVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// The source goes on running; memory and disk are copied.
+    KeepRunning,
+    /// The source ends; its files become the snapshot (no copies).
+    Consume,
+}
