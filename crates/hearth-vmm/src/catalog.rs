@@ -225,6 +225,17 @@ impl fmt::Display for Dependent {
     }
 }
 
+/// The snapshots a snapshot's disk is layered on (its own layer aside).
+fn parents(record: &SnapshotRecord) -> Vec<SnapshotId> {
+    let mut out: Vec<SnapshotId> = Vec::new();
+    for s in record.disk.iter().flat_map(|d| d.snapshots()) {
+        if *s != record.id && !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out
+}
+
 /// The catalog in a state directory.
 #[derive(Debug, Clone)]
 pub struct Catalog {
@@ -314,11 +325,7 @@ impl Catalog {
     /// Publish a staged snapshot: write its record, register it with the
     /// snapshots its disk is layered on, and rename it into place.
     pub fn commit(&self, staging: &Path, record: SnapshotRecord) -> Result<Snapshot, VmError> {
-        let parents: Vec<SnapshotId> = record
-            .disk
-            .as_ref()
-            .map(|d| d.snapshots().into_iter().cloned().collect())
-            .unwrap_or_default();
+        let parents = parents(&record);
         for p in &parents {
             self.add_ref(p, &Dependent::Snapshot(record.id.clone()))?;
         }
@@ -408,10 +415,8 @@ impl Catalog {
         // leaves a staging directory, which `gc` removes.
         let doomed = self.root().join(format!(".{id}.deleting"));
         fs::rename(&dir, &doomed).map_err(io_err(&dir, "unpublish"))?;
-        if let Some(d) = &snap.record.disk {
-            for p in d.snapshots() {
-                self.remove_ref(p, &Dependent::Snapshot(id.clone()));
-            }
+        for p in parents(&snap.record) {
+            self.remove_ref(&p, &Dependent::Snapshot(id.clone()));
         }
         fs::remove_dir_all(&doomed).map_err(io_err(&doomed, "remove"))
     }

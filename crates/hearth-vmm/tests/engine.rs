@@ -83,13 +83,7 @@ async fn counting_snapshot(env: &Env, name: &str) -> (Snapshot, u32, u64) {
         .expect("boot");
     let pid = start_counter(&src).await;
     let at_snapshot = counter(&src).await;
-    let snap = src
-        .snapshot(
-            env.state.path().join(format!("{name}-snap")),
-            SnapshotMode::Consume,
-        )
-        .await
-        .expect("snapshot");
+    let snap = src.snapshot(SnapshotMode::Consume).await.expect("snapshot");
     (snap, pid, at_snapshot)
 }
 
@@ -129,16 +123,14 @@ async fn e2e_boot_and_run_uname() {
 async fn e2e_snapshot_and_two_clones_diverge() {
     let env = env();
     let (snap, counter_pid, at_snapshot) = counting_snapshot(&env, "snap-src").await;
-    assert!(snap.manifest.memory_allocated_bytes > 0);
-    assert!(snap.dir.join("snapshot.json").is_file());
+    assert!(snap.record.memory_allocated_bytes > 0);
+    assert!(env.backend.catalog().dir(&snap.id).join("snapshot.json").is_file());
 
     let a = env
         .backend
         .launch(
             &snap,
-            LaunchSpec {
-                id: VmId::new("clone-a").unwrap(),
-            },
+            LaunchSpec::ephemeral(VmId::new("clone-a").unwrap()),
         )
         .await
         .expect("clone a");
@@ -146,9 +138,7 @@ async fn e2e_snapshot_and_two_clones_diverge() {
         .backend
         .launch(
             &snap,
-            LaunchSpec {
-                id: VmId::new("clone-b").unwrap(),
-            },
+            LaunchSpec::ephemeral(VmId::new("clone-b").unwrap()),
         )
         .await
         .expect("clone b");
@@ -186,9 +176,7 @@ async fn e2e_snapshot_and_two_clones_diverge() {
         .backend
         .launch(
             &snap,
-            LaunchSpec {
-                id: VmId::new("clone-c").unwrap(),
-            },
+            LaunchSpec::ephemeral(VmId::new("clone-c").unwrap()),
         )
         .await
         .expect("clone c");
@@ -202,7 +190,7 @@ async fn e2e_snapshot_and_two_clones_diverge() {
     b.terminate().await.unwrap();
     c.terminate().await.unwrap();
     env.assert_no_leftovers();
-    snap.delete().unwrap();
+    env.backend.delete_snapshot(&snap).unwrap();
 }
 
 #[tokio::test]
@@ -219,7 +207,7 @@ async fn e2e_suspend_resume_keeps_process_and_clock() {
     let suspended = vm.suspend().await.expect("suspend");
     assert_eq!(vm.state(), VmState::Suspended);
     drop(vm);
-    assert!(suspended.dir.join("devstate").is_file());
+    assert!(suspended.dir.join("gen-1/devstate").is_file());
     tokio::time::sleep(Duration::from_secs(30)).await;
     let vm = env.backend.resume(suspended).await.expect("resume");
     // Right after resume the guest clock matches the host.
@@ -255,9 +243,7 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
         .backend
         .launch(
             &snap,
-            LaunchSpec {
-                id: VmId::new("diff-clone").unwrap(),
-            },
+            LaunchSpec::ephemeral(VmId::new("diff-clone").unwrap()),
         )
         .await
         .unwrap();
@@ -270,7 +256,7 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
     let before = counter(&clone).await;
     let mut clone = clone;
     let suspended = clone.suspend().await.expect("suspend clone");
-    let diff = std::fs::metadata(suspended.dir.join("memory.diff.json"))
+    let diff = std::fs::metadata(suspended.dir.join("gen-1/memory.diff.json"))
         .expect("a clone suspends to a diff");
     assert!(diff.len() > 0);
     assert!(
@@ -302,7 +288,7 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
     );
     vm.terminate().await.unwrap();
     env.assert_no_leftovers();
-    snap.delete().unwrap();
+    env.backend.delete_snapshot(&snap).unwrap();
 }
 
 #[tokio::test]
@@ -313,9 +299,7 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
         .backend
         .launch(
             &snap,
-            LaunchSpec {
-                id: VmId::new("ident-a").unwrap(),
-            },
+            LaunchSpec::ephemeral(VmId::new("ident-a").unwrap()),
         )
         .await
         .unwrap();
@@ -326,9 +310,7 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
         .backend
         .launch(
             &snap,
-            LaunchSpec {
-                id: VmId::new("ident-b").unwrap(),
-            },
+            LaunchSpec::ephemeral(VmId::new("ident-b").unwrap()),
         )
         .await
         .unwrap();
@@ -344,6 +326,6 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
     // A waiting QEMU that is never used goes away with the pool, files and all.
     env.backend.prestart(&snap, 1).await.expect("prestart");
     env.backend.drain_pool(&snap);
-    snap.delete().unwrap();
+    env.backend.delete_snapshot(&snap).unwrap();
     env.assert_no_leftovers();
 }

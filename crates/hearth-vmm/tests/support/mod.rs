@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use hearth_artifacts::Manifest;
 use hearth_vmm::accel::{decide, AccelChoice, HostKvmFacts};
-use hearth_vmm::{BootSpec, QemuBackend, QemuConfig, VmId};
+use hearth_vmm::{BootSpec, Lifetime, QemuBackend, QemuConfig, VmId};
 
 pub const T: Duration = Duration::from_secs(60);
 pub const GUEST_MEM_MIB: u32 = 256;
@@ -40,7 +40,8 @@ pub fn env() -> Env {
         .tempdir()
         .expect("state dir");
     let decision = decide(AccelChoice::Auto, HostKvmFacts::probe());
-    let backend = QemuBackend::new(QemuConfig::new(state.path().to_path_buf(), decision.accel));
+    let backend = QemuBackend::new(QemuConfig::new(state.path().to_path_buf(), decision.accel))
+        .unwrap_or_else(|e| panic!("end-to-end tests need QEMU and hearth-supervisor: {e}"));
     Env {
         backend,
         manifest,
@@ -69,16 +70,19 @@ impl Env {
             mem_size_mib: GUEST_MEM_MIB,
             vcpu_count: 1,
             extra_cmdline: vec![],
+            lifetime: Lifetime::Process,
         }
     }
 
-    /// Nothing may be left in the state directory once every VM is gone.
+    /// Nothing may be left in the state directory once every VM is gone:
+    /// no microVM directory, no uid claim.
     pub fn assert_no_leftovers(&self) {
-        let vms = self.state.path().join("vms");
-        let left: Vec<_> = std::fs::read_dir(&vms)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "microVM files left behind: {left:?}");
+        for sub in ["vms", "uids"] {
+            let left: Vec<_> = std::fs::read_dir(self.state.path().join(sub))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{sub} left behind: {left:?}");
+        }
     }
 }
 
