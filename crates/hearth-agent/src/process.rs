@@ -799,7 +799,13 @@ impl Process {
         let pid = child.pid;
         let mut st = self.state();
         st.life = st.life.step(LifeEvent::Spawned { gen, pid });
-        st.input = input;
+        // The `Exec` route may have ended while this incarnation was being
+        // spawned: then its stdin pipe is dropped here (EOF at once).
+        st.input = if self.pty || st.stdin_open {
+            input
+        } else {
+            None
+        };
         st.pump_waker = pump_waker;
         st.hung_up = false;
         if st.stop {

@@ -330,6 +330,13 @@ mod tests {
         }
     }
 
+    /// Outside PID 1 the real system refuses to power off (and a test must
+    /// never call `power_off` on it: that would `kill(-1)`).
+    #[test]
+    fn only_pid_1_may_power_off() {
+        assert!(!RealSystem.can_power_off());
+    }
+
     #[test]
     fn entropy_failure_is_an_error_and_stops_the_restore() {
         let rec = Recorder::default();

@@ -573,6 +573,25 @@ mod tests {
     }
 
     #[test]
+    fn terminal_processes_get_a_default_term() {
+        let mut r = req(&["sh"]);
+        r.pty = Some(hearth_proto::PtySize { cols: 80, rows: 24 });
+        let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
+        assert!(env_of(&spec).contains(&format!("TERM={DEFAULT_TERM}")));
+        r.env = vec![("TERM".into(), "dumb".into())];
+        let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
+        assert!(env_of(&spec).contains(&"TERM=dumb".to_string()));
+        assert!(!env_of(&spec).contains(&format!("TERM={DEFAULT_TERM}")));
+        r.clear_env = true;
+        r.env = vec![];
+        let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
+        assert!(env_of(&spec).is_empty());
+        // Pipes: no TERM.
+        let spec = SpawnSpec::prepare(&req(&["sh"]), Path::new("/etc")).unwrap();
+        assert!(!env_of(&spec).iter().any(|e| e.starts_with("TERM=")));
+    }
+
+    #[test]
     fn bad_requests_are_rejected() {
         let etc = Path::new("/etc");
         let kind = |r: &ExecRequest| SpawnSpec::prepare(r, etc).unwrap_err().kind;

@@ -380,19 +380,21 @@ fn run_writer<W: Write>(
     for item in rx {
         let stale = item.epoch < epoch.load(Ordering::SeqCst)
             || item.scope.as_ref().is_some_and(|s| s.is_cancelled());
-        if !stale {
-            if !write_frame(&mut out, &item.frame, on_error) {
-                return;
-            }
-            if item.pause {
-                pauses_written += 1;
-                let mut st = lock(&gate.state);
-                while st.pauses_released < pauses_written {
-                    st = gate
-                        .released
-                        .wait(st)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                }
+        if !stale && !write_frame(&mut out, &item.frame, on_error) {
+            return;
+        }
+        if item.pause {
+            // Counted even when dropped as stale (a Quiesce answered on a
+            // connection that is already gone): the release that came
+            // with the new connection covers it, and every later pause
+            // point still pauses.
+            pauses_written += 1;
+            let mut st = lock(&gate.state);
+            while st.pauses_released < pauses_written {
+                st = gate
+                    .released
+                    .wait(st)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         }
         if let Some(done) = item.done {
@@ -538,6 +540,38 @@ mod tests {
                 eof(10),
             ]
         );
+    }
+
+    #[test]
+    fn a_dropped_pause_point_does_not_disarm_the_next_one() {
+        let sink = Sink::default();
+        let outbox = Outbox::start(sink.clone(), OnWriteError::Stop).unwrap();
+        // Hold the writer on a first pause point, queue a second one and
+        // make it stale before the writer reaches it.
+        assert!(outbox.respond_then_pause(1, Ok(Response::Quiesced)));
+        assert_eq!(wait_for(&sink, 1).len(), 1);
+        assert!(outbox.respond_then_pause(2, Ok(Response::Quiesced)));
+        outbox.new_connection();
+        outbox.release();
+        assert!(outbox.respond(3, Ok(Response::Reattached(test_info()))));
+        assert_eq!(wait_for(&sink, 2).len(), 2);
+        // A later quiesce still holds what follows it.
+        assert!(outbox.respond_then_pause(4, Ok(Response::Quiesced)));
+        assert!(outbox.send(&eof(5)));
+        assert_eq!(wait_for(&sink, 3).len(), 3);
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(decoded(&sink).len(), 3, "the pause point did not hold");
+        outbox.release();
+        assert_eq!(wait_for(&sink, 4).get(3), Some(&eof(5)));
+    }
+
+    fn test_info() -> hearth_proto::AgentInfo {
+        hearth_proto::AgentInfo {
+            proto_version: hearth_proto::PROTO_VERSION,
+            agent_version: String::new(),
+            capabilities: vec![],
+            closed_streams: vec![],
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@ const WINDOW: usize = STREAM_WINDOW_BYTES as usize;
 #[derive(Default)]
 struct FakeSystem {
     calls: Mutex<Vec<String>>,
+    /// Pretend not to be PID 1.
+    not_pid1: bool,
 }
 
 impl FakeSystem {
@@ -66,6 +68,9 @@ impl SystemOps for FakeSystem {
         self.record(format!("quiesce {drop_caches}"));
         Ok(())
     }
+    fn can_power_off(&self) -> bool {
+        !self.not_pid1
+    }
     fn power_off(&self) -> io::Result<()> {
         self.record("power-off".into());
         Ok(())
@@ -87,8 +92,12 @@ struct Host {
 
 impl Host {
     fn start() -> Host {
+        Host::start_with(FakeSystem::default())
+    }
+
+    fn start_with(system: FakeSystem) -> Host {
         let (host, agent) = UnixStream::pair().unwrap();
-        let system = Arc::new(FakeSystem::default());
+        let system = Arc::new(system);
         let config = ServeConfig::socket(system.clone());
         let agent_writer = agent.try_clone().unwrap();
         let handle = thread::spawn(move || serve(agent, agent_writer, config));
@@ -591,8 +600,16 @@ fn signal_reaches_the_process_group() {
         stream: id,
         signal: libc::SIGTERM,
     });
-    assert_eq!(h.response(sig), Ok(Response::Signal));
-    let frames = h.until(is_exited(id));
+    // The answer and the exit it caused may come in either order.
+    let mut frames = h.until(is_exited(id));
+    let answered = GuestMessage::Response {
+        id: sig,
+        body: Ok(Response::Signal),
+    };
+    if !frames.contains(&answered) {
+        assert_eq!(h.recv(), answered);
+    }
+    frames.retain(|f| *f != answered);
     assert_eq!(output(&frames, id, OutputFd::Stdout), "");
     assert_eq!(
         exited_status(&frames).0,
@@ -1400,7 +1417,7 @@ fn pty_exec_runs_on_a_terminal_that_resizes() {
         ..sh("stty size; read l; stty size; echo \"got:$l\"; [ -t 0 ] && [ -t 2 ] && exit 7")
     });
     let mut frames = Vec::new();
-    while !output(&frames, id, OutputFd::Stdout).contains("24 80") {
+    while !output(&frames, id, OutputFd::Stdout).contains("24 80\r\n") {
         frames.push(h.recv());
     }
     let r = h.request(Request::Resize {
@@ -1640,6 +1657,20 @@ fn a_named_process_survives_restore_and_is_attached_again() {
     h.ping();
     assert!(alive(pid));
     h.assert_silent(&[id, attach]);
+    // So does a restore that ends an attach stream.
+    let (again, attached_pid) = h.attach("app");
+    assert_eq!(attached_pid, Some(pid));
+    let info = h.quiesce_and_restore();
+    assert_eq!(
+        info.closed_streams,
+        [ClosedStream {
+            stream: again,
+            kind: StreamKind::Attach
+        }]
+    );
+    assert!(alive(pid));
+    let (_, attached_pid) = h.attach("app");
+    assert_eq!(attached_pid, Some(pid));
 }
 
 #[test]
@@ -1956,4 +1987,39 @@ fn power_off_answers_stops_supervision_and_calls_the_system() {
     }));
     assert!(!exited_status(&frames).1, "restarting after power-off");
     h.assert_silent(&[id]);
+}
+
+#[test]
+fn power_off_is_unsupported_outside_pid_1() {
+    let mut h = Host::start_with(FakeSystem {
+        not_pid1: true,
+        ..Default::default()
+    });
+    let p = h.request(Request::PowerOff);
+    assert_eq!(h.response(p).unwrap_err().kind, AgentErrorKind::Unsupported);
+    assert!(h.system.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn reattach_drops_what_was_held_for_the_old_connection() {
+    let mut h = Host::start();
+    let q = h.request(Request::Quiesce { drop_caches: false });
+    assert_eq!(h.response(q), Ok(Response::Quiesced));
+    // The old host asks more after quiescing; the answers are held.
+    let ping = h.request(Request::Ping { nonce: 7 });
+    let exec = h.request(Request::Exec(sh("echo held")));
+    let r = h.request(Request::Reattach);
+    match h.try_recv_raw(WAIT) {
+        Some(GuestMessage::Response {
+            id,
+            body: Ok(Response::Reattached(info)),
+        }) => {
+            assert_eq!(id, r);
+            // The exec stream is listed if it had not ended by itself.
+            assert!(info.closed_streams.iter().all(|c| c.stream == exec));
+        }
+        other => panic!("something of the old connection came first: {other:?}"),
+    }
+    h.assert_silent(&[ping, exec]);
+    h.ping();
 }
