@@ -176,6 +176,10 @@ pub(crate) enum RouteEnd {
 
 struct State {
     life: Life,
+    /// The `Exec` answer is being queued (set under the exec stream's send
+    /// lock): only then may an `Attach` replace that stream, which seals it
+    /// (its `Replaced` waits for that lock, so it follows the answer).
+    answered: bool,
     /// Supervision ends after the current incarnation.
     stop: bool,
     sink: Sink,
@@ -294,6 +298,7 @@ impl Process {
             registry: Arc::downgrade(registry),
             state: Mutex::new(State {
                 life: Life::Starting,
+                answered: false,
                 stop: false,
                 sink: Sink::Live(route),
                 input: None,
@@ -473,6 +478,16 @@ impl Process {
         }
     }
 
+    fn not_started(&self) -> AgentError {
+        agent_error(
+            AgentErrorKind::NotFound,
+            format_args!(
+                "process {} has not started yet",
+                self.name.as_deref().unwrap_or("")
+            ),
+        )
+    }
+
     /// `Attach`: make the stream `stream` (with `scope`, `inbox` and
     /// `registration`) the process's route. Answers the request, replays the
     /// output kept while detached (and the last exit, if the process is
@@ -490,15 +505,8 @@ impl Process {
         let mut sender = scope.lock(&self.outbox);
         let mut st = self.state();
         let (pid, replay_exit) = match st.life {
-            Life::Starting => {
-                return Err(agent_error(
-                    AgentErrorKind::NotFound,
-                    format_args!(
-                        "process {} has not started yet",
-                        self.name.as_deref().unwrap_or("")
-                    ),
-                ))
-            }
+            Life::Starting => return Err(self.not_started()),
+            _ if !st.answered => return Err(self.not_started()),
             Life::Running { pid, .. } | Life::Draining { pid, .. } => (Some(pid as u32), None),
             Life::BackOff { pid, status } => (Some(pid as u32), Some((status, true))),
             Life::Ended { status } => (None, status.map(|s| (s, false))),
@@ -682,9 +690,12 @@ impl Process {
                     if answered {
                         self.started(pid);
                     } else {
-                        self.exec_scope
-                            .lock(&self.outbox)
-                            .respond(id, Ok(Response::Exec { pid }));
+                        // Marked under the stream's send lock: an Attach that
+                        // sees it replaces the stream only after the answer.
+                        let mut sender = self.exec_scope.lock(&self.outbox);
+                        self.state().answered = true;
+                        sender.respond(id, Ok(Response::Exec { pid }));
+                        drop(sender);
                         answered = true;
                     }
                     Some(self.run_incarnation(incarnation, gen, &events))

@@ -1,6 +1,8 @@
 //! The state one serve session shares with its request handlers and stream
 //! threads: the writer's outbox, the stream table, the processes, and the
-//! system seam. Made by `serve`, handed out as `Arc<Session>`.
+//! system seam. Made by `serve` on the reader thread and handed to the
+//! handlers as `&Arc<Session>`; stream threads keep only the parts they
+//! need (an `Outbox` clone, the `Arc<StreamTable>`), never the session.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -415,6 +415,23 @@ fn exited_status(frames: &[GuestMessage]) -> (ExitStatus, bool) {
     }
 }
 
+/// Signal the process of `stream` and receive up to its `Exited`. The
+/// `Signal` answer and the exit it causes may come in either order; the
+/// answer is checked and left out of the frames returned.
+fn signal_until_exited(h: &mut Host, stream: u64, signal: i32) -> Vec<GuestMessage> {
+    let sig = h.request(Request::Signal { stream, signal });
+    let mut frames = h.until(is_exited(stream));
+    let answered = GuestMessage::Response {
+        id: sig,
+        body: Ok(Response::Signal),
+    };
+    if !frames.contains(&answered) {
+        assert_eq!(h.recv(), answered);
+    }
+    frames.retain(|f| *f != answered);
+    frames
+}
+
 fn tmp_path(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("hearth-agent-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -596,20 +613,7 @@ fn exec_errors_are_reported() {
 fn signal_reaches_the_process_group() {
     let mut h = Host::start();
     let (id, _) = h.exec(sh("sleep 30; echo never"));
-    let sig = h.request(Request::Signal {
-        stream: id,
-        signal: libc::SIGTERM,
-    });
-    // The answer and the exit it caused may come in either order.
-    let mut frames = h.until(is_exited(id));
-    let answered = GuestMessage::Response {
-        id: sig,
-        body: Ok(Response::Signal),
-    };
-    if !frames.contains(&answered) {
-        assert_eq!(h.recv(), answered);
-    }
-    frames.retain(|f| *f != answered);
+    let frames = signal_until_exited(&mut h, id, libc::SIGTERM);
     assert_eq!(output(&frames, id, OutputFd::Stdout), "");
     assert_eq!(
         exited_status(&frames).0,
@@ -1439,7 +1443,6 @@ fn pty_exec_runs_on_a_terminal_that_resizes() {
     assert!(out.contains("got:hello\r\n"), "{out:?}");
     assert_eq!(output(&frames, id, OutputFd::Stderr), "");
     assert_eq!(exited_status(&frames).0.code, Some(7));
-    assert_eq!(h.credited.get(&id), Some(&6));
 }
 
 #[test]
@@ -1458,6 +1461,8 @@ fn pty_eof_types_the_eof_character() {
     let frames = h.until(is_exited(id));
     assert_eq!(exited_status(&frames).0.code, Some(0));
     assert_eq!(output(&frames, id, OutputFd::Stdout), "abc\r\nabc\r\n");
+    // Credited once written to the terminal (before the EOF that ended cat).
+    assert_eq!(h.credited.get(&id), Some(&4));
 }
 
 #[test]
@@ -1774,15 +1779,7 @@ fn attach_replaces_the_previous_route_and_signals_the_process() {
     assert!(frames.iter().all(|f| stream_of(f) == Some(b)), "{frames:?}");
     // The exec stream was replaced before the first attach answered.
     h.assert_silent(&[id, a]);
-    let sig = h.request(Request::Signal {
-        stream: b,
-        signal: libc::SIGTERM,
-    });
-    let frames = h.until(is_exited(b));
-    assert!(frames.contains(&GuestMessage::Response {
-        id: sig,
-        body: Ok(Response::Signal)
-    }));
+    let frames = signal_until_exited(&mut h, b, libc::SIGTERM);
     assert_eq!(
         exited_status(&frames),
         (
@@ -1976,15 +1973,7 @@ fn power_off_answers_stops_supervision_and_calls_the_system() {
     h.ping();
     assert_eq!(*h.system.calls.lock().unwrap(), ["power-off"]);
     // No restart any more: the fake did not kill it, a signal does.
-    let sig = h.request(Request::Signal {
-        stream: id,
-        signal: libc::SIGTERM,
-    });
-    let frames = h.until(is_exited(id));
-    assert!(frames.contains(&GuestMessage::Response {
-        id: sig,
-        body: Ok(Response::Signal)
-    }));
+    let frames = signal_until_exited(&mut h, id, libc::SIGTERM);
     assert!(!exited_status(&frames).1, "restarting after power-off");
     h.assert_silent(&[id]);
 }
@@ -2021,5 +2010,71 @@ fn reattach_drops_what_was_held_for_the_old_connection() {
         other => panic!("something of the old connection came first: {other:?}"),
     }
     h.assert_silent(&[ping, exec]);
+    h.ping();
+}
+
+#[test]
+fn an_attach_pipelined_behind_its_exec_never_loses_the_exec_answer() {
+    let mut h = Host::start();
+    for round in 0..20 {
+        let name = format!("piped-{round}");
+        let exec = h.peek_id();
+        let attach = exec + 1;
+        h.next_id += 2;
+        let mut bytes = encode_frame(&HostMessage::Request {
+            id: exec,
+            body: Request::Exec(ExecRequest {
+                name: Some(name.clone()),
+                ..sh("exec sleep 30")
+            }),
+        })
+        .unwrap();
+        bytes.extend(
+            encode_frame(&HostMessage::Request {
+                id: attach,
+                body: Request::Attach { name },
+            })
+            .unwrap(),
+        );
+        h.sock.write_all(&bytes).unwrap();
+        let mut frames = Vec::new();
+        let answered = |frames: &[GuestMessage], id| {
+            frames
+                .iter()
+                .position(|f| matches!(f, GuestMessage::Response { id: got, .. } if *got == id))
+        };
+        while answered(&frames, exec).is_none() || answered(&frames, attach).is_none() {
+            frames.push(h.recv());
+        }
+        let exec_at = answered(&frames, exec).unwrap();
+        let pid = match &frames[exec_at] {
+            GuestMessage::Response {
+                body: Ok(Response::Exec { pid }),
+                ..
+            } => *pid,
+            other => panic!("exec failed: {other:?}"),
+        };
+        match &frames[answered(&frames, attach).unwrap()] {
+            GuestMessage::Response {
+                body: Ok(Response::Attached { pid: got }),
+                ..
+            } => {
+                assert_eq!(*got, Some(pid));
+                // The exec stream was answered, then replaced.
+                let replaced = GuestMessage::StreamClosed {
+                    stream: exec,
+                    reason: CloseReason::Replaced,
+                };
+                let closed_at = frames.iter().position(|f| *f == replaced);
+                assert!(closed_at.is_some_and(|at| at > exec_at), "{frames:?}");
+                h.send(&HostMessage::StreamClose { stream: attach });
+            }
+            GuestMessage::Response { body: Err(e), .. } => {
+                assert_eq!(e.kind, AgentErrorKind::NotFound, "{e:?}");
+                h.send(&HostMessage::StreamClose { stream: exec });
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     h.ping();
 }
