@@ -5,8 +5,11 @@
 //! named by its id. The reader thread routes host stream messages to it
 //! through this interface; every method is called on the reader thread and
 //! must return promptly: it may queue, flip state and wake threads, but
-//! never wait for a process, a socket peer or the stream's credit. (Taking a
-//! lock that is only ever held for such short steps is fine.)
+//! never wait for a process, a socket peer or the stream's credit. It may
+//! take a lock that is only held for such short steps, and, to send a
+//! stream's last frame (`StreamClosed` on an error or a replaced attach),
+//! the stream's send lock, which a producer holds at most while the writer
+//! takes its frame: the same wait as for any answer the reader queues.
 //!
 //! The table is a leaf lock: nothing is called while it is held. A stream
 //! removes itself when it ends on its own (final `Exited`, `StreamClosed`)
