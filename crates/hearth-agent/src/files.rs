@@ -1,5 +1,9 @@
 //! `WriteFile` and `ReadFile` (run inline on the reader thread).
 //!
+//! `WriteFile` creates a missing file with the requested mode, or
+//! [`DEFAULT_FILE_MODE`] when the request names none (exactly that mode,
+//! whatever the umask); an existing file keeps its mode.
+//!
 //! Only regular files are read or written: files are opened with
 //! `O_NONBLOCK` and checked with `fstat` first, so a FIFO or device named by
 //! the host can never block the reader thread.
@@ -9,7 +13,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use hearth_proto::{AgentError, ReadFileRequest, Response, WriteFileRequest, MAX_CHUNK_BYTES};
+use hearth_proto::{
+    AgentError, ReadFileRequest, Response, WriteFileRequest, DEFAULT_FILE_MODE, MAX_CHUNK_BYTES,
+};
 
 use crate::errors::{check_path, invalid, io_error};
 
@@ -43,10 +49,10 @@ pub(crate) fn write(req: &WriteFileRequest) -> Result<Response, AgentError> {
             req.data.len()
         )));
     }
-    if req.mode & !0o7777 != 0 {
+    let mode = req.mode.unwrap_or(DEFAULT_FILE_MODE);
+    if mode & !0o7777 != 0 {
         return Err(invalid(format_args!(
-            "mode {:o} is not a permission mode",
-            req.mode
+            "mode {mode:o} is not a permission mode"
         )));
     }
     let end = req.offset.checked_add(req.data.len() as u64);
@@ -69,7 +75,7 @@ pub(crate) fn write(req: &WriteFileRequest) -> Result<Response, AgentError> {
     let created = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(req.mode)
+        .mode(mode)
         .custom_flags(OPEN_FLAGS)
         .open(path);
     let (file, created) = match created {
@@ -87,7 +93,7 @@ pub(crate) fn write(req: &WriteFileRequest) -> Result<Response, AgentError> {
     check_regular(&file, path)?;
     if created {
         // The umask may have cleared bits; the host asked for exactly these.
-        file.set_permissions(Permissions::from_mode(req.mode))
+        file.set_permissions(Permissions::from_mode(mode))
             .map_err(|e| io_error(format_args!("chmod {path}"), &e))?;
     }
     if req.truncate {
@@ -180,7 +186,7 @@ mod tests {
         let r = write(&WriteFileRequest {
             path: path.clone(),
             data: b"x".to_vec(),
-            mode: 0o4777,
+            mode: Some(0o4777),
             create_parents: true,
             ..Default::default()
         })
@@ -189,6 +195,28 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o4777);
         let parent = Path::new(&path).parent().unwrap();
         assert_eq!(std::fs::metadata(parent).unwrap().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn files_without_a_mode_are_created_0644_and_existing_ones_keep_theirs() {
+        let path = tmp("default-mode");
+        let _ = std::fs::remove_file(&path);
+        write(&WriteFileRequest {
+            path: path.clone(),
+            data: b"x".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o644);
+        std::fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
+        write(&WriteFileRequest {
+            path: path.clone(),
+            data: b"y".to_vec(),
+            mode: Some(0o777),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o7777, 0o600);
     }
 
     #[test]
@@ -241,7 +269,7 @@ mod tests {
         assert_eq!(e.kind, AgentErrorKind::InvalidRequest);
         let e = write(&WriteFileRequest {
             path: tmp("mode"),
-            mode: 0o10000,
+            mode: Some(0o10000),
             ..Default::default()
         })
         .unwrap_err();

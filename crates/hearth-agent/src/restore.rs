@@ -2,9 +2,9 @@
 //!
 //! [`SystemOps`] is the seam between protocol handling and the kernel:
 //! [`RealSystem`] sets the wall clock, feeds and reseeds the kernel RNG,
-//! sets the hostname and machine id, and syncs filesystems; host tests pass a
-//! fake so they can exercise validation without touching the host. All of it
-//! runs inline on the reader thread.
+//! sets the hostname and machine id, syncs filesystems and powers the
+//! machine off; host tests pass a fake so they can exercise validation
+//! without touching the host. All of it runs inline on the reader thread.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -21,6 +21,12 @@ use crate::errors::{invalid, io_error};
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `_IO('R', 0x07)`: reseed the CRNG from the input pool now.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+/// How long power-off waits for processes to exit after SIGTERM.
+const POWER_OFF_TERM_WAIT_MS: u64 = 3000;
+/// How long power-off waits for processes to die after SIGKILL.
+const POWER_OFF_KILL_WAIT_MS: u64 = 1000;
+/// How often power-off checks whether processes are left.
+const POWER_OFF_POLL_MS: u64 = 50;
 
 /// Whole-system effects used by the agent.
 pub trait SystemOps: Send + Sync {
@@ -30,11 +36,19 @@ pub trait SystemOps: Send + Sync {
     fn add_entropy(&self, entropy: &[u8]) -> io::Result<()>;
     /// Set the kernel hostname (and `/etc/hostname`, best effort).
     fn set_hostname(&self, hostname: &str) -> io::Result<()>;
-    /// Write `/etc/machine-id` (a read-only filesystem is only a warning).
-    /// Write the identity files (`/etc/hostname`, `/etc/machine-id`).
+    /// Write the identity files (`/etc/hostname`, `/etc/machine-id`); a
+    /// read-only filesystem is only a warning.
     fn persist_identity(&self, hostname: Option<&str>, machine_id: Option<&str>) -> io::Result<()>;
     /// `sync()`, then optionally drop the page cache.
     fn quiesce_filesystems(&self, drop_caches: bool) -> io::Result<()>;
+    /// Whether [`SystemOps::power_off`] may be called here.
+    fn can_power_off(&self) -> bool {
+        true
+    }
+    /// SIGTERM every process, wait up to ~3 s, SIGKILL the rest, sync,
+    /// remount `/` read-only (best effort) and power off. Returns only on
+    /// failure (or when faked).
+    fn power_off(&self) -> io::Result<()>;
 }
 
 /// Validate a `Restore` request and apply it through `system`.
@@ -171,6 +185,71 @@ impl SystemOps for RealSystem {
         }
         Ok(())
     }
+
+    /// Only PID 1 powers off: elsewhere `kill(-1)` would hit every process
+    /// of the user running the agent.
+    fn can_power_off(&self) -> bool {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::getpid() == 1 }
+    }
+
+    fn power_off(&self) -> io::Result<()> {
+        if !self.can_power_off() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only PID 1 powers the machine off",
+            ));
+        }
+        // kill(-1) signals every process but PID 1; the reaper reaps them.
+        // SAFETY: kill takes plain integers and has no memory effects.
+        unsafe { libc::kill(-1, libc::SIGTERM) };
+        if !wait_for_no_processes(POWER_OFF_TERM_WAIT_MS) {
+            agent_log!("power-off: processes left after SIGTERM; killing them");
+            // SAFETY: as above.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+            wait_for_no_processes(POWER_OFF_KILL_WAIT_MS);
+        }
+        // SAFETY: sync has no arguments and no memory effects.
+        unsafe { libc::sync() };
+        let root = c"/";
+        // SAFETY: a remount of "/" with NULL source/type/data; the strings
+        // are NUL-terminated literals.
+        let remounted = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        };
+        if remounted != 0 {
+            agent_log!(
+                "power-off: remount / read-only: {}",
+                io::Error::last_os_error()
+            );
+        }
+        // SAFETY: reboot takes a command constant; as PID 1 with
+        // CAP_SYS_BOOT it powers off and does not return.
+        unsafe { libc::reboot(libc::RB_POWER_OFF) };
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Wait up to `timeout_ms` until no process but PID 1 is left.
+fn wait_for_no_processes(timeout_ms: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    loop {
+        // SAFETY: signal 0 only checks whether any process can be signalled.
+        let any = unsafe { libc::kill(-1, 0) } == 0;
+        if !any {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(POWER_OFF_POLL_MS));
+    }
 }
 
 #[cfg(test)]
@@ -199,6 +278,9 @@ mod tests {
             Ok(())
         }
         fn quiesce_filesystems(&self, _: bool) -> io::Result<()> {
+            Ok(())
+        }
+        fn power_off(&self) -> io::Result<()> {
             Ok(())
         }
     }
@@ -246,6 +328,13 @@ mod tests {
             assert_eq!(e.kind, AgentErrorKind::InvalidRequest, "{req:?}");
             assert!(rec.0.lock().unwrap().is_empty());
         }
+    }
+
+    /// Outside PID 1 the real system refuses to power off (and a test must
+    /// never call `power_off` on it: that would `kill(-1)`).
+    #[test]
+    fn only_pid_1_may_power_off() {
+        assert!(!RealSystem.can_power_off());
     }
 
     #[test]

@@ -1,33 +1,39 @@
-//! The serve loop: read host frames, dispatch them, keep the stream table.
+//! The serve loop (reader thread): read host frames, decode them, route
+//! them. Nothing else lives here.
 //!
 //! [`serve`] runs on the calling thread (the main thread as PID 1): it
 //! starts the writer, queues `Hello`, then reads and decodes frames forever
-//! (port) or until EOF (socket in tests). Short requests (ping, files,
-//! signals, quiesce, thaw, restore) are handled inline; `Exec` and
-//! `TcpConnect` get their own threads ([`crate::exec`], [`crate::tcp`]).
+//! (port) or until EOF (socket in tests). Requests go to their handlers:
+//! files ([`crate::files`]) and the connection lifecycle
+//! ([`crate::control`]) are handled inline; `Exec`, `TcpConnect` and
+//! `Attach` open streams ([`crate::exec`], [`crate::tcp`],
+//! [`crate::attach`]) whose threads do the rest. Stream messages go to the
+//! stream's [`crate::stream::Stream`] methods, none of which waits for a
+//! process, a peer or credit, so one stalled stream never holds up the
+//! others or the control requests.
 //!
 //! A malformed host frame is logged and the decoder is reset (header
 //! errors) or the bad frame skipped (payload errors): PID 1 never crashes
 //! on input.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use hearth_proto::{
-    AgentError, FrameDecoder, FrameError, GuestMessage, Hello, HostMessage, Request, Response,
-    HEADER_LEN, MAGIC, PROTO_VERSION,
+    FrameDecoder, FrameError, GuestMessage, HostMessage, Request, Response, HEADER_LEN, MAGIC,
+    PROTO_VERSION,
 };
 
-use crate::errors::invalid;
-use crate::exec::{self, ExecStream, StdinMsg};
-use crate::restore::{self, RealSystem, SystemOps};
-use crate::tcp::{self, TcpMsg, TcpShared};
+use crate::errors::agent_error;
+use crate::process::Processes;
+use crate::restore::{RealSystem, SystemOps};
+use crate::session::Session;
+use crate::stream::{End, Stream, StreamTable};
 use crate::writer::{OnWriteError, Outbox};
-use crate::{agent_log, files, lock};
+use crate::{agent_log, attach, control, exec, files, tcp};
 
 /// Pause after a 0-byte read on the real port (host disconnected).
 pub const PORT_RETRY_MS: u64 = 10;
@@ -67,77 +73,6 @@ impl ServeConfig {
     }
 }
 
-/// An open stream, by the id of the request that opened it.
-#[derive(Clone)]
-pub(crate) enum StreamEntry {
-    Exec(Arc<ExecStream>),
-    Tcp {
-        tx: std::sync::mpsc::SyncSender<TcpMsg>,
-        shared: Arc<TcpShared>,
-    },
-}
-
-impl StreamEntry {
-    fn same(&self, other: &StreamEntry) -> bool {
-        match (self, other) {
-            (StreamEntry::Exec(a), StreamEntry::Exec(b)) => Arc::ptr_eq(a, b),
-            (StreamEntry::Tcp { shared: a, .. }, StreamEntry::Tcp { shared: b, .. }) => {
-                Arc::ptr_eq(a, b)
-            }
-            _ => false,
-        }
-    }
-
-    /// Host `StreamClose`, or the end of the session.
-    fn close(&self) {
-        match self {
-            StreamEntry::Exec(s) => s.close(),
-            StreamEntry::Tcp { shared, .. } => shared.abandon(),
-        }
-    }
-}
-
-/// State of one serve session, shared with stream threads.
-pub(crate) struct Ctx {
-    pub outbox: Outbox,
-    pub etc_dir: PathBuf,
-    system: Arc<dyn SystemOps>,
-    streams: Mutex<HashMap<u64, StreamEntry>>,
-}
-
-impl Ctx {
-    /// Register a new stream; its id must not be in use.
-    pub(crate) fn insert_stream(&self, id: u64, entry: StreamEntry) -> Result<(), AgentError> {
-        let mut streams = lock(&self.streams);
-        if streams.contains_key(&id) {
-            return Err(invalid(format_args!("stream id {id} is already in use")));
-        }
-        streams.insert(id, entry);
-        Ok(())
-    }
-
-    /// Remove stream `id` if it is still `entry` (the id may have been
-    /// closed and reused meanwhile).
-    pub(crate) fn remove_stream(&self, id: u64, entry: &StreamEntry) {
-        let mut streams = lock(&self.streams);
-        if streams.get(&id).is_some_and(|e| e.same(entry)) {
-            streams.remove(&id);
-        }
-    }
-
-    pub(crate) fn remove_tcp(&self, id: u64, shared: &Arc<TcpShared>) {
-        let mut streams = lock(&self.streams);
-        let same = matches!(streams.get(&id), Some(StreamEntry::Tcp { shared: s, .. }) if Arc::ptr_eq(s, shared));
-        if same {
-            streams.remove(&id);
-        }
-    }
-
-    fn stream(&self, id: u64) -> Option<StreamEntry> {
-        lock(&self.streams).get(&id).cloned()
-    }
-}
-
 /// Serve the agent protocol: `reader` carries host frames, `writer` guest
 /// frames. Returns only when `config.eof_is_final` and the reader hits EOF
 /// or an error; every stream of the session is closed first.
@@ -152,23 +87,26 @@ where
         OnWriteError::Retry
     };
     let outbox = Outbox::start(writer, on_error)?;
-    let ctx = Arc::new(Ctx {
+    let session = Arc::new(Session {
         outbox,
-        etc_dir: config.etc_dir,
+        streams: Arc::new(StreamTable::default()),
+        processes: Arc::new(Processes::default()),
         system: config.system,
-        streams: Mutex::new(HashMap::new()),
+        etc_dir: config.etc_dir,
     });
-    ctx.outbox.send(&GuestMessage::Hello(hello()));
+    session.outbox.send(&GuestMessage::Hello(control::hello()));
 
-    let result = read_loop(&mut reader, &ctx, config.eof_is_final);
-    let streams: Vec<StreamEntry> = lock(&ctx.streams).drain().map(|(_, e)| e).collect();
-    for entry in streams {
-        entry.close();
-    }
+    let result = read_loop(&mut reader, &session, config.eof_is_final);
+    control::end_all_streams(&session, End::SessionOver);
+    session.processes.shutdown_all();
     result
 }
 
-fn read_loop<R: Read>(reader: &mut R, ctx: &Arc<Ctx>, eof_is_final: bool) -> io::Result<()> {
+fn read_loop<R: Read>(
+    reader: &mut R,
+    session: &Arc<Session>,
+    eof_is_final: bool,
+) -> io::Result<()> {
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; READ_BUF_BYTES];
     // Bytes to feed the decoder before reading more (after a resync).
@@ -217,7 +155,7 @@ fn read_loop<R: Read>(reader: &mut R, ctx: &Arc<Ctx>, eof_is_final: bool) -> io:
                     in_header = true;
                     header.clear();
                     resyncing = false;
-                    dispatch(ctx, msg);
+                    dispatch(session, msg);
                 }
                 Ok(None) => {
                     if in_header && header.len() >= HEADER_LEN {
@@ -261,126 +199,71 @@ fn resync_tail(header: &[u8]) -> Vec<u8> {
         .map_or_else(Vec::new, |i| header[i..].to_vec())
 }
 
-fn hello() -> Hello {
-    Hello {
-        proto_version: PROTO_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel_release: kernel_release(),
-        uptime_ms: uptime_ms(),
-    }
-}
-
-fn kernel_release() -> String {
-    // SAFETY: utsname is plain data; uname fills it (NUL-terminated fields).
-    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: uname writes only into the struct we pass.
-    if unsafe { libc::uname(&mut uts) } != 0 {
-        return String::from("unknown");
-    }
-    let bytes: Vec<u8> = uts
-        .release
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Milliseconds since boot (CLOCK_BOOTTIME, which counts suspend too).
-fn uptime_ms() -> u64 {
-    // SAFETY: timespec is plain data.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: clock_gettime writes only into the struct we pass.
-    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
-}
-
-fn dispatch(ctx: &Arc<Ctx>, msg: HostMessage) {
+fn dispatch(session: &Arc<Session>, msg: HostMessage) {
     match msg {
-        HostMessage::Request { id, body } => request(ctx, id, body),
-        HostMessage::StreamData { stream, data } => match ctx.stream(stream) {
-            Some(StreamEntry::Exec(s)) => match s.stdin_sender() {
-                // Blocks while the queue is full: back-pressure on the host.
-                Some(tx) => {
-                    let _ = tx.send(StdinMsg::Data(data));
-                }
-                None => agent_log!("stream {stream}: data for a process without stdin dropped"),
-            },
-            Some(StreamEntry::Tcp { tx, .. }) => {
-                let _ = tx.send(TcpMsg::Data(data));
-            }
+        HostMessage::Request { id, body } => request(session, id, body),
+        HostMessage::StreamData { stream, data } => match session.streams.get(stream) {
+            Some(s) => s.data(data),
             None => agent_log!("data for unknown stream {stream} dropped"),
         },
-        HostMessage::StreamEof { stream } => match ctx.stream(stream) {
-            Some(StreamEntry::Exec(s)) => {
-                if let Some(tx) = s.stdin_sender() {
-                    let _ = tx.send(StdinMsg::Eof);
-                }
-            }
-            Some(StreamEntry::Tcp { tx, .. }) => {
-                let _ = tx.send(TcpMsg::Eof);
-            }
+        HostMessage::StreamEof { stream } => match session.streams.get(stream) {
+            Some(s) => s.eof(),
             None => agent_log!("EOF for unknown stream {stream} ignored"),
         },
-        HostMessage::StreamClose { stream } => {
-            let entry = lock(&ctx.streams).remove(&stream);
-            match entry {
-                Some(entry) => entry.close(),
-                None => agent_log!("close of unknown stream {stream} ignored"),
+        HostMessage::StreamClose { stream } => match session.streams.take(stream) {
+            Some(s) => s.end(End::HostClose),
+            None => agent_log!("close of unknown stream {stream} ignored"),
+        },
+        HostMessage::StreamCredit { stream, bytes } => {
+            // Credit for a stream that just ended is normal: no log.
+            if let Some(s) = session.streams.get(stream) {
+                s.credit(bytes);
             }
         }
     }
 }
 
-fn request(ctx: &Arc<Ctx>, id: u64, body: Request) {
-    let outbox = &ctx.outbox;
+/// A stream request (`Signal`, `Resize`) on stream `stream`.
+fn on_stream(
+    session: &Session,
+    stream: u64,
+    op: impl FnOnce(&dyn Stream) -> Result<Response, hearth_proto::AgentError>,
+) -> Result<Response, hearth_proto::AgentError> {
+    match session.streams.get(stream) {
+        Some(s) => op(s.as_ref()),
+        None => Err(agent_error(
+            hearth_proto::AgentErrorKind::NotFound,
+            format_args!("no stream {stream}"),
+        )),
+    }
+}
+
+fn request(session: &Arc<Session>, id: u64, body: Request) {
+    let outbox = &session.outbox;
     match body {
         Request::Ping { nonce } => {
             outbox.respond(id, Ok(Response::Pong { nonce }));
         }
-        Request::Exec(req) => exec::start(ctx, id, req),
+        Request::Exec(req) => exec::start(session, id, req),
         Request::WriteFile(req) => {
             outbox.respond(id, files::write(&req));
         }
         Request::ReadFile(req) => {
             outbox.respond(id, files::read(&req));
         }
-        Request::TcpConnect { port } => tcp::start(ctx, id, port),
+        Request::TcpConnect { port } => tcp::start(session, id, port),
+        Request::Attach { name } => attach::start(session, id, &name),
         Request::Signal { stream, signal } => {
-            let result = match ctx.stream(stream) {
-                Some(StreamEntry::Exec(s)) => s.signal(signal),
-                Some(StreamEntry::Tcp { .. }) => Err(invalid(format_args!(
-                    "stream {stream} is a TCP stream, not a process"
-                ))),
-                None => Err(crate::errors::agent_error(
-                    hearth_proto::AgentErrorKind::NotFound,
-                    format_args!("no stream {stream}"),
-                )),
-            };
-            outbox.respond(id, result);
+            outbox.respond(id, on_stream(session, stream, |s| s.signal(signal)));
         }
-        Request::Quiesce { drop_caches } => {
-            if let Err(e) = ctx.system.quiesce_filesystems(drop_caches) {
-                agent_log!("quiesce: {e}");
-            }
-            outbox.respond_then_pause(id, Ok(Response::Quiesced));
+        Request::Resize { stream, size } => {
+            outbox.respond(id, on_stream(session, stream, |s| s.resize(size)));
         }
-        Request::Thaw => {
-            outbox.release();
-            outbox.respond(id, Ok(Response::Thawed));
-        }
-        Request::Restore(req) => {
-            let result = restore::apply(ctx.system.as_ref(), &req);
-            let ok = result.is_ok();
-            // Always resume: even a failed restore must be able to answer.
-            outbox.release();
-            outbox.respond(id, result.map(|()| Response::Restored));
-            if ok {
-                restore::persist_identity(ctx.system.as_ref(), &req);
-            }
-        }
+        Request::Quiesce { drop_caches } => control::quiesce(session, id, drop_caches),
+        Request::Thaw => control::thaw(session, id),
+        Request::Restore(req) => control::restore(session, id, &req),
+        Request::Reattach => control::reattach(session, id),
+        Request::PowerOff => control::power_off(session, id),
     }
 }
 
@@ -391,10 +274,12 @@ mod tests {
     #[test]
     fn resync_finds_the_next_possible_header() {
         assert_eq!(resync_tail(b"GET / HT"), b"");
-        assert_eq!(resync_tail(b"xxHR\x01\0\0\0"), b"HR\x01\0\0\0");
+        assert_eq!(resync_tail(b"xxHR\x02\0\0\0"), b"HR\x02\0\0\0");
         assert_eq!(resync_tail(b"xxxxxxxH"), b"H");
-        assert_eq!(resync_tail(b"HR\x09\0HR\x01\0"), b"HR\x01\0");
+        assert_eq!(resync_tail(b"HR\x09\0HR\x02\0"), b"HR\x02\0");
+        // A version-1 header is not a start for a version-2 agent.
+        assert_eq!(resync_tail(b"xxHR\x01\0\0\0"), b"");
         // A valid-looking start with a bad length slides by at least one.
-        assert_eq!(resync_tail(b"HR\x01\0\xff\xff\xff\xff"), b"");
+        assert_eq!(resync_tail(b"HR\x02\0\xff\xff\xff\xff"), b"");
     }
 }

@@ -1,6 +1,6 @@
 //! Starting one process: validation of an [`ExecRequest`] into a
-//! [`SpawnSpec`] (reader thread), then `fork` + `execve` (the stream's
-//! supervisor thread).
+//! [`SpawnSpec`] (reader thread), then `fork` + `execve` (the process's
+//! supervisor thread), with pipes or a pseudo-terminal as its stdio.
 //!
 //! `std::process::Command` is not used: its failure path calls `waitpid` on
 //! the child itself, which races with (and can panic against) the reaper that
@@ -8,7 +8,10 @@
 //! under the registry lock held across `fork`, so its status always reaches
 //! its owner. Everything the child needs (C strings, pointer arrays, fds) is
 //! prepared before `fork`; between `fork` and `execve` the child makes only
-//! async-signal-safe calls and never allocates. A failure in the child is
+//! async-signal-safe calls and never allocates. A PTY child opens the slave
+//! (by a path prepared before `fork`) after `setsid`, makes it its
+//! controlling terminal with `TIOCSCTTY` and `dup2`s it onto 0, 1 and 2.
+//! A failure in the child is
 //! reported back as `(step, errno)` over a close-on-exec pipe: EOF on that
 //! pipe means `execve` succeeded.
 
@@ -29,6 +32,8 @@ use crate::users::{self, Creds};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// `HOME` for root.
 pub const DEFAULT_HOME: &str = "/root";
+/// `TERM` for PTY processes whose request sets none.
+pub const DEFAULT_TERM: &str = "xterm-256color";
 
 /// A validated, ready-to-exec command.
 #[derive(Debug)]
@@ -43,22 +48,35 @@ pub(crate) struct SpawnSpec {
     creds: Option<Creds>,
 }
 
-/// What the child gets as stdin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StdinMode {
-    /// `/dev/null`.
-    Null,
-    /// A pipe whose write end is returned in [`Child::stdin`].
-    Pipe,
+/// What the child gets as stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stdio<'a> {
+    /// Pipes for stdout and stderr; stdin is a pipe too when `stdin` is
+    /// set, `/dev/null` otherwise.
+    Pipes { stdin: bool },
+    /// The slave of a pseudo-terminal (by path) as all three, and as the
+    /// controlling terminal of the child's new session.
+    Pty { slave_path: &'a CStr },
+}
+
+/// The agent's ends of a child's stdio.
+#[derive(Debug)]
+pub(crate) enum ChildIo {
+    Pipes {
+        /// Write end of stdin, when a pipe was asked for.
+        stdin: Option<File>,
+        stdout: File,
+        stderr: File,
+    },
+    /// The terminal: the caller keeps the master.
+    Pty,
 }
 
 /// A started process (leader of its own session and process group).
 #[derive(Debug)]
 pub(crate) struct Child {
     pub pid: libc::pid_t,
-    pub stdin: Option<File>,
-    pub stdout: File,
-    pub stderr: File,
+    pub io: ChildIo,
 }
 
 fn cstring(field: &str, s: &str) -> Result<CString, AgentError> {
@@ -69,6 +87,14 @@ impl SpawnSpec {
     /// Validate `req` and resolve everything that can be resolved up front
     /// (user, environment, program path). `etc_dir` is normally `/etc`.
     pub(crate) fn prepare(req: &ExecRequest, etc_dir: &Path) -> Result<SpawnSpec, AgentError> {
+        if let Some(size) = req.pty {
+            if size.cols == 0 || size.rows == 0 {
+                return Err(invalid(format_args!(
+                    "terminal size {}x{} has a zero dimension",
+                    size.cols, size.rows
+                )));
+            }
+        }
         let Some(argv0) = req.argv.first() else {
             return Err(invalid("argv is empty"));
         };
@@ -93,6 +119,9 @@ impl SpawnSpec {
             let home = creds.as_ref().map_or(DEFAULT_HOME, |c| c.home.as_str());
             env.push(("PATH".into(), DEFAULT_PATH.into()));
             env.push(("HOME".into(), home.into()));
+            if req.pty.is_some() {
+                env.push(("TERM".into(), DEFAULT_TERM.into()));
+            }
         }
         for (key, value) in &req.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -173,6 +202,8 @@ enum Step {
     Setuid = 5,
     Chdir = 6,
     Exec = 7,
+    OpenTty = 8,
+    SetCtty = 9,
 }
 
 impl Step {
@@ -185,6 +216,8 @@ impl Step {
             Step::Setuid => "setuid",
             Step::Chdir => "chdir",
             Step::Exec => "execve",
+            Step::OpenTty => "open the terminal",
+            Step::SetCtty => "TIOCSCTTY",
         }
     }
 
@@ -197,6 +230,8 @@ impl Step {
             Step::Setuid,
             Step::Chdir,
             Step::Exec,
+            Step::OpenTty,
+            Step::SetCtty,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -236,9 +271,17 @@ fn open_dev_null() -> io::Result<OwnedFd> {
     above_stdio(OwnedFd::from(file))
 }
 
+/// The child's stdio, prepared before `fork`.
+enum ChildStdio<'a> {
+    /// `dup2` these onto 0, 1 and 2.
+    Fds([libc::c_int; 3]),
+    /// Open this terminal after `setsid` and make it fds 0, 1, 2.
+    Tty(&'a CStr),
+}
+
 /// Everything the child touches, prepared before `fork`.
 struct ChildPlan<'a> {
-    stdio: [libc::c_int; 3],
+    stdio: ChildStdio<'a>,
     report_fd: libc::c_int,
     program: &'a CStr,
     argv: &'a [*const libc::c_char],
@@ -247,24 +290,46 @@ struct ChildPlan<'a> {
     creds: Option<&'a Creds>,
 }
 
-/// Start `spec` in a new session. `on_exit` gets its exit status (from the
-/// reaper thread).
+/// The agent's ends of the pipes of a child, before `fork`.
+struct PipeEnds {
+    stdin_child: OwnedFd,
+    stdin_parent: Option<OwnedFd>,
+    out_r: OwnedFd,
+    out_w: OwnedFd,
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+}
+
+/// Start `spec` in a new session with `stdio`. `on_exit` gets its exit
+/// status (from the reaper thread).
 pub(crate) fn spawn(
     spec: &SpawnSpec,
-    stdin: StdinMode,
+    stdio: Stdio<'_>,
     on_exit: ExitCallback,
 ) -> Result<Child, AgentError> {
     let fail = |what: &str, e: io::Error| io_error(format_args!("{what} for {}", spec.argv0), &e);
-    let (out_r, out_w) = pipe().map_err(|e| fail("stdout pipe", e))?;
-    let (err_r, err_w) = pipe().map_err(|e| fail("stderr pipe", e))?;
-    let (stdin_child, stdin_parent) = match stdin {
-        StdinMode::Null => (
-            open_dev_null().map_err(|e| fail("open /dev/null", e))?,
-            None,
-        ),
-        StdinMode::Pipe => {
-            let (r, w) = pipe().map_err(|e| fail("stdin pipe", e))?;
-            (r, Some(w))
+    let pipes = match stdio {
+        Stdio::Pty { .. } => None,
+        Stdio::Pipes { stdin } => {
+            let (out_r, out_w) = pipe().map_err(|e| fail("stdout pipe", e))?;
+            let (err_r, err_w) = pipe().map_err(|e| fail("stderr pipe", e))?;
+            let (stdin_child, stdin_parent) = if stdin {
+                let (r, w) = pipe().map_err(|e| fail("stdin pipe", e))?;
+                (r, Some(w))
+            } else {
+                (
+                    open_dev_null().map_err(|e| fail("open /dev/null", e))?,
+                    None,
+                )
+            };
+            Some(PipeEnds {
+                stdin_child,
+                stdin_parent,
+                out_r,
+                out_w,
+                err_r,
+                err_w,
+            })
         }
     };
     let (report_r, report_w) = pipe().map_err(|e| fail("exec report pipe", e))?;
@@ -281,12 +346,22 @@ pub(crate) fn spawn(
         .map(|a| a.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
         .collect();
+    let child_stdio = match (&pipes, stdio) {
+        (Some(p), _) => ChildStdio::Fds([
+            p.stdin_child.as_raw_fd(),
+            p.out_w.as_raw_fd(),
+            p.err_w.as_raw_fd(),
+        ]),
+        (None, Stdio::Pty { slave_path }) => ChildStdio::Tty(slave_path),
+        (None, Stdio::Pipes { .. }) => {
+            return Err(agent_error(
+                AgentErrorKind::Io,
+                "internal error: pipes were not prepared",
+            ))
+        }
+    };
     let plan = ChildPlan {
-        stdio: [
-            stdin_child.as_raw_fd(),
-            out_w.as_raw_fd(),
-            err_w.as_raw_fd(),
-        ],
+        stdio: child_stdio,
         report_fd: report_w.as_raw_fd(),
         program: &spec.program,
         argv: &argv,
@@ -312,7 +387,18 @@ pub(crate) fn spawn(
     }
     guard.register(pid, on_exit);
     drop(guard);
-    drop((stdin_child, out_w, err_w, report_w));
+    drop(report_w);
+    let io = match pipes {
+        Some(p) => {
+            drop((p.stdin_child, p.out_w, p.err_w));
+            ChildIo::Pipes {
+                stdin: p.stdin_parent.map(File::from),
+                stdout: File::from(p.out_r),
+                stderr: File::from(p.err_r),
+            }
+        }
+        None => ChildIo::Pty,
+    };
 
     let mut report = [0u8; 8];
     let mut got = 0;
@@ -329,12 +415,7 @@ pub(crate) fn spawn(
         }
     }
     if got == 0 {
-        return Ok(Child {
-            pid,
-            stdin: stdin_parent.map(File::from),
-            stdout: File::from(out_r),
-            stderr: File::from(err_r),
-        });
+        return Ok(Child { pid, io });
     }
     // The child failed before execve and exits with 127; the reaper reaps
     // it and drops its status.
@@ -394,15 +475,39 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
         if libc::setsid() < 0 {
             report(Step::Setsid);
         }
-        for (target, &src) in plan.stdio.iter().enumerate() {
-            let target = target as libc::c_int;
-            let ok = if src == target {
-                libc::fcntl(src, libc::F_SETFD, 0) >= 0
-            } else {
-                libc::dup2(src, target) >= 0
-            };
-            if !ok {
-                report(Step::Dup2);
+        match plan.stdio {
+            ChildStdio::Fds(fds) => {
+                for (target, &src) in fds.iter().enumerate() {
+                    let target = target as libc::c_int;
+                    let ok = if src == target {
+                        libc::fcntl(src, libc::F_SETFD, 0) >= 0
+                    } else {
+                        libc::dup2(src, target) >= 0
+                    };
+                    if !ok {
+                        report(Step::Dup2);
+                    }
+                }
+            }
+            ChildStdio::Tty(path) => {
+                // A session leader without a terminal: opening one without
+                // O_NOCTTY may already make it the controlling terminal;
+                // TIOCSCTTY makes sure.
+                let tty = libc::open(path.as_ptr(), libc::O_RDWR);
+                if tty < 0 {
+                    report(Step::OpenTty);
+                }
+                if libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+                    report(Step::SetCtty);
+                }
+                for target in 0..3 {
+                    if tty != target && libc::dup2(tty, target) < 0 {
+                        report(Step::Dup2);
+                    }
+                }
+                if tty > 2 {
+                    libc::close(tty);
+                }
             }
         }
         if let Some(creds) = plan.creds {
@@ -465,6 +570,25 @@ mod tests {
         r.argv = vec!["/bin/sh".into()];
         let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
         assert_eq!(env_of(&spec), ["HOME=/h", "A=1"]);
+    }
+
+    #[test]
+    fn terminal_processes_get_a_default_term() {
+        let mut r = req(&["sh"]);
+        r.pty = Some(hearth_proto::PtySize { cols: 80, rows: 24 });
+        let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
+        assert!(env_of(&spec).contains(&format!("TERM={DEFAULT_TERM}")));
+        r.env = vec![("TERM".into(), "dumb".into())];
+        let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
+        assert!(env_of(&spec).contains(&"TERM=dumb".to_string()));
+        assert!(!env_of(&spec).contains(&format!("TERM={DEFAULT_TERM}")));
+        r.clear_env = true;
+        r.env = vec![];
+        let spec = SpawnSpec::prepare(&r, Path::new("/etc")).unwrap();
+        assert!(env_of(&spec).is_empty());
+        // Pipes: no TERM.
+        let spec = SpawnSpec::prepare(&req(&["sh"]), Path::new("/etc")).unwrap();
+        assert!(!env_of(&spec).iter().any(|e| e.starts_with("TERM=")));
     }
 
     #[test]

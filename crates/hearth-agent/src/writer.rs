@@ -1,4 +1,4 @@
-//! The frame writer and the quiesce gate.
+//! The frame writer, the quiesce gate, connections and stream scopes.
 //!
 //! Exactly one thread (named `writer`) writes the channel. Every other thread
 //! hands it whole encoded frames through an [`Outbox`] (a bounded channel), so
@@ -6,9 +6,10 @@
 //!
 //! Quiesce: the `Quiesced` response is queued as a *pause point*. After the
 //! writer has written it, it stops taking frames until the reader releases the
-//! gate (on `Thaw` or `Restore`). Producers then block on the full channel:
-//! that is the intended back-pressure, and it holds every later frame, in
-//! order, in guest memory (or, beyond the channel, in pipe and socket buffers).
+//! gate (on `Thaw`, `Restore` or `Reattach`). Producers then block on the full
+//! channel: that is the intended back-pressure, and it holds every later
+//! frame, in order, in guest memory (or, beyond the channel, in pipe and
+//! socket buffers).
 //!
 //! ```text
 //!   producers ──frames──▶ [sync_channel] ──▶ writer ──▶ port
@@ -18,12 +19,27 @@
 //!
 //! Counting pause points (instead of a paused flag) makes a release that
 //! arrives before the writer even reached the pause point work too.
+//!
+//! Every frame belongs to a *connection* (an epoch, bumped by
+//! [`Outbox::new_connection`] at `Restore` and `Reattach`), and a stream's
+//! frames also to that stream's [`Scope`]. The writer drops, at the moment it
+//! would write it, every frame of an older connection or of a cancelled
+//! scope: so once the reader has ended a stream (a host `StreamClose`, a
+//! restore) nothing more of it reaches the host, not even frames that were
+//! already queued, and the reader did that without taking any lock a
+//! producer may hold while it waits for the writer.
+//!
+//! A scope also serialises its producers (a process's output pump, its
+//! supervisor, the reader answering an `Attach`): [`Scope::lock`] gives a
+//! [`ScopeSender`], and a frame sent as the stream's *last* seals the scope,
+//! so nothing can follow it.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hearth_proto::{encode_frame, AgentError, AgentErrorKind, GuestMessage, Response};
 
@@ -34,10 +50,49 @@ const OUTBOX_FRAMES: usize = 32;
 /// Pause between retries of a failed write on the real port.
 const WRITE_RETRY_MS: u64 = 100;
 
-enum Item {
-    Frame(Vec<u8>),
+/// One queued frame.
+struct Item {
+    frame: Vec<u8>,
+    /// The connection the frame was queued for.
+    epoch: u64,
+    /// The stream the frame belongs to, if any.
+    scope: Option<Arc<Scope>>,
     /// Write this frame, then wait for the gate to be released.
-    FrameThenPause(Vec<u8>),
+    pause: bool,
+    /// Set once the writer is done with the frame (written or dropped).
+    done: Option<Arc<Flag>>,
+}
+
+/// A one-shot flag a thread can wait for.
+#[derive(Default)]
+struct Flag {
+    set: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Flag {
+    fn set(&self) {
+        *lock(&self.set) = true;
+        self.cond.notify_all();
+    }
+
+    /// Wait until set or `timeout` passed; true if set.
+    fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut set = lock(&self.set);
+        while !*set {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            set = self
+                .cond
+                .wait_timeout(set, left)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        true
+    }
 }
 
 #[derive(Default)]
@@ -63,11 +118,125 @@ pub enum OnWriteError {
     Stop,
 }
 
+/// What became of a frame handed to a [`ScopeSender`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Queued for the writer.
+    Queued,
+    /// The stream has ended (its last frame was sent, or it was cancelled):
+    /// the frame was dropped.
+    Ended,
+    /// The writer is gone (the channel closed): the frame was dropped.
+    WriterGone,
+}
+
+/// The frames of one stream.
+pub(crate) struct Scope {
+    /// The connection the stream belongs to.
+    epoch: u64,
+    /// Set by the reader when the stream ends without a last frame: the
+    /// writer drops the stream's queued frames. Never needs `open`'s lock.
+    cancelled: AtomicBool,
+    /// Mirror of `!open`, readable without the lock.
+    sealed: AtomicBool,
+    /// False once the stream's last frame was queued.
+    open: Mutex<bool>,
+}
+
+impl Scope {
+    /// End the stream now: drop its queued frames, accept no more. Never
+    /// blocks (any thread, the reader included).
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Whether frames sent now can still go out (not cancelled, no last
+    /// frame sent yet). Lock-free, so only a hint for producers.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.is_cancelled() && !self.sealed.load(Ordering::SeqCst)
+    }
+
+    /// Take the stream's send lock. Waits while another producer of the
+    /// same stream is blocked handing a frame to a full outbox.
+    pub(crate) fn lock<'a>(self: &'a Arc<Self>, outbox: &'a Outbox) -> ScopeSender<'a> {
+        ScopeSender {
+            scope: self,
+            outbox,
+            open: lock(&self.open),
+        }
+    }
+}
+
+/// The send lock of one stream ([`Scope::lock`]).
+pub(crate) struct ScopeSender<'a> {
+    scope: &'a Arc<Scope>,
+    outbox: &'a Outbox,
+    open: MutexGuard<'a, bool>,
+}
+
+impl ScopeSender<'_> {
+    fn queue(&mut self, frame: Option<Vec<u8>>, last: bool) -> Sent {
+        if !*self.open || self.scope.is_cancelled() {
+            return Sent::Ended;
+        }
+        if last {
+            *self.open = false;
+            self.scope.sealed.store(true, Ordering::SeqCst);
+        }
+        let Some(frame) = frame else {
+            return Sent::Queued;
+        };
+        let item = Item {
+            frame,
+            epoch: self.scope.epoch,
+            scope: Some(self.scope.clone()),
+            pause: false,
+            done: None,
+        };
+        if self.outbox.tx.send(item).is_ok() {
+            Sent::Queued
+        } else {
+            Sent::WriterGone
+        }
+    }
+
+    /// Queue a frame of the stream.
+    pub(crate) fn send(&mut self, msg: &GuestMessage) -> Sent {
+        let frame = encode_message(msg);
+        self.queue(frame, false)
+    }
+
+    /// Queue the stream's last frame: nothing after it is sent.
+    pub(crate) fn send_last(&mut self, msg: &GuestMessage) -> Sent {
+        let frame = encode_message(msg);
+        self.queue(frame, true)
+    }
+
+    /// Queue the response that opened the stream (`Exec`, `Attach`, ...).
+    pub(crate) fn respond(&mut self, id: u64, body: Result<Response, AgentError>) -> Sent {
+        let frame = encode_response(id, body);
+        self.queue(frame, false)
+    }
+
+    /// Queue a response that is also the stream's last frame (a stream
+    /// request that failed after its scope was made).
+    pub(crate) fn respond_last(&mut self, id: u64, body: Result<Response, AgentError>) -> Sent {
+        let frame = encode_response(id, body);
+        self.queue(frame, true)
+    }
+}
+
 /// A handle for queueing frames; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub(crate) struct Outbox {
     tx: SyncSender<Item>,
     gate: Arc<Gate>,
+    /// The current connection.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Outbox {
@@ -78,31 +247,73 @@ impl Outbox {
     ) -> io::Result<Outbox> {
         let (tx, rx) = sync_channel(OUTBOX_FRAMES);
         let gate = Arc::new(Gate::default());
+        let epoch = Arc::new(AtomicU64::new(0));
         let writer_gate = gate.clone();
+        let writer_epoch = epoch.clone();
         thread::Builder::new()
             .name("writer".into())
-            .spawn(move || run_writer(out, rx, &writer_gate, on_error))?;
-        Ok(Outbox { tx, gate })
+            .spawn(move || run_writer(out, rx, &writer_gate, &writer_epoch, on_error))?;
+        Ok(Outbox { tx, gate, epoch })
     }
 
-    /// Queue a message; blocks while the writer is paused and the channel is
-    /// full. Returns false when the writer is gone.
+    /// A scope for a new stream of the current connection.
+    pub(crate) fn scope(&self) -> Arc<Scope> {
+        Arc::new(Scope {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            cancelled: AtomicBool::new(false),
+            sealed: AtomicBool::new(false),
+            open: Mutex::new(true),
+        })
+    }
+
+    /// A new host connection (`Restore`, `Reattach`): every frame queued so
+    /// far, and every later frame of a stream opened before, is dropped.
+    pub(crate) fn new_connection(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn enqueue(&self, frame: Vec<u8>, pause: bool, done: Option<Arc<Flag>>) -> bool {
+        let item = Item {
+            frame,
+            epoch: self.epoch.load(Ordering::SeqCst),
+            scope: None,
+            pause,
+            done,
+        };
+        self.tx.send(item).is_ok()
+    }
+
+    /// Queue a connection-level message (`Hello`); blocks while the writer
+    /// is paused and the channel is full. Returns false when the writer is
+    /// gone.
     pub(crate) fn send(&self, msg: &GuestMessage) -> bool {
-        match encode_frame(msg) {
-            Ok(frame) => self.tx.send(Item::Frame(frame)).is_ok(),
-            Err(e) => {
-                agent_log!("dropping an unencodable outgoing message: {e}");
-                true
-            }
+        match encode_message(msg) {
+            Some(frame) => self.enqueue(frame, false, None),
+            None => true,
         }
     }
 
     /// Queue the response to request `id`.
     pub(crate) fn respond(&self, id: u64, body: Result<Response, AgentError>) -> bool {
         match encode_response(id, body) {
-            Some(frame) => self.tx.send(Item::Frame(frame)).is_ok(),
+            Some(frame) => self.enqueue(frame, false, None),
             None => true,
         }
+    }
+
+    /// Queue the response to request `id` and wait (at most `timeout`)
+    /// until the writer has written it. True if it was written in time.
+    pub(crate) fn respond_and_flush(
+        &self,
+        id: u64,
+        body: Result<Response, AgentError>,
+        timeout: Duration,
+    ) -> bool {
+        let Some(frame) = encode_response(id, body) else {
+            return false;
+        };
+        let done = Arc::new(Flag::default());
+        self.enqueue(frame, false, Some(done.clone())) && done.wait(timeout)
     }
 
     /// Queue the response to request `id` as a pause point: nothing queued
@@ -112,15 +323,25 @@ impl Outbox {
             return true;
         };
         lock(&self.gate.state).pauses_queued += 1;
-        self.tx.send(Item::FrameThenPause(frame)).is_ok()
+        self.enqueue(frame, true, None)
     }
 
-    /// Release every pause point queued so far (Thaw, Restore). Harmless
-    /// when nothing is paused.
+    /// Release every pause point queued so far (Thaw, Restore, Reattach).
+    /// Harmless when nothing is paused.
     pub(crate) fn release(&self) {
         let mut st = lock(&self.gate.state);
         st.pauses_released = st.pauses_queued;
         self.gate.released.notify_all();
+    }
+}
+
+fn encode_message(msg: &GuestMessage) -> Option<Vec<u8>> {
+    match encode_frame(msg) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            agent_log!("dropping an unencodable outgoing message: {e}");
+            None
+        }
     }
 }
 
@@ -148,17 +369,25 @@ fn encode_response(id: u64, body: Result<Response, AgentError>) -> Option<Vec<u8
     }
 }
 
-fn run_writer<W: Write>(mut out: W, rx: Receiver<Item>, gate: &Gate, on_error: OnWriteError) {
+fn run_writer<W: Write>(
+    mut out: W,
+    rx: Receiver<Item>,
+    gate: &Gate,
+    epoch: &AtomicU64,
+    on_error: OnWriteError,
+) {
     let mut pauses_written: u64 = 0;
     for item in rx {
-        let (frame, pause) = match item {
-            Item::Frame(f) => (f, false),
-            Item::FrameThenPause(f) => (f, true),
-        };
-        if !write_frame(&mut out, &frame, on_error) {
+        let stale = item.epoch < epoch.load(Ordering::SeqCst)
+            || item.scope.as_ref().is_some_and(|s| s.is_cancelled());
+        if !stale && !write_frame(&mut out, &item.frame, on_error) {
             return;
         }
-        if pause {
+        if item.pause {
+            // Counted even when dropped as stale (a Quiesce answered on a
+            // connection that is already gone): the release that came
+            // with the new connection covers it, and every later pause
+            // point still pauses.
             pauses_written += 1;
             let mut st = lock(&gate.state);
             while st.pauses_released < pauses_written {
@@ -167,6 +396,9 @@ fn run_writer<W: Write>(mut out: W, rx: Receiver<Item>, gate: &Gate, on_error: O
                     .wait(st)
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
+        }
+        if let Some(done) = item.done {
+            done.set();
         }
     }
 }
@@ -274,6 +506,101 @@ mod tests {
         outbox.release();
         assert!(outbox.send(&eof(3)));
         assert_eq!(wait_for(&sink, 2).len(), 2);
+    }
+
+    #[test]
+    fn a_new_connection_drops_frames_held_for_the_old_one() {
+        let sink = Sink::default();
+        let outbox = Outbox::start(sink.clone(), OnWriteError::Stop).unwrap();
+        let old_stream = outbox.scope();
+        assert!(outbox.respond_then_pause(1, Ok(Response::Quiesced)));
+        assert_eq!(wait_for(&sink, 1).len(), 1);
+        // Held behind the pause point: a response and a stream frame.
+        assert!(outbox.respond(2, Ok(Response::Signal)));
+        assert_eq!(old_stream.lock(&outbox).send(&eof(9)), Sent::Queued);
+        outbox.new_connection();
+        outbox.release();
+        assert!(outbox.respond(3, Ok(Response::Thawed)));
+        // Frames of the old stream are dropped even when queued later.
+        assert_eq!(old_stream.lock(&outbox).send(&eof(9)), Sent::Queued);
+        let new_stream = outbox.scope();
+        assert_eq!(new_stream.lock(&outbox).send(&eof(10)), Sent::Queued);
+        let got = wait_for(&sink, 3);
+        assert_eq!(
+            got,
+            vec![
+                GuestMessage::Response {
+                    id: 1,
+                    body: Ok(Response::Quiesced)
+                },
+                GuestMessage::Response {
+                    id: 3,
+                    body: Ok(Response::Thawed)
+                },
+                eof(10),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dropped_pause_point_does_not_disarm_the_next_one() {
+        let sink = Sink::default();
+        let outbox = Outbox::start(sink.clone(), OnWriteError::Stop).unwrap();
+        // Hold the writer on a first pause point, queue a second one and
+        // make it stale before the writer reaches it.
+        assert!(outbox.respond_then_pause(1, Ok(Response::Quiesced)));
+        assert_eq!(wait_for(&sink, 1).len(), 1);
+        assert!(outbox.respond_then_pause(2, Ok(Response::Quiesced)));
+        outbox.new_connection();
+        outbox.release();
+        assert!(outbox.respond(3, Ok(Response::Reattached(test_info()))));
+        assert_eq!(wait_for(&sink, 2).len(), 2);
+        // A later quiesce still holds what follows it.
+        assert!(outbox.respond_then_pause(4, Ok(Response::Quiesced)));
+        assert!(outbox.send(&eof(5)));
+        assert_eq!(wait_for(&sink, 3).len(), 3);
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(decoded(&sink).len(), 3, "the pause point did not hold");
+        outbox.release();
+        assert_eq!(wait_for(&sink, 4).get(3), Some(&eof(5)));
+    }
+
+    fn test_info() -> hearth_proto::AgentInfo {
+        hearth_proto::AgentInfo {
+            proto_version: hearth_proto::PROTO_VERSION,
+            agent_version: String::new(),
+            capabilities: vec![],
+            closed_streams: vec![],
+        }
+    }
+
+    #[test]
+    fn cancel_drops_queued_frames_and_last_seals() {
+        let sink = Sink::default();
+        let outbox = Outbox::start(sink.clone(), OnWriteError::Stop).unwrap();
+        let a = outbox.scope();
+        let b = outbox.scope();
+        assert!(outbox.respond_then_pause(1, Ok(Response::Quiesced)));
+        assert_eq!(a.lock(&outbox).send(&eof(1)), Sent::Queued);
+        a.cancel();
+        assert_eq!(a.lock(&outbox).send(&eof(1)), Sent::Ended);
+        assert_eq!(b.lock(&outbox).send_last(&eof(2)), Sent::Queued);
+        assert_eq!(b.lock(&outbox).send(&eof(2)), Sent::Ended);
+        outbox.release();
+        assert!(outbox.send(&eof(3)));
+        let got = wait_for(&sink, 3);
+        assert_eq!(got[1..], [eof(2), eof(3)]);
+    }
+
+    #[test]
+    fn flush_waits_for_the_frame_to_be_written() {
+        let sink = Sink::default();
+        let outbox = Outbox::start(sink.clone(), OnWriteError::Stop).unwrap();
+        assert!(outbox.respond_and_flush(5, Ok(Response::PoweringOff), Duration::from_secs(10)));
+        assert_eq!(decoded(&sink).len(), 1);
+        // Held by a pause point: not written in time.
+        assert!(outbox.respond_then_pause(6, Ok(Response::Quiesced)));
+        assert!(!outbox.respond_and_flush(7, Ok(Response::PoweringOff), Duration::from_millis(50)));
     }
 
     #[test]
