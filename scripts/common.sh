@@ -14,10 +14,12 @@ build_agent() {
   export HEARTH_AGENT="$HEARTH_ROOT/target/x86_64-unknown-linux-gnu/release-agent/hearth-agent"
 }
 
+# hearth and the per-microVM supervisor it starts beside itself.
 build_hearth() {
-  log "building hearth"
-  cargo build --quiet --release -p hearth
+  log "building hearth and hearth-supervisor"
+  cargo build --quiet --release -p hearth -p hearth-supervisor
   export PATH="$HEARTH_ROOT/target/release:$PATH"
+  export HEARTH_SUPERVISOR="$HEARTH_ROOT/target/release/hearth-supervisor"
 }
 
 # Host packages, kernel, initramfs and base images, cached under

@@ -451,8 +451,8 @@ pub(crate) fn spawn(
 /// memory, and it never returns.
 unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
     let report = |step: Step| -> ! {
-        // SAFETY (whole closure): errno location is thread-local and valid;
-        // write() on our own pipe fd and _exit are async-signal-safe.
+        // SAFETY: errno location is thread-local and valid; write() on our
+        // own pipe fd and _exit are async-signal-safe.
         unsafe {
             let errno = *libc::__errno_location();
             let mut buf = [0u8; 8];
@@ -462,8 +462,8 @@ unsafe fn exec_child(plan: &ChildPlan<'_>) -> ! {
             libc::_exit(127)
         }
     };
-    // SAFETY (remainder): every call below is async-signal-safe and takes
-    // either plain integers or pointers into memory prepared before fork.
+    // SAFETY: every call below is async-signal-safe and takes either plain
+    // integers or pointers into memory prepared before fork.
     unsafe {
         // The agent's threads may block signals and Rust ignores SIGPIPE;
         // a child must start with the defaults.

@@ -722,10 +722,8 @@ fn daemonised_grandchild_does_not_hold_exited_back_and_is_reaped() {
     // Orphans re-parent to this test process (as they would to PID 1), so
     // the agent's reaper must reap them.
     // SAFETY: prctl with integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
     let mut h = Host::start();
     let start = Instant::now();
     let (id, _) = h.exec(sh("sleep 2 & echo $!"));

@@ -38,6 +38,8 @@
 //! - [`pattern`]: Java-style `pattern` regexes as full matches;
 //! - [`sample`]: valid sample values and client-style requests, for tests.
 
+#![forbid(unsafe_code)]
+
 pub mod input;
 pub mod model;
 pub mod pattern;

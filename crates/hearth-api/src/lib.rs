@@ -6,6 +6,8 @@
 //! the store (`hearth-store`). Runs on the caller's Tokio runtime; store calls
 //! are blocking and go through `spawn_blocking`.
 
+#![forbid(unsafe_code)]
+
 pub mod datadir;
 pub mod error;
 pub mod handlers;

@@ -34,6 +34,8 @@
 //! file is there, so an interrupted build is never trusted, and a second run
 //! with the same inputs reports every step as [`Status::Cached`].
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 mod control;
 pub mod cpio;

@@ -73,6 +73,8 @@
 //! (the app) go on running; their output is kept (bounded) until a host
 //! `Attach`es to them again.
 
+#![forbid(unsafe_code)]
+
 pub mod v1;
 pub mod v2;
 

@@ -33,6 +33,8 @@
 //! Every failure maps to HTTP 403 with an AWS error code ([`SigV4Error::error_code`]);
 //! messages never contain the expected signature, the canonical request or the secret.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

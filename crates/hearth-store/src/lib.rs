@@ -21,6 +21,8 @@
 //! No HTTP, no clock policy, no state machines live here: the store records
 //! what the domain layer decided.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod ids;
 pub mod model;

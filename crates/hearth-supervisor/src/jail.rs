@@ -187,14 +187,12 @@ fn bind_device(root: &Path, host: &Path) -> Result<(), JailError> {
 /// Enter the jail. Must run in the freshly forked child.
 pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
     // SAFETY: unshare takes flags only.
-    step(
-        "unshare namespaces",
-        check(unsafe {
-            libc::unshare(
-                libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
-            )
-        }),
-    )?;
+    let rc = unsafe {
+        libc::unshare(
+            libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
+        )
+    };
+    step("unshare namespaces", check(rc))?;
     step(
         "make mounts private",
         mount(
@@ -244,19 +242,13 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
     )?;
     let (new_c, old_c) = (step("path", cstring(root))?, step("path", cstring(&old))?);
     // SAFETY: both paths are NUL-terminated and outlive the call.
-    step(
-        "pivot_root",
-        check(unsafe {
-            libc::syscall(libc::SYS_pivot_root, new_c.as_ptr(), old_c.as_ptr()) as libc::c_int
-        }),
-    )?;
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new_c.as_ptr(), old_c.as_ptr()) };
+    step("pivot_root", check(rc as libc::c_int))?;
     step("chdir /", std::env::set_current_dir("/"))?;
     let old_in = CString::new("/.old-root").expect("no NUL");
     // SAFETY: the path is NUL-terminated.
-    step(
-        "detach the old root",
-        check(unsafe { libc::umount2(old_in.as_ptr(), libc::MNT_DETACH) }),
-    )?;
+    let rc = unsafe { libc::umount2(old_in.as_ptr(), libc::MNT_DETACH) };
+    step("detach the old root", check(rc))?;
     step(
         "remove the old-root mountpoint",
         fs::remove_dir("/.old-root"),
@@ -273,10 +265,8 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
     )?;
     let host = b"hearth-microvm";
     // SAFETY: sethostname reads exactly `len` bytes.
-    step(
-        "set the hostname",
-        check(unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) }),
-    )?;
+    let rc = unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
+    step("set the hostname", check(rc))?;
     drop_privileges(spec.uid, spec.gid)
 }
 
@@ -285,23 +275,15 @@ pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
 pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     let groups = [gid];
     // SAFETY: setgroups reads `groups.len()` gids from the array.
-    step(
-        "setgroups",
-        check(unsafe { libc::setgroups(1, groups.as_ptr()) }),
-    )?;
+    let rc = unsafe { libc::setgroups(1, groups.as_ptr()) };
+    step("setgroups", check(rc))?;
     // SAFETY: plain integers.
-    step(
-        "setresgid",
-        check(unsafe { libc::setresgid(gid, gid, gid) }),
-    )?;
+    let rc = unsafe { libc::setresgid(gid, gid, gid) };
+    step("setresgid", check(rc))?;
     // SAFETY: plain integers.
-    step(
-        "setresuid",
-        check(unsafe { libc::setresuid(uid, uid, uid) }),
-    )?;
+    let rc = unsafe { libc::setresuid(uid, uid, uid) };
+    step("setresuid", check(rc))?;
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
-    step(
-        "no_new_privs",
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
-    )
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    step("no_new_privs", check(rc))
 }

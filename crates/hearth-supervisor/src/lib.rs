@@ -26,8 +26,6 @@
 //! The supervisor is single-threaded (so `fork` is safe), runs as root, and
 //! answers only root peers on its control socket.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
 pub mod cgroup;
 pub mod config;
 pub mod control;

@@ -124,22 +124,21 @@ async fn e2e_snapshot_and_two_clones_diverge() {
     let env = env();
     let (snap, counter_pid, at_snapshot) = counting_snapshot(&env, "snap-src").await;
     assert!(snap.record.memory_allocated_bytes > 0);
-    assert!(env.backend.catalog().dir(&snap.id).join("snapshot.json").is_file());
+    assert!(env
+        .backend
+        .catalog()
+        .dir(&snap.id)
+        .join("snapshot.json")
+        .is_file());
 
     let a = env
         .backend
-        .launch(
-            &snap,
-            LaunchSpec::ephemeral(VmId::new("clone-a").unwrap()),
-        )
+        .launch(&snap, LaunchSpec::ephemeral(VmId::new("clone-a").unwrap()))
         .await
         .expect("clone a");
     let b = env
         .backend
-        .launch(
-            &snap,
-            LaunchSpec::ephemeral(VmId::new("clone-b").unwrap()),
-        )
+        .launch(&snap, LaunchSpec::ephemeral(VmId::new("clone-b").unwrap()))
         .await
         .expect("clone b");
     for vm in [&a, &b] {
@@ -174,10 +173,7 @@ async fn e2e_snapshot_and_two_clones_diverge() {
     // The snapshot itself is untouched: a later clone sees the original state.
     let c = env
         .backend
-        .launch(
-            &snap,
-            LaunchSpec::ephemeral(VmId::new("clone-c").unwrap()),
-        )
+        .launch(&snap, LaunchSpec::ephemeral(VmId::new("clone-c").unwrap()))
         .await
         .expect("clone c");
     assert_eq!(sh(&c, "cat /root/disk-file").await, "seed");
@@ -297,10 +293,7 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
     let (snap, _, _) = counting_snapshot(&env, "ident-src").await;
     let a = env
         .backend
-        .launch(
-            &snap,
-            LaunchSpec::ephemeral(VmId::new("ident-a").unwrap()),
-        )
+        .launch(&snap, LaunchSpec::ephemeral(VmId::new("ident-a").unwrap()))
         .await
         .unwrap();
     // b comes from a QEMU pre-started for the snapshot.
@@ -308,10 +301,7 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
     assert_eq!(env.backend.pooled(&snap), 1);
     let b = env
         .backend
-        .launch(
-            &snap,
-            LaunchSpec::ephemeral(VmId::new("ident-b").unwrap()),
-        )
+        .launch(&snap, LaunchSpec::ephemeral(VmId::new("ident-b").unwrap()))
         .await
         .unwrap();
     assert_eq!(env.backend.pooled(&snap), 0);

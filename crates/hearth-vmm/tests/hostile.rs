@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use hearth_artifacts::cpio::{write_newc, Entry};
 use hearth_proto::{encode_frame, GuestMessage, Hello, MAGIC, PROTO_VERSION};
-use hearth_vmm::{AgentClientError, BootSpec, MicroVm, VmBackend, VmError, VmId, VmState};
+use hearth_vmm::{
+    AgentClientError, BootSpec, Lifetime, MicroVm, VmBackend, VmError, VmId, VmState,
+};
 use support::*;
 
 /// Octal escapes for busybox printf.
@@ -47,6 +49,7 @@ fn hostile_initramfs(env: &Env, name: &str, hello: bool, payload: &[u8]) -> Path
         agent_version: "hostile".into(),
         kernel_release: "x".into(),
         uptime_ms: 0,
+        capabilities: vec![],
     }))
     .unwrap();
     let script = format!(
@@ -93,6 +96,7 @@ fn hostile_spec(env: &Env, id: &str, initramfs: PathBuf) -> BootSpec {
         mem_size_mib: 128,
         vcpu_count: 1,
         extra_cmdline: vec![],
+        lifetime: Lifetime::Process,
     }
 }
 

@@ -1,9 +1,13 @@
 //! `hearth bench engine`: the engine's numbers next to the baselines a user
 //! would otherwise reach for, measured in one run on this host.
 //!
-//! Runs sequentially on the CLI's Tokio runtime: one microVM at a time except
-//! for the memory measurement, which needs several clones alive together.
-//! Run it with nothing else busy on the host.
+//! Like is compared with like: every figure and every baseline runs through
+//! the same supervisor, confinement and QMP code; a baseline restore gets a
+//! QEMU started ahead of time exactly when the Hearth figure beside it
+//! does, and the table says so. Each figure is at least 20 runs, reported
+//! as min / p50 / p90 / max. Runs sequentially on the CLI's Tokio runtime,
+//! one microVM at a time except for the memory measurement; run it with
+//! nothing else busy on the host.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -11,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hearth_vmm::{LaunchSpec, MicroVm, SnapshotMode, VmBackend, VmId};
+use hearth_vmm::{
+    LaunchSpec, Lifetime, MicroVm, QemuBackend, QemuVm, Snapshot, SnapshotMode, VmBackend, VmId,
+};
 use serde_json::{json, Value};
 
 pub use crate::bench_api::{api, ApiArgs};
@@ -19,8 +25,8 @@ use crate::Global;
 
 #[derive(Args)]
 pub struct EngineArgs {
-    /// Samples per timed operation (at least 5).
-    #[arg(long, default_value_t = 5)]
+    /// Samples per timed figure (at least 20).
+    #[arg(long, default_value_t = 20)]
     runs: usize,
     /// Guest memory.
     #[arg(long, default_value_t = 512)]
@@ -39,53 +45,61 @@ pub struct EngineArgs {
     markdown: PathBuf,
 }
 
-/// Samples of one metric.
+/// Samples of one figure.
+#[derive(Default)]
 struct Series {
     samples: Vec<f64>,
 }
 
 impl Series {
-    fn new() -> Self {
-        Self {
-            samples: Vec::new(),
-        }
-    }
     fn push_ms(&mut self, d: Duration) {
         self.samples.push(d.as_secs_f64() * 1000.0);
     }
+
     fn sorted(&self) -> Vec<f64> {
         let mut s = self.samples.clone();
-        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        s.sort_by(|a, b| a.partial_cmp(b).expect("no NaN samples"));
         s
     }
-    fn p50(&self) -> f64 {
+
+    /// Nearest-rank percentile.
+    fn pct(&self, p: f64) -> f64 {
         let s = self.sorted();
         if s.is_empty() {
             return f64::NAN;
         }
-        let n = s.len();
-        if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            (s[n / 2 - 1] + s[n / 2]) / 2.0
-        }
+        let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+        s[rank.min(s.len()) - 1]
     }
+
+    fn p50(&self) -> f64 {
+        self.pct(50.0)
+    }
+
     fn json(&self) -> Value {
         let s = self.sorted();
         json!({
-            "p50": round(self.p50()),
             "min": s.first().copied().map(round),
+            "p50": round(self.p50()),
+            "p90": round(self.pct(90.0)),
             "max": s.last().copied().map(round),
             "n": s.len(),
             "samples": self.samples.iter().map(|v| round(*v)).collect::<Vec<_>>(),
         })
     }
+
+    /// `p50 (min / p90 / max, n)`.
     fn cell(&self) -> String {
         let s = self.sorted();
         match (s.first(), s.last()) {
-            (Some(lo), Some(hi)) => {
-                format!("{:.1} ({:.1}–{:.1}, n={})", self.p50(), lo, hi, s.len())
-            }
+            (Some(lo), Some(hi)) => format!(
+                "{:.1} ({:.1} / {:.1} / {:.1}, n={})",
+                self.p50(),
+                lo,
+                self.pct(90.0),
+                hi,
+                s.len()
+            ),
             _ => "n/a".into(),
         }
     }
@@ -99,69 +113,114 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
 
+const T: Duration = Duration::from_secs(120);
+
+async fn sh(vm: &QemuVm, script: &str) -> Result<String> {
+    let out = vm.agent().run(&["/bin/sh", "-c", script], T).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`{script}` failed in {}: {}",
+        vm.id(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout_str())
+}
+
+/// Drop the host's page cache (for the cold-cache figure).
+fn drop_page_cache() -> Result<()> {
+    // SAFETY: sync has no arguments and no memory effects.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").context("drop the page cache")
+}
+
+struct Ids {
+    tag: u32,
+    n: u32,
+}
+
+impl Ids {
+    fn next(&mut self, what: &str) -> VmId {
+        self.n += 1;
+        VmId::new(format!("b{}-{what}-{}", self.tag, self.n)).expect("valid id")
+    }
+}
+
+/// Launch a clone; with `pool`, from a QEMU started beforehand (not timed).
+async fn timed_launch(
+    backend: &QemuBackend,
+    snap: &Snapshot,
+    id: VmId,
+    pool: bool,
+) -> Result<(QemuVm, Duration)> {
+    if pool {
+        backend.prestart(snap, 1).await.context("prestart")?;
+    }
+    let t = Instant::now();
+    let vm = backend
+        .launch(snap, LaunchSpec::ephemeral(id))
+        .await
+        .context("clone launch")?;
+    Ok((vm, t.elapsed()))
+}
+
 pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
-    anyhow::ensure!(a.runs >= 5, "--runs must be at least 5");
+    anyhow::ensure!(a.runs >= 20, "--runs must be at least 20");
     anyhow::ensure!(a.clones >= 1, "--clones must be at least 1");
     let backend = g.backend()?;
     let accel = backend.config().accel;
     let work = g.state_dir.join("bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    let tag = std::process::id();
-    let spec = |name: String| g.boot_spec(VmId::new(name).unwrap(), Some(&a.image), a.mem_mib, 1);
+    let mut ids = Ids {
+        tag: std::process::id(),
+        n: 0,
+    };
+    let spec = |id: VmId| g.boot_spec(id, Some(&a.image), a.mem_mib, 1, Lifetime::Process);
+    let runs = a.runs;
 
-    let mut cold = Series::new();
-    let mut snapshot_ms = Series::new();
-    let mut pss_cold = Series::new();
-    let mut snaps = Vec::new();
-    eprintln!("[bench] cold boots + snapshots ({} runs)", a.runs);
-    for i in 0..a.runs {
+    eprintln!("[bench] cold boots + snapshots ({runs} runs)");
+    let (mut cold, mut snapshot_ms) = (Series::default(), Series::default());
+    let mut pss_cold = 0.0;
+    let mut snap: Option<Snapshot> = None;
+    for i in 0..runs {
         let t = Instant::now();
         let mut vm = backend
-            .boot(spec(format!("b{tag}-cold-{i}"))?)
+            .boot(spec(ids.next("cold"))?)
             .await
             .context("cold boot")?;
         cold.push_ms(t.elapsed());
         if i == 0 {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            pss_cold
-                .samples
-                .push(vm.pss_kib().unwrap_or(0) as f64 / 1024.0);
+            pss_cold = vm.pss_kib().unwrap_or(0) as f64 / 1024.0;
         }
         let t = Instant::now();
-        let snap = vm
-            .snapshot(work.join(format!("snap-{i}")), SnapshotMode::Consume)
+        let s = vm
+            .snapshot(SnapshotMode::Consume)
             .await
             .context("snapshot")?;
         snapshot_ms.push_ms(t.elapsed());
-        snaps.push(snap);
+        match &snap {
+            None => snap = Some(s),
+            Some(_) => backend.delete_snapshot(&s)?,
+        }
     }
-    let snap = snaps.remove(0);
-    for s in snaps {
-        s.delete()?;
-    }
+    let snap = snap.expect("runs >= 20");
 
-    eprintln!("[bench] baseline: plain QEMU cold boots ({} runs)", a.runs);
-    let mut base_cold = Series::new();
-    let mut last_plain = None;
-    for i in 0..a.runs {
+    eprintln!("[bench] baseline: plain QEMU cold boots ({runs} runs)");
+    let mut base_cold = Series::default();
+    let mut plain = None;
+    for _ in 0..runs {
         let t = Instant::now();
         let vm = backend
-            .boot_with(spec(format!("b{tag}-plain-{i}"))?, true)
+            .boot_with(spec(ids.next("plain"))?, true)
             .await
             .context("plain boot")?;
         base_cold.push_ms(t.elapsed());
-        // The last one becomes the full-RAM baseline's source.
-        if let Some(prev) = last_plain.replace(vm) {
+        if let Some(prev) = plain.replace(vm) {
             prev.terminate().await?;
         }
     }
-    let plain = last_plain.expect("runs >= 5");
-
-    eprintln!(
-        "[bench] baseline: QEMU full-RAM migration save + restores ({} runs)",
-        a.runs
-    );
+    let plain = plain.expect("runs >= 20");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = Instant::now();
     let full = plain
@@ -169,91 +228,123 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
         .await
         .context("full-RAM save")?;
     let full_save_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let full_stream_bytes = full.stream_bytes;
-    let mut base_restore = Series::new();
-    for j in 0..a.runs {
+
+    eprintln!("[bench] launch: clones and full-RAM restores, with and without a pre-started QEMU ({runs} runs each)");
+    let mut launch = Series::default();
+    let mut launch_cold = Series::default();
+    let mut full_restore = Series::default();
+    let mut full_restore_cold = Series::default();
+    for _ in 0..runs {
+        let (vm, d) = timed_launch(&backend, &snap, ids.next("clone"), true).await?;
+        launch.push_ms(d);
+        vm.terminate().await?;
+        let (vm, d) = timed_launch(&backend, &snap, ids.next("clonenp"), false).await?;
+        launch_cold.push_ms(d);
+        vm.terminate().await?;
+        // The baseline with the same advantage: a QEMU waiting beforehand.
+        let waiting = backend.prestart_full_ram(&full).await.context("prestart")?;
         let t = Instant::now();
         let vm = backend
-            .restore_full_ram(&full, VmId::new(format!("b{tag}-full-{j}"))?)
+            .restore_full_ram(waiting, &full, ids.next("full"))
             .await
             .context("full-RAM restore")?;
-        base_restore.push_ms(t.elapsed());
+        full_restore.push_ms(t.elapsed());
+        vm.terminate().await?;
+        let t = Instant::now();
+        let waiting = backend.prestart_full_ram(&full).await.context("start")?;
+        let vm = backend
+            .restore_full_ram(waiting, &full, ids.next("fullnp"))
+            .await
+            .context("full-RAM restore")?;
+        full_restore_cold.push_ms(t.elapsed());
         vm.terminate().await?;
     }
 
-    eprintln!("[bench] clone launch, suspend, resume ({} runs)", a.runs);
-    let mut launch = Series::new();
-    let mut launch_cold_qemu = Series::new();
-    let mut suspend = Series::new();
-    let mut resume = Series::new();
-    let mut suspended_mib = Series::new();
-    for i in 0..a.runs {
-        // Without a waiting QEMU: the launch starts the process itself.
-        let id = VmId::new(format!("b{tag}-coldq-{i}"))?;
-        let t = Instant::now();
-        let vm = backend
-            .launch(&snap, LaunchSpec { id })
-            .await
-            .context("clone launch")?;
-        launch_cold_qemu.push_ms(t.elapsed());
-        vm.terminate().await?;
-        // The production path: a QEMU pre-started for this snapshot waits.
-        backend.prestart(&snap, 1).await.context("prestart")?;
-        let id = VmId::new(format!("b{tag}-clone-{i}"))?;
-        let t = Instant::now();
-        let vm = backend
-            .launch(&snap, LaunchSpec { id })
-            .await
-            .context("clone launch")?;
-        launch.push_ms(t.elapsed());
-        // A little guest activity, as a session would have, before the suspend.
-        vm.agent()
-            .run(
-                &["/bin/sh", "-c", "echo $RANDOM > /run/activity"],
-                Duration::from_secs(30),
+    eprintln!("[bench] suspend and resume: 4 MiB and 256 MiB dirtied, warm and cold page cache ({runs} runs each)");
+    let mut suspend_4 = Series::default();
+    let mut suspend_256 = Series::default();
+    let mut resume_warm = Series::default();
+    let mut resume_cold = Series::default();
+    let mut resume_256 = Series::default();
+    let mut suspended_mib = Series::default();
+    for dirty_mib in [4u32, 256] {
+        for i in 0..runs {
+            let (mut vm, _) = timed_launch(&backend, &snap, ids.next("susp"), true).await?;
+            sh(
+                &vm,
+                &format!(
+                    "mkdir -p /mnt/d && mount -t tmpfs -o size={}m tmpfs /mnt/d && \
+                     dd if=/dev/zero of=/mnt/d/blob bs=1M count={dirty_mib} 2>/dev/null",
+                    dirty_mib + 16
+                ),
             )
             .await?;
+            let t = Instant::now();
+            let s = vm.suspend().await.context("suspend")?;
+            let d = t.elapsed();
+            drop(vm);
+            if dirty_mib == 4 {
+                suspend_4.push_ms(d);
+                suspended_mib.samples.push(mib(s.allocated_bytes()));
+            } else {
+                suspend_256.push_ms(d);
+            }
+            backend.prestart(&snap, 1).await?;
+            let cold_cache = dirty_mib == 4 && i % 2 == 1;
+            if cold_cache {
+                drop_page_cache()?;
+            }
+            let t = Instant::now();
+            let vm = backend.resume(s).await.context("resume")?;
+            let d = t.elapsed();
+            match (dirty_mib, cold_cache) {
+                (4, false) => resume_warm.push_ms(d),
+                (4, true) => resume_cold.push_ms(d),
+                _ => resume_256.push_ms(d),
+            }
+            vm.terminate().await?;
+        }
+    }
+    // Odd and even runs split the 4 MiB resumes: top up each to `runs`.
+    while resume_warm.samples.len() < runs || resume_cold.samples.len() < runs {
+        let cold_cache = resume_warm.samples.len() >= runs;
+        let (mut vm, _) = timed_launch(&backend, &snap, ids.next("susp"), true).await?;
+        sh(
+            &vm,
+            "dd if=/dev/zero of=/dev/shm/blob bs=1M count=4 2>/dev/null",
+        )
+        .await?;
+        let s = vm.suspend().await?;
+        drop(vm);
+        backend.prestart(&snap, 1).await?;
+        if cold_cache {
+            drop_page_cache()?;
+        }
         let t = Instant::now();
-        let mut vm = vm;
-        let s = vm.suspend().await.context("suspend")?;
-        suspend.push_ms(t.elapsed());
-        suspended_mib.samples.push(mib(s.allocated_bytes()));
-        let t = Instant::now();
-        let vm = backend.resume(s).await.context("resume")?;
-        resume.push_ms(t.elapsed());
+        let vm = backend.resume(s).await?;
+        if cold_cache {
+            resume_cold.push_ms(t.elapsed());
+        } else {
+            resume_warm.push_ms(t.elapsed());
+        }
         vm.terminate().await?;
     }
 
     eprintln!("[bench] memory: 1 and {} idle clones", a.clones);
-    let pss_one = {
-        let vm = backend
-            .launch(
-                &snap,
-                LaunchSpec {
-                    id: VmId::new(format!("b{tag}-pss-1"))?,
-                },
-            )
-            .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let v = vm.pss_kib().unwrap_or(0) as f64 / 1024.0;
-        vm.terminate().await?;
-        v
-    };
+    let (one, _) = timed_launch(&backend, &snap, ids.next("pss"), true).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pss_one = one.pss_kib().unwrap_or(0) as f64 / 1024.0;
+    one.terminate().await?;
     let mut many = Vec::new();
-    for i in 0..a.clones {
+    for _ in 0..a.clones {
         many.push(
-            backend
-                .launch(
-                    &snap,
-                    LaunchSpec {
-                        id: VmId::new(format!("b{tag}-pss-n{i}"))?,
-                    },
-                )
-                .await?,
+            timed_launch(&backend, &snap, ids.next("pss"), true)
+                .await?
+                .0,
         );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut pss_many = Series::new();
+    let mut pss_many = Series::default();
     for vm in &many {
         pss_many
             .samples
@@ -262,18 +353,10 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     for vm in many {
         vm.terminate().await?;
     }
-    let m = snap.manifest.clone();
-    backend.drain_pool(&snap);
-    snap.delete()?;
+    let m = snap.record.clone();
+    backend.delete_snapshot(&snap)?;
     let _ = std::fs::remove_dir_all(&work);
 
-    let qemu_version = std::process::Command::new(&backend.config().qemu_binary)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_owned))
-        .unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -284,71 +367,109 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
         .unwrap_or_default();
     let ratio = |base: &Series, ours: &Series| base.p50() / ours.p50();
     let report = json!({
-        "host": { "accel": accel.to_string(), "qemu": qemu_version, "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "host": {
+            "accel": accel.to_string(),
+            "qemu": backend.qemu_version(),
+            "cpu": cpu,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "confinement": backend.config().confinement.is_some(),
+        },
         "guest": { "mem_mib": a.mem_mib, "image": a.image, "vcpus": 1 },
         "cold_boot_ms": cold.json(),
+        "baseline_plain_boot_ms": base_cold.json(),
         "snapshot_ms": snapshot_ms.json(),
         "snapshot_memory_mib": round(mib(m.memory_allocated_bytes)),
         "snapshot_devstate_kib": round(m.devstate_bytes as f64 / 1024.0),
         "snapshot_disk_mib": round(mib(m.disk_bytes)),
-        "clone_launch_ms": launch.json(),
-        "clone_launch_without_pool_ms": launch_cold_qemu.json(),
-        "suspend_ms": suspend.json(),
-        "suspended_size_mib": suspended_mib.json(),
-        "resume_ms": resume.json(),
-        "pss_cold_boot_mib": round(pss_cold.p50()),
+        "clone_launch_prestarted_ms": launch.json(),
+        "clone_launch_started_on_demand_ms": launch_cold.json(),
+        "baseline_full_ram_restore_prestarted_ms": full_restore.json(),
+        "baseline_full_ram_restore_started_on_demand_ms": full_restore_cold.json(),
+        "baseline_full_ram_save_ms": round(full_save_ms),
+        "baseline_full_ram_stream_mib": round(mib(full.stream_bytes)),
+        "suspend_4mib_dirty_ms": suspend_4.json(),
+        "suspend_256mib_dirty_ms": suspend_256.json(),
+        "suspended_size_4mib_dirty_mib": suspended_mib.json(),
+        "resume_prestarted_warm_cache_ms": resume_warm.json(),
+        "resume_prestarted_cold_cache_ms": resume_cold.json(),
+        "resume_prestarted_256mib_dirty_ms": resume_256.json(),
+        "pss_cold_boot_mib": round(pss_cold),
         "pss_one_clone_mib": round(pss_one),
         "pss_per_clone_mib": pss_many.json(),
         "clones_for_pss": a.clones,
-        "baseline_cold_boot_ms": base_cold.json(),
-        "baseline_full_save_ms": round(full_save_ms),
-        "baseline_full_stream_mib": round(mib(full_stream_bytes)),
-        "baseline_full_restore_ms": base_restore.json(),
-        "speedup_clone_vs_cold_boot": round(ratio(&cold, &launch)),
-        "speedup_clone_vs_full_restore": round(ratio(&base_restore, &launch)),
-        "speedup_resume_vs_full_restore": round(ratio(&base_restore, &resume)),
+        "speedup_launch_vs_full_restore_prestarted": round(ratio(&full_restore, &launch)),
+        "speedup_resume_vs_full_restore_prestarted": round(ratio(&full_restore, &resume_warm)),
+        "speedup_launch_vs_cold_boot": round(ratio(&cold, &launch)),
     });
 
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| metric | Hearth p50 (min–max, n) ms | baseline p50 (min–max, n) ms | baseline | ratio |"
+        "| figure | Hearth ms: p50 (min / p90 / max, n) | baseline ms: p50 (min / p90 / max, n) | baseline | ratio (baseline p50 / Hearth p50) |"
     );
     let _ = writeln!(t, "|---|---|---|---|---|");
-    let _ = writeln!(
-        t,
-        "| cold boot to agent-ready | {} | {} | plain QEMU boot, anonymous RAM | {:.2}x |",
-        cold.cell(),
-        base_cold.cell(),
-        ratio(&base_cold, &cold)
+    let mut row = |name: &str, ours: &Series, base: Option<(&Series, &str)>| {
+        let (cell, what, r) = match base {
+            Some((b, what)) => (
+                b.cell(),
+                what.to_string(),
+                format!("{:.2}x", ratio(b, ours)),
+            ),
+            None => (String::new(), String::new(), String::new()),
+        };
+        let _ = writeln!(t, "| {name} | {} | {cell} | {what} | {r} |", ours.cell());
+    };
+    row(
+        "cold boot to agent-ready",
+        &cold,
+        Some((
+            &base_cold,
+            "plain QEMU boot, anonymous RAM (same supervisor and confinement)",
+        )),
     );
-    let _ = writeln!(t, "| clone launch to agent-ready (pre-started QEMU) | {} | {} | QEMU full-RAM restore | {:.1}x faster (vs Hearth cold boot: {:.1}x) |", launch.cell(), base_restore.cell(), ratio(&base_restore, &launch), ratio(&cold, &launch));
-    let _ = writeln!(
-        t,
-        "| clone launch, no pre-started QEMU | {} | {} | QEMU full-RAM restore | {:.1}x faster |",
-        launch_cold_qemu.cell(),
-        base_restore.cell(),
-        ratio(&base_restore, &launch_cold_qemu)
+    row(
+        "clone launch to agent-ready, pre-started QEMU",
+        &launch,
+        Some((
+            &full_restore,
+            "QEMU full-RAM restore into a pre-started QEMU",
+        )),
     );
-    let _ = writeln!(
-        t,
-        "| resume to agent-ready | {} | {} | QEMU full-RAM restore | {:.1}x faster |",
-        resume.cell(),
-        base_restore.cell(),
-        ratio(&base_restore, &resume)
+    row(
+        "clone launch to agent-ready, QEMU started on demand",
+        &launch_cold,
+        Some((
+            &full_restore_cold,
+            "QEMU full-RAM restore, QEMU started on demand",
+        )),
     );
-    let _ = writeln!(t, "| suspend of a running clone | {} | {:.1} (n=1) | QEMU full-RAM save ({:.1} MiB stream) | {:.1}x |", suspend.cell(), full_save_ms, mib(full_stream_bytes), full_save_ms / suspend.p50());
-    let _ = writeln!(
-        t,
-        "| snapshot (stop, save, move files) | {} | | | |",
-        snapshot_ms.cell()
+    row(
+        "resume to agent-ready, pre-started QEMU, warm page cache (4 MiB dirtied)",
+        &resume_warm,
+        Some((
+            &full_restore,
+            "QEMU full-RAM restore into a pre-started QEMU, warm cache",
+        )),
     );
+    row(
+        "resume to agent-ready, pre-started QEMU, page cache dropped before (4 MiB dirtied)",
+        &resume_cold,
+        None,
+    );
+    row(
+        "resume to agent-ready, pre-started QEMU (256 MiB dirtied)",
+        &resume_256,
+        None,
+    );
+    row("suspend, 4 MiB dirtied since launch", &suspend_4, None);
+    row("suspend, 256 MiB dirtied since launch", &suspend_256, None);
+    row("snapshot (stop, save, move files)", &snapshot_ms, None);
     let _ = writeln!(t);
     let _ = writeln!(t, "| size / memory | value |");
     let _ = writeln!(t, "|---|---|");
     let _ = writeln!(
         t,
-        "| snapshot memory file (allocated) | {:.1} MiB of {} MiB |",
+        "| snapshot memory (allocated) | {:.1} MiB of {} MiB |",
         mib(m.memory_allocated_bytes),
         a.mem_mib
     );
@@ -360,18 +481,26 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     let _ = writeln!(t, "| snapshot disk layer | {:.1} MiB |", mib(m.disk_bytes));
     let _ = writeln!(
         t,
-        "| suspended clone on disk (diff + state + disk layer) | {} MiB |",
+        "| QEMU full-RAM save (baseline) | {:.1} ms, {:.1} MiB stream |",
+        full_save_ms,
+        mib(full.stream_bytes)
+    );
+    let _ = writeln!(
+        t,
+        "| suspended clone on disk, 4 MiB dirtied (diff + state + disk layer) | {} MiB |",
         suspended_mib.cell()
     );
     let _ = writeln!(
         t,
-        "| PSS, idle cold-booted microVM | {:.1} MiB |",
-        pss_cold.p50()
+        "| PSS (QEMU + supervisor), idle cold-booted microVM | {pss_cold:.1} MiB |"
     );
-    let _ = writeln!(t, "| PSS, 1 idle clone | {:.1} MiB |", pss_one);
     let _ = writeln!(
         t,
-        "| PSS per clone, {} idle clones of one snapshot | {} MiB |",
+        "| PSS (QEMU + supervisor), 1 idle clone | {pss_one:.1} MiB |"
+    );
+    let _ = writeln!(
+        t,
+        "| PSS (QEMU + supervisor) per clone, {} idle clones of one snapshot | {} MiB |",
         a.clones,
         pss_many.cell()
     );
@@ -384,16 +513,20 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     if a.markdown.as_os_str() != "-" {
         let host = &report["host"];
         let section = format!(
-            "## Engine\n\nWritten by `hearth bench engine`. Host: {} ({} cores), accelerator **{}**, {}. Guest: {} MiB, \
-             1 vCPU, `{}` root disk, Debian cloud kernel, `hearth-agent` as PID 1. \"Agent-ready\" means the agent \
-             answered (boot: its hello; clone/resume: its reply to the post-restore request that sets clock, entropy \
-             and identity). Baselines run in the same invocation on the same guest: a plain QEMU boot with anonymous \
-             RAM, and QEMU's own snapshot restore with the whole RAM in the migration stream.\n\n{}\n\
+            "## Engine\n\nWritten by `hearth bench engine`. Host: {} ({} cores), accelerator **{}**, QEMU {}, \
+             confinement {}. Guest: {} MiB, 1 vCPU, `{}` root disk, Debian cloud kernel, `hearth-agent` as PID 1. \
+             \"Agent-ready\" means the agent answered (boot: its hello; clone/resume: its reply to the \
+             post-restore request that sets clock, entropy and identity). Every figure and baseline runs \
+             through the same supervisor, confinement and QMP code in the same invocation; a baseline \
+             restore is given a pre-started QEMU exactly when the Hearth figure beside it is. The \
+             cold-cache resume drops the host page cache before each resume; the snapshot's memory image \
+             stays resident as a sealed memfd (as in production).\n\n{}\n\
              Raw JSON (`hearth bench engine --json`):\n\n```json\n{}\n```\n",
             host["cpu"].as_str().unwrap_or(""),
             host["cores"],
             accel,
-            host["qemu"].as_str().unwrap_or(""),
+            backend.qemu_version(),
+            if backend.config().confinement.is_some() { "on" } else { "off" },
             a.mem_mib,
             a.image,
             t,
@@ -467,5 +600,16 @@ mod tests {
             "{s}"
         );
         assert!(s.find("## Engine").unwrap() < s.find("## API").unwrap());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let s = Series {
+            samples: (1..=20).map(f64::from).rev().collect(),
+        };
+        assert_eq!(s.p50(), 10.0);
+        assert_eq!(s.pct(90.0), 18.0);
+        assert_eq!(s.pct(100.0), 20.0);
+        assert!(s.cell().starts_with("10.0 (1.0 / 18.0 / 20.0, n=20)"));
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use hearth_proto::ExecRequest;
-use hearth_vmm::{LaunchSpec, MicroVm, QemuVm, SnapshotMode, VmBackend, VmId};
+use hearth_vmm::{LaunchSpec, Lifetime, MicroVm, QemuVm, SnapshotMode, VmBackend, VmId};
 
 use crate::Global;
 
@@ -43,6 +43,7 @@ pub async fn run(g: &Global) -> Result<()> {
         Some("debian-12-python"),
         512,
         1,
+        Lifetime::Process,
     )?;
     let mut vm = backend.boot(spec).await.context("cold boot")?;
     step(
@@ -85,19 +86,18 @@ pub async fn run(g: &Global) -> Result<()> {
         sh(&vm, "cat /run/count").await?
     );
 
-    let snap_dir = g.state_dir.join("snapshots").join(format!("demo-{tag}"));
-    std::fs::create_dir_all(snap_dir.parent().unwrap())?;
     let t = Instant::now();
     let snap = vm
-        .snapshot(snap_dir, SnapshotMode::Consume)
+        .snapshot(SnapshotMode::Consume)
         .await
         .context("snapshot")?;
     step(
         &format!(
-            "snapshot: {:.1} MiB of memory, {} KiB device state, {:.1} MiB disk layer",
-            snap.manifest.memory_allocated_bytes as f64 / 1048576.0,
-            snap.manifest.devstate_bytes / 1024,
-            snap.manifest.disk_bytes as f64 / 1048576.0
+            "snapshot {}: {:.1} MiB of memory, {} KiB device state, {:.1} MiB disk layer",
+            snap.id,
+            snap.record.memory_allocated_bytes as f64 / 1048576.0,
+            snap.record.devstate_bytes / 1024,
+            snap.record.disk_bytes as f64 / 1048576.0
         ),
         t,
     );
@@ -120,9 +120,7 @@ pub async fn run(g: &Global) -> Result<()> {
         let c = backend
             .launch(
                 &snap,
-                LaunchSpec {
-                    id: VmId::new(format!("demo-{tag}-{name}"))?,
-                },
+                LaunchSpec::ephemeral(VmId::new(format!("demo-{tag}-{name}"))?),
             )
             .await?;
         step(
@@ -167,8 +165,7 @@ pub async fn run(g: &Global) -> Result<()> {
     );
     a.terminate().await?;
     b.terminate().await?;
-    backend.drain_pool(&snap);
-    snap.delete()?;
+    backend.delete_snapshot(&snap)?;
     println!("done: every microVM terminated and the snapshot deleted");
     Ok(())
 }

@@ -8,14 +8,14 @@ mod bench;
 mod bench_api;
 mod demo;
 mod serve;
+mod vm;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use hearth_vmm::accel::{decide, AccelChoice, HostKvmFacts};
-use hearth_vmm::{BootSpec, MicroVm, QemuBackend, QemuConfig, VmBackend, VmId};
+use hearth_vmm::{BootSpec, Lifetime, QemuBackend, QemuConfig, VmId};
 
 #[derive(Parser)]
 #[command(
@@ -55,7 +55,9 @@ enum Cmd {
     /// Run ad-hoc microVMs.
     #[command(subcommand)]
     Vm(VmCmd),
-    /// Remove files of microVMs whose Hearth process died.
+    /// Remove what no record owns: microVMs whose QEMU died while no Hearth
+    /// watched, half-created ones, stale snapshot references and uid claims.
+    /// Running and suspended microVMs are kept.
     Gc,
     /// Benchmarks.
     #[command(subcommand)]
@@ -89,7 +91,7 @@ struct SetupArgs {
 
 #[derive(Subcommand)]
 enum VmCmd {
-    /// Boot a microVM, run a command in it (or hold it until Ctrl-C).
+    /// Boot microVMs, run a command in each (then stop them, or hold them).
     Boot {
         /// Managed base image for the root disk.
         #[arg(long, default_value = "debian-12-minimal")]
@@ -98,13 +100,32 @@ enum VmCmd {
         mem_mib: u32,
         #[arg(long, default_value_t = 1)]
         vcpus: u32,
-        /// Keep the microVM running until interrupted; print its id and QEMU pid as JSON.
+        /// How many microVMs.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Keep them running until interrupted; print one JSON line each
+        /// (id, QEMU pid, the command's output).
         #[arg(long)]
         hold: bool,
+        /// Let them outlive this process: a later `hearth vm` command adopts
+        /// them; `hearth vm stop` ends them.
+        #[arg(long)]
+        persist: bool,
         /// Command to run in the guest after boot.
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Adopt the microVMs that outlived earlier Hearth processes and list
+    /// every microVM of the state directory as JSON.
+    List,
+    /// Run a command in a running (persistent) microVM.
+    Exec {
+        id: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// End a running persistent microVM and delete its files.
+    Stop { id: String },
 }
 
 #[derive(Subcommand)]
@@ -134,17 +155,8 @@ impl Global {
             .with_context(|| format!("create state dir {}", self.state_dir.display()))?;
         let decision = decide(self.accel, HostKvmFacts::probe());
         tracing::info!(accel = %decision.accel, "{}", decision.reason);
-        let reaped = hearth_vmm::qemu::reap_stale(&self.state_dir);
-        if !reaped.is_empty() {
-            tracing::info!(
-                "removed files of {} microVM(s) left by a dead Hearth process: {reaped:?}",
-                reaped.len()
-            );
-        }
-        Ok(QemuBackend::new(QemuConfig::new(
-            self.state_dir.clone(),
-            decision.accel,
-        )))
+        let backend = QemuBackend::new(QemuConfig::new(self.state_dir.clone(), decision.accel))?;
+        Ok(backend)
     }
 
     fn manifest(&self) -> Result<hearth_artifacts::Manifest> {
@@ -157,6 +169,7 @@ impl Global {
         image: Option<&str>,
         mem_size_mib: u32,
         vcpu_count: u32,
+        lifetime: Lifetime,
     ) -> Result<BootSpec> {
         let m = self.manifest()?;
         let root_disk = match image {
@@ -181,6 +194,7 @@ impl Global {
             mem_size_mib,
             vcpu_count,
             extra_cmdline: vec![],
+            lifetime,
         })
     }
 }
@@ -208,12 +222,28 @@ async fn run(cli: Cli) -> Result<()> {
             image,
             mem_mib,
             vcpus,
+            count,
             hold,
+            persist,
             command,
-        }) => vm_boot(&g, &image, mem_mib, vcpus, hold, command).await,
+        }) => {
+            let opts = vm::BootOpts {
+                image,
+                mem_mib,
+                vcpus,
+                count,
+                hold,
+                persist,
+            };
+            vm::boot(&g, opts, command).await
+        }
+        Cmd::Vm(VmCmd::List) => vm::list(&g).await,
+        Cmd::Vm(VmCmd::Exec { id, command }) => vm::exec(&g, &id, command).await,
+        Cmd::Vm(VmCmd::Stop { id }) => vm::stop(&g, &id).await,
         Cmd::Gc => {
-            let reaped = hearth_vmm::qemu::reap_stale(&g.state_dir);
-            println!("{}", serde_json::json!({ "removed": reaped }));
+            std::fs::create_dir_all(&g.state_dir)?;
+            let report = hearth_vmm::qemu::gc(&g.state_dir);
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Cmd::Bench(BenchCmd::Engine(a)) => bench::engine(&g, a).await,
@@ -271,46 +301,4 @@ fn print_progress(p: hearth_artifacts::Progress) {
         ),
         Status::Info(line) => eprintln!("[setup] {}: {line}", p.step),
     }
-}
-
-async fn vm_boot(
-    g: &Global,
-    image: &str,
-    mem_mib: u32,
-    vcpus: u32,
-    hold: bool,
-    command: Vec<String>,
-) -> Result<()> {
-    let backend = g.backend()?;
-    let id = VmId::random("vm");
-    let spec = g.boot_spec(id.clone(), Some(image), mem_mib, vcpus)?;
-    let t0 = std::time::Instant::now();
-    let vm = backend.boot(spec).await?;
-    eprintln!(
-        "booted {id} in {} ms (QEMU pid {})",
-        t0.elapsed().as_millis(),
-        vm.pid()
-    );
-    if !command.is_empty() {
-        let argv: Vec<&str> = command.iter().map(String::as_str).collect();
-        let out = vm.agent().run(&argv, Duration::from_secs(600)).await?;
-        use std::io::Write;
-        std::io::stdout().write_all(&out.stdout)?;
-        std::io::stderr().write_all(&out.stderr)?;
-        vm.terminate().await?;
-        std::process::exit(
-            out.status
-                .code
-                .unwrap_or(128 + out.status.signal.unwrap_or(0)),
-        );
-    }
-    if hold {
-        println!(
-            "{}",
-            serde_json::json!({ "id": id.as_str(), "qemu_pid": vm.pid(), "dir": vm.dir() })
-        );
-        tokio::signal::ctrl_c().await?;
-    }
-    vm.terminate().await?;
-    Ok(())
 }

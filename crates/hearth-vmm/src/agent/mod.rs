@@ -182,24 +182,31 @@ impl AgentClient {
                 let Some(shared) = weak.upgrade() else { return };
                 // Copy out: the watch's guard must not be held across send.
                 let known = *shared.codec.borrow();
-                let codec = match known {
-                    Some(c) => Some(c),
-                    None => match dec.peek_version() {
-                        Some(v) => match Codec::new(v) {
-                            Some(c) => {
-                                dec.set_version(v);
-                                shared.codec.send_replace(Some(c));
-                                Some(c)
-                            }
-                            None => {
-                                break ChannelHealth::Failed(format!(
+                let codec =
+                    match known {
+                        Some(c) => Some(c),
+                        None => match dec.peek_version() {
+                            Some(v) => match Codec::new(v) {
+                                Some(c) => {
+                                    dec.set_version(v);
+                                    shared.codec.send_replace(Some(c));
+                                    Some(c)
+                                }
+                                None => {
+                                    break ChannelHealth::Failed(format!(
                                     "the guest speaks agent protocol {v}, which this host does not"
                                 ))
-                            }
+                                }
+                            },
+                            // A whole header that does not even start like a
+                            // frame: the guest is not speaking the protocol.
+                            None if dec.room() == 0 => break ChannelHealth::Failed(
+                                "protocol violation: bad frame magic in the guest's first frame"
+                                    .into(),
+                            ),
+                            None => None,
                         },
-                        None => None,
-                    },
-                };
+                    };
                 let msg = match codec.map(|c| c.decode(&mut dec)) {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
