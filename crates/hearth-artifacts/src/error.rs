@@ -61,8 +61,9 @@ pub enum SetupError {
     },
     /// The agent binary cannot be `/init`.
     #[error(
-        "initramfs: {} cannot be the guest agent: it must be a statically linked x86-64 ELF \
-         executable; build one with `{AGENT_BUILD_HINT}`",
+        "initramfs: {} cannot be the guest agent: it must be an x86-64 ELF executable, static or \
+         with its libraries on this host (`cargo build --release` builds one; so does \
+         `{AGENT_BUILD_HINT}`)",
         path.display()
     )]
     Agent {

@@ -4,7 +4,10 @@
 //! into it, staying PID 1.
 //!
 //! ```text
-//! /init                               agent binary, 0755 (static ELF)
+//! /init                               agent binary, 0755 (x86-64 ELF)
+//! /lib64/ld-linux-x86-64.so.2, /lib/x86_64-linux-gnu/*.so*
+//!                                     a dynamic agent's loader and
+//!                                     libraries, from the host
 //! /dev /proc /sys /run /newroot       empty directories
 //! /dev/console                        char 5,1  0600
 //! /dev/null                           char 1,3  0666
@@ -28,7 +31,7 @@ use crate::manifest::InitramfsArtifact;
 use crate::{Progress, Reporter, SetupError, Step};
 
 /// Bumped whenever the initramfs layout changes.
-const RECIPE_VERSION: u32 = 1;
+const RECIPE_VERSION: u32 = 2;
 
 /// The archive's file name.
 pub const ARCHIVE_FILE: &str = "initramfs.cpio";
@@ -44,37 +47,72 @@ pub const LOAD_ORDER_FILE: &str = "lib/modules/hearth/load-order";
 pub struct InitramfsMeta {
     pub key: String,
     pub agent_sha256: String,
+    /// A dynamically linked agent's loader and libraries (guest paths).
+    #[serde(default)]
+    pub libraries: Vec<String>,
     pub kernel_key: String,
     pub modules: Vec<String>,
     pub size_bytes: u64,
     pub recipe_version: u32,
 }
 
-/// A checked agent binary.
+/// A checked agent binary, with the loader and libraries it needs when it
+/// is dynamically linked (whatever way it was built, it runs as `/init`).
 #[derive(Debug, Clone)]
 pub(crate) struct Agent {
     pub bytes: Vec<u8>,
+    /// Of the agent binary alone.
     pub sha256: String,
+    /// (path in the guest, bytes), for a dynamically linked agent.
+    pub libraries: Vec<(String, Vec<u8>)>,
+    /// Of the agent and its libraries: part of the initramfs key.
+    pub content_sha256: String,
 }
 
-/// Reads the agent binary and refuses it unless it is a static x86-64 ELF
-/// executable.
+/// Reads the agent binary; refuses anything but an x86-64 ELF executable.
+/// A dynamically linked one brings its interpreter and libraries along,
+/// taken from this host.
 pub(crate) fn read_agent(path: &Path) -> Result<Agent, SetupError> {
-    let bytes = fs::read(path).map_err(SetupError::io(
-        &Step::Initramfs,
-        "read the agent binary",
-        path,
-    ))?;
-    elf::check_static_executable(&bytes).map_err(|source| SetupError::Agent {
+    let step = Step::Initramfs;
+    let bytes = fs::read(path).map_err(SetupError::io(&step, "read the agent binary", path))?;
+    let bad = |source| SetupError::Agent {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut libraries = Vec::new();
+    if let elf::Linkage::Dynamic {
+        interpreter,
+        needed,
+    } = elf::executable_linkage(&bytes).map_err(bad)?
+    {
+        for (guest, host) in
+            elf::library_closure(&interpreter, &needed, elf::LIBRARY_DIRS).map_err(bad)?
+        {
+            let data = fs::read(&host).map_err(SetupError::io(&step, "read", &host))?;
+            libraries.push((guest, data));
+        }
+    }
     let sha256 = cache::sha256_hex(&bytes);
-    Ok(Agent { bytes, sha256 })
+    let mut all = bytes.clone();
+    for (guest, data) in &libraries {
+        all.extend_from_slice(guest.as_bytes());
+        all.extend_from_slice(data);
+    }
+    Ok(Agent {
+        content_sha256: cache::sha256_hex(&all),
+        sha256,
+        bytes,
+        libraries,
+    })
 }
 
-/// The members of the initramfs, in archive order.
-pub fn entries(agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<Entry> {
+/// The members of the initramfs, in archive order: `libraries` are a
+/// dynamic agent's (guest path, bytes).
+pub fn entries(
+    agent: &[u8],
+    libraries: &[(String, Vec<u8>)],
+    modules: &[(String, Vec<u8>)],
+) -> Vec<Entry> {
     let mut e = vec![
         Entry::dir("dev", 0o755),
         Entry::char_device("dev/console", 0o600, 5, 1),
@@ -98,8 +136,58 @@ pub fn entries(agent: &[u8], modules: &[(String, Vec<u8>)]) -> Vec<Entry> {
         order.push('\n');
     }
     e.push(Entry::file(LOAD_ORDER_FILE, 0o644, order.into_bytes()));
+    let mut dirs: Vec<String> = vec!["lib".into()];
+    for (guest, bytes) in libraries {
+        let rel = guest.trim_start_matches('/');
+        let mut parent = String::new();
+        for part in Path::new(rel)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
+            if !parent.is_empty() {
+                parent.push('/');
+            }
+            parent.push_str(&part.as_os_str().to_string_lossy());
+            if !dirs.contains(&parent) {
+                dirs.push(parent.clone());
+                e.push(Entry::dir(&parent, 0o755));
+            }
+        }
+        e.push(Entry::file(rel, 0o755, bytes.clone()));
+    }
     e.push(Entry::file("init", 0o755, agent.to_vec()));
     e
+}
+
+/// Write an initramfs for `agent` (static or dynamic) with the modules of
+/// the kernel `manifest` provisioned, to `out` (outside the cache: for a
+/// custom agent or tests).
+pub fn write_for_agent(
+    agent: &Path,
+    manifest: &crate::Manifest,
+    out: &Path,
+) -> Result<(), SetupError> {
+    let step = Step::Initramfs;
+    let agent = read_agent(agent)?;
+    let kdir = manifest
+        .kernel
+        .path
+        .parent()
+        .ok_or_else(|| SetupError::unexpected(&step, "the kernel has no directory"))?;
+    let meta: crate::kernel::KernelMeta = cache::load_meta(kdir, crate::kernel::META_FILE)
+        .ok_or_else(|| SetupError::unexpected(&step, "the kernel's metadata is missing"))?;
+    let mut modules = Vec::new();
+    for name in &meta.load_order {
+        let p = kdir.join("modules").join(format!("{name}.ko"));
+        let bytes = fs::read(&p).map_err(SetupError::io(&step, "read", &p))?;
+        modules.push((name.clone(), bytes));
+    }
+    let file = fs::File::create(out).map_err(SetupError::io(&step, "create", out))?;
+    let mut w = std::io::BufWriter::new(file);
+    cpio::write_newc(&entries(&agent.bytes, &agent.libraries, &modules), &mut w)
+        .map_err(SetupError::io(&step, "write", out))?;
+    Ok(())
 }
 
 /// The cache key of an initramfs.
@@ -135,7 +223,7 @@ pub(crate) fn ensure(
     progress: &dyn Fn(Progress),
 ) -> Result<InitramfsArtifact, SetupError> {
     let mut r = Reporter::new(Step::Initramfs, progress);
-    let key = key(&agent.sha256, &kernel.artifact.key);
+    let key = key(&agent.content_sha256, &kernel.artifact.key);
     let dir: PathBuf = cache_dir.join("initramfs").join(&key);
     if let Some(a) = cached(&dir, &key) {
         r.cached();
@@ -153,7 +241,7 @@ pub(crate) fn ensure(
     let out_path = staging.path().join(ARCHIVE_FILE);
     let file = fs::File::create(&out_path).map_err(SetupError::io(step, "create", &out_path))?;
     let mut w = std::io::BufWriter::new(file);
-    let size_bytes = cpio::write_newc(&entries(&agent.bytes, &modules), &mut w)
+    let size_bytes = cpio::write_newc(&entries(&agent.bytes, &agent.libraries, &modules), &mut w)
         .map_err(SetupError::io(step, "write", &out_path))?;
     let file = w
         .into_inner()
@@ -161,13 +249,15 @@ pub(crate) fn ensure(
     file.sync_all()
         .map_err(SetupError::io(step, "sync", &out_path))?;
     r.info(format!(
-        "{} modules, {:.1} MB",
+        "{} modules, {} agent libraries, {:.1} MB",
         modules.len(),
+        agent.libraries.len(),
         size_bytes as f64 / 1e6
     ));
     let meta = InitramfsMeta {
         key: key.clone(),
         agent_sha256: agent.sha256.clone(),
+        libraries: agent.libraries.iter().map(|(g, _)| g.clone()).collect(),
         kernel_key: kernel.artifact.key.clone(),
         modules: kernel.load_order.clone(),
         size_bytes,
@@ -202,7 +292,7 @@ mod tests {
             ("virtio".to_string(), b"v".to_vec()),
         ];
         let mut buf = Vec::new();
-        cpio::write_newc(&entries(b"AGENT", &modules), &mut buf).unwrap();
+        cpio::write_newc(&entries(b"AGENT", &[], &modules), &mut buf).unwrap();
         let back = cpio::read_newc(&buf).unwrap();
         let find = |p: &str| {
             back.iter()
@@ -251,24 +341,30 @@ mod tests {
     }
 
     #[test]
-    fn agent_must_be_static() {
+    fn static_and_dynamic_agents_are_taken_scripts_are_not() {
+        let stat =
+            read_agent(Path::new("/bin/busybox")).expect("busybox-static (setup installs it)");
+        assert!(stat.libraries.is_empty());
+        assert_eq!(stat.sha256, stat.content_sha256);
+        let dynamic = read_agent(Path::new("/bin/ls")).unwrap();
+        let paths: Vec<&str> = dynamic.libraries.iter().map(|(g, _)| g.as_str()).collect();
+        assert!(paths[0].contains("ld-linux-x86-64"), "{paths:?}");
+        assert!(paths.iter().any(|p| p.ends_with("/libc.so.6")), "{paths:?}");
+        assert_ne!(dynamic.sha256, dynamic.content_sha256);
+        let lib_entries = entries(&dynamic.bytes, &dynamic.libraries, &[]);
+        for p in &paths {
+            assert!(
+                lib_entries
+                    .iter()
+                    .any(|e| e.path == p.trim_start_matches('/')),
+                "{p} not in the archive"
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("agent");
-        fs::write(&p, crate::elf::testing::executable(3, &[1, 3])).unwrap();
-        let err = read_agent(&p).unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("statically linked"), "{msg}");
-        assert!(msg.contains("RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile release-agent -p hearth-agent --target x86_64-unknown-linux-gnu"), "{msg}");
-        let source = std::error::Error::source(&err).unwrap().to_string();
-        assert_eq!(
-            source,
-            "dynamically linked (program interpreter /lib/ld.so)"
-        );
-
-        fs::write(&p, crate::elf::testing::executable(3, &[1])).unwrap();
-        let a = read_agent(&p).unwrap();
-        assert_eq!(a.sha256.len(), 64);
-
+        let script = dir.path().join("agent");
+        fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+        let msg = read_agent(&script).unwrap_err().to_string();
+        assert!(msg.contains("x86-64 ELF executable"), "{msg}");
         let missing = read_agent(&dir.path().join("nope")).unwrap_err();
         assert!(
             missing.to_string().contains("read the agent binary"),
@@ -294,11 +390,7 @@ mod tests {
             dir: kdir,
             load_order: vec!["virtio".into()],
         };
-        let bytes = crate::elf::testing::executable(2, &[1]);
-        let agent = Agent {
-            sha256: cache::sha256_hex(&bytes),
-            bytes,
-        };
+        let agent = read_agent(Path::new("/bin/busybox")).unwrap();
         let events = std::cell::RefCell::new(Vec::new());
         let progress = |p: Progress| events.borrow_mut().push(p.status);
         let a = ensure(cache_dir, &agent, &kernel, &progress).unwrap();

@@ -19,7 +19,6 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{self, KeyBuilder, Staging};
-use crate::elf::Elf64;
 use crate::host;
 use crate::manifest::KernelArtifact;
 use crate::{exec, Progress, Reporter, SetupError, Step};
@@ -136,10 +135,7 @@ pub struct ModInfo {
 /// section if it parses as ELF, else from NUL-separated strings anywhere in
 /// the bytes. The first occurrence of each field wins.
 pub fn parse_modinfo(module: &[u8]) -> ModInfo {
-    let data = Elf64::parse(module)
-        .ok()
-        .and_then(|elf| elf.section(".modinfo").ok().flatten())
-        .unwrap_or(module);
+    let data = crate::elf::section(module, ".modinfo").unwrap_or(module);
     let mut info = ModInfo::default();
     let mut seen_depends = false;
     for s in data.split(|&b| b == 0) {
@@ -772,13 +768,20 @@ mod tests {
 
     #[test]
     fn modinfo_from_elf_section_ignores_strings_elsewhere() {
-        let ko = crate::elf::testing::object(&[
-            (".rodata", b"\0depends=decoy\0name=decoy\0"),
+        use object::write::Object;
+        use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+        let mut obj = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        for (name, data) in [
+            (&b".rodata"[..], &b"\0depends=decoy\0name=decoy\0"[..]),
             (
-                ".modinfo",
+                b".modinfo",
                 b"license=GPL\0depends=virtio\0name=virtio_mmio\0",
             ),
-        ]);
+        ] {
+            let id = obj.add_section(Vec::new(), name.to_vec(), SectionKind::ReadOnlyData);
+            obj.append_section_data(id, data, 1);
+        }
+        let ko = obj.write().unwrap();
         let info = parse_modinfo(&ko);
         assert_eq!(info.name.as_deref(), Some("virtio_mmio"));
         assert_eq!(info.depends, ["virtio"]);

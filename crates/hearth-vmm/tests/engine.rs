@@ -319,3 +319,37 @@ async fn e2e_clones_get_their_own_entropy_and_identity() {
     env.backend.delete_snapshot(&snap).unwrap();
     env.assert_no_leftovers();
 }
+
+/// `cargo build` makes a dynamically linked agent; setup accepts it by
+/// putting its loader and libraries into the initramfs, and it runs as PID 1.
+#[tokio::test]
+async fn e2e_a_dynamically_linked_agent_boots() {
+    let env = env();
+    let exe = std::env::current_exe().unwrap();
+    let agent = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("hearth-agent"))
+        .filter(|p| p.is_file())
+        .expect("the workspace's hearth-agent binary (built with the workspace's tests)");
+    let bytes = std::fs::read(&agent).unwrap();
+    assert!(
+        matches!(
+            hearth_artifacts::elf::executable_linkage(&bytes).unwrap(),
+            hearth_artifacts::elf::Linkage::Dynamic { .. }
+        ),
+        "{} is static; this test is about a dynamic one",
+        agent.display()
+    );
+    let initramfs = env.state.path().join("dynamic.cpio");
+    hearth_artifacts::initramfs::write_for_agent(&agent, &env.manifest, &initramfs)
+        .expect("initramfs for a dynamic agent");
+    let mut spec = env.boot_spec("dyn-agent", Some("debian-12-minimal"));
+    spec.initramfs = initramfs;
+    let vm = env.backend.boot(spec).await.expect("boot");
+    assert_eq!(vm.agent().version(), Some(hearth_proto::PROTO_VERSION));
+    assert_eq!(sh(&vm, "cat /proc/1/comm").await, "init");
+    assert_eq!(sh(&vm, "echo hi from $(hostname)").await, "hi from dyn-agent");
+    vm.terminate().await.unwrap();
+    env.assert_no_leftovers();
+}

@@ -74,8 +74,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct SetupArgs {
-    /// The static hearth-agent binary to put in the initramfs (default: $HEARTH_AGENT,
-    /// then `hearth-agent` next to this binary).
+    /// The hearth-agent binary to put in the initramfs (default: $HEARTH_AGENT,
+    /// then the hearth-agent built beside this binary, static or not).
     #[arg(long)]
     agent: Option<PathBuf>,
     /// Managed images to build (default: all).
@@ -254,6 +254,11 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The agent to put in the initramfs: `--agent`, `$HEARTH_AGENT`, or the
+/// `hearth-agent` built beside this binary (a plain `cargo build --release`
+/// or `cargo install` builds a dynamically linked one, which setup takes
+/// with its libraries; the static release-agent build is preferred when it
+/// exists, being smaller and independent of the host's libraries).
 fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("HEARTH_AGENT").map(PathBuf::from)) {
         return Ok(p);
@@ -261,17 +266,17 @@ fn find_agent(explicit: Option<PathBuf>) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locate the hearth binary")?;
     let dir = exe.parent().context("hearth binary has no directory")?;
     for cand in [
-        dir.join("hearth-agent"),
         dir.join("../x86_64-unknown-linux-gnu/release-agent/hearth-agent"),
+        dir.join("hearth-agent"),
     ] {
         if cand.is_file() {
             return Ok(cand);
         }
     }
     bail!(
-        "no hearth-agent binary found: build it with \
-         `RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile release-agent -p hearth-agent \
-         --target x86_64-unknown-linux-gnu` and pass --agent, or use scripts/quickstart.sh"
+        "no hearth-agent binary beside {}: build the workspace (`cargo build --release` builds \
+         it) or `cargo install --path crates/hearth-agent`, or pass --agent",
+        dir.display()
     )
 }
 
