@@ -45,13 +45,8 @@ async fn start_counter(vm: &QemuVm) -> u32 {
         )
         .await
         .expect("start counter");
-    // Wait until it has counted a little.
-    for _ in 0..100 {
-        if counter(vm).await >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Wait until it has counted a little; a counter that never counts fails.
+    wait_counter_above(vm, 2).await;
     p.pid
 }
 
@@ -349,7 +344,104 @@ async fn e2e_a_dynamically_linked_agent_boots() {
     let vm = env.backend.boot(spec).await.expect("boot");
     assert_eq!(vm.agent().version(), Some(hearth_proto::PROTO_VERSION));
     assert_eq!(sh(&vm, "cat /proc/1/comm").await, "init");
-    assert_eq!(sh(&vm, "echo hi from $(hostname)").await, "hi from dyn-agent");
+    assert_eq!(
+        sh(&vm, "echo hi from $(hostname)").await,
+        "hi from dyn-agent"
+    );
     vm.terminate().await.unwrap();
+    env.assert_no_leftovers();
+}
+
+/// Protocol 2 in a real guest: a PTY shell sized and resized, a named
+/// supervised process whose output is attached again after a restore, a
+/// file written with the default mode, and a clean power-off.
+#[tokio::test]
+async fn e2e_pty_attach_and_power_off_in_a_real_guest() {
+    use hearth_proto::PtySize;
+    use hearth_vmm::agent::StreamEvent;
+    let env = env();
+    let mut src = env
+        .backend
+        .boot(env.boot_spec("v2-src", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
+    // A named app that writes a line every 100 ms.
+    src.agent()
+        .exec(
+            ExecRequest {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done".into(),
+                ],
+                name: Some("app".into()),
+                ..Default::default()
+            },
+            T,
+        )
+        .await
+        .expect("start the app");
+    src.agent()
+        .write_file("/root/defaults", b"x", None, T)
+        .await
+        .unwrap();
+    assert_eq!(sh(&src, "stat -c %a /root/defaults").await, "644");
+    let snap = src.snapshot(SnapshotMode::Consume).await.expect("snapshot");
+    assert_eq!(snap.record.requirements.agent_protocol, 2);
+
+    let clone = env
+        .backend
+        .launch(&snap, LaunchSpec::ephemeral(VmId::new("v2-clone").unwrap()))
+        .await
+        .expect("launch");
+    // The app kept running in the clone; its output is reachable again.
+    let mut app = clone.agent().attach("app", T).await.expect("attach");
+    assert!(app.pid.is_some());
+    let mut lines = String::new();
+    while lines.matches("tick").count() < 3 {
+        match tokio::time::timeout(T, app.events.recv()).await.unwrap() {
+            Some(StreamEvent::Output { data, .. }) => {
+                lines.push_str(&String::from_utf8_lossy(&data))
+            }
+            other => panic!("unexpected {other:?} after {lines:?}"),
+        }
+    }
+    // A PTY shell: its size, a resize seen by `stty size`, its exit code.
+    let mut shell = clone
+        .agent()
+        .exec(
+            ExecRequest {
+                argv: vec!["/bin/sh".into()],
+                pty: Some(PtySize { cols: 80, rows: 24 }),
+                ..Default::default()
+            },
+            T,
+        )
+        .await
+        .expect("pty");
+    shell
+        .resize(
+            PtySize {
+                cols: 132,
+                rows: 43,
+            },
+            T,
+        )
+        .await
+        .unwrap();
+    shell
+        .write_stdin(b"stty size; tty; exit 7\n")
+        .await
+        .unwrap();
+    let out = shell.wait_output().await.unwrap();
+    let text = out.stdout_str();
+    assert!(text.contains("43 132"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(out.status.code, Some(7));
+    // A clean power-off ends QEMU on its own.
+    let pid = clone.pid();
+    clone.power_off(T).await.expect("power off");
+    assert!(!hearth_vmm::process::pid_alive(pid));
+    env.backend.delete_snapshot(&snap).unwrap();
     env.assert_no_leftovers();
 }
