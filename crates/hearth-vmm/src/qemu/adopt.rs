@@ -262,6 +262,7 @@ pub fn gc(state_dir: &Path) -> GcReport {
             }
             Found::Lost(record, _) => {
                 remove_vm(state_dir, &catalog, &dir, Some(&record));
+                report.uids += usize::from(record.uid != 0);
                 report.removed.push(name);
             }
             Found::Suspended => tidy_suspended(&dir),
