@@ -1,7 +1,7 @@
 //! AWS-shaped errors.
 //!
 //! Owns the mapping from every failure the API can report to the wire form
-//! the AWS clients parse (WIRE.md "Responses"): HTTP status by shape, the
+//! the AWS clients parse (docs/WIRE-FORMAT.md, "Responses"): HTTP status by shape, the
 //! `x-amzn-errortype` header, a JSON body with `message` plus the modelled
 //! members. Built on the request task; no I/O.
 

@@ -106,7 +106,8 @@ pub struct ReadFileRequest {
     pub max_len: u32,
 }
 
-/// Post-restore duties (DESIGN.md §3 "After every restore").
+/// Post-restore duties: what a restored guest must redo before it serves
+/// (docs/WIRE-FORMAT.md, "The agent channel").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct RestoreRequest {
     /// Host wall clock when the message was built.

@@ -5,7 +5,7 @@
 //!
 //! `/dev/kvm` is not enough: on hosts whose KVM is the PVM nested hypervisor
 //! (module `kvm_pvm`) a standard guest kernel hangs or dies with "emulation
-//! failure" (DESIGN.md §2). Such hosts get TCG unless the user forces KVM
+//! failure" (docs/ARCHITECTURE.md, "Hosts and the accelerator"). Such hosts get TCG unless the user forces KVM
 //! (they may have a PVM-enabled guest kernel).
 
 use std::fmt;

@@ -279,6 +279,7 @@ pub fn save_pages(
     f.set_len(map.len_bytes)
         .map_err(io_err("truncate", data_path))?;
     copy_pages_to_file(map, runs, &f, data_path)?;
+    f.sync_all().map_err(io_err("sync", data_path))?;
     Ok(MemoryDiff {
         version: MemoryDiff::VERSION,
         page_size_bytes: PAGE_SIZE_BYTES,

@@ -396,6 +396,7 @@ impl QemuBackend {
             agent,
             next_fdset: 1000,
             next_node_gen: 1000,
+            prepared: None,
         };
         let mut vm = QemuVm::new(self.clone(), id, dir.to_path_buf(), record, proc);
         vm.committed = true;

@@ -164,7 +164,7 @@ impl QemuBackend {
             }
             None => Disk::None,
         };
-        let proc = self
+        let mut proc = self
             .start(StartSpec {
                 name: &name,
                 vm_dir: &dir,
@@ -179,7 +179,23 @@ impl QemuBackend {
                 },
             })
             .await?;
-        entry.proc = Some(proc);
+        // The same head start as a pre-started clone: disk attached ahead.
+        if let Some(chain) = &snap.disk {
+            let resolved = chain.resolve(&self.inner.catalog.root(), &dir);
+            let r = proc
+                .prepare_disk(
+                    &name,
+                    chain,
+                    &resolved,
+                    &dir.join(SPARE_LAYER),
+                    self.inner.cfg.qmp_timeout,
+                )
+                .await;
+            entry.proc = Some(proc);
+            r?;
+        } else {
+            entry.proc = Some(proc);
+        }
         Ok(entry)
     }
 

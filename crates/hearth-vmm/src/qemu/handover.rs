@@ -4,6 +4,13 @@
 //! snapshot), device state to load, and a file to save device state into.
 //! QEMU opens nothing by path; each file is passed as a descriptor into an
 //! fdset. Runs on the task driving the microVM.
+//!
+//! A waiting QEMU has its snapshot's layers and an empty spare layer on
+//! top of them attached ahead of time ([`Proc::prepare_disk`]); the device
+//! still sees the placeholder. Claiming it for a clone then takes a single
+//! `blockdev-reopen` of the device's root node onto the spare layer; for a
+//! resumed microVM its own layers are attached first and the spare layer is
+//! reopened onto them.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -12,10 +19,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::cmdline::{PLACEHOLDER_NODE, ROOT_NODE};
+use super::cmdline::ROOT_NODE;
 use super::start::{ended_error, Proc};
-use crate::disk::{blockdev_nodes, DiskFormat, ResolvedLayer};
+use crate::disk::{blockdev_nodes, DiskChain, DiskFormat, LayerLocation, ResolvedLayer};
 use crate::error::VmError;
+
+/// Disk nodes a waiting QEMU has attached ahead of time.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedDisk {
+    /// The snapshot's layers, bottom first, with their format nodes.
+    pub lower: Vec<(LayerLocation, String)>,
+    /// The spare layer's file and format nodes (writable; its backing is
+    /// the last of `lower`).
+    pub spare_file_node: String,
+    pub spare_node: String,
+}
 
 impl Proc {
     fn qmp_err(name: &str, during: &'static str) -> impl FnOnce(crate::qmp::QmpError) -> VmError {
@@ -34,53 +52,185 @@ impl Proc {
         Ok(set)
     }
 
-    /// Attach `layers` (bottom first; the top written) as the root disk of
-    /// a QEMU that waits at `-incoming` on its placeholder.
-    pub(crate) async fn hand_disk(
+    /// Open `path` and pass it into a new fdset (with a second, writable
+    /// descriptor when `writable`); returns the fdset's path.
+    async fn pass_file(
+        &mut self,
+        name: &str,
+        path: &Path,
+        writable: bool,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
+        let open = |write: bool| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map_err(|source| VmError::Io {
+                    id: name.to_string(),
+                    op: "open disk layer",
+                    path: path.to_path_buf(),
+                    source,
+                })
+        };
+        let set = self.add_fd(name, &open(false)?, timeout).await?;
+        if writable {
+            // The same set holds a read-write descriptor for the top.
+            self.qmp
+                .execute_with_fd(
+                    "add-fd",
+                    json!({ "fdset-id": set }),
+                    open(true)?.as_fd(),
+                    timeout,
+                )
+                .await
+                .map_err(Self::qmp_err(name, "add-fd"))?;
+        }
+        Ok(format!("/dev/fdset/{set}"))
+    }
+
+    /// Add the nodes of `layers` (bottom first), the first on top of
+    /// `below`; the last is writable when `writable_top`. Returns the
+    /// format node names.
+    async fn add_layers(
         &mut self,
         name: &str,
         layers: &[ResolvedLayer],
+        below: Option<String>,
+        writable_top: bool,
         timeout: Duration,
-    ) -> Result<(), VmError> {
-        let top = layers.len().saturating_sub(1);
+    ) -> Result<Vec<String>, VmError> {
         let mut files: Vec<(String, DiskFormat)> = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            let open = |write: bool| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(write)
-                    .open(&l.path)
-                    .map_err(|source| VmError::Io {
-                        id: name.to_string(),
-                        op: "open disk layer",
-                        path: l.path.clone(),
-                        source,
-                    })
-            };
-            let set = self.add_fd(name, &open(false)?, timeout).await?;
-            if i == top {
-                // The same set holds a read-write descriptor for the top.
-                self.qmp
-                    .execute_with_fd(
-                        "add-fd",
-                        json!({ "fdset-id": set }),
-                        open(true)?.as_fd(),
-                        timeout,
-                    )
-                    .await
-                    .map_err(Self::qmp_err(name, "add-fd"))?;
-            }
-            files.push((format!("/dev/fdset/{set}"), l.format));
+            let writable = writable_top && i + 1 == layers.len();
+            files.push((
+                self.pass_file(name, &l.path, writable, timeout).await?,
+                l.format,
+            ));
         }
         let prefix = format!("g{}", self.next_node_gen);
         self.next_node_gen += 1;
-        let (nodes, top_node) = blockdev_nodes(&prefix, &files);
+        let (mut nodes, _) = blockdev_nodes(&prefix, &files);
+        if !writable_top {
+            for n in &mut nodes {
+                n["read-only"] = true.into();
+            }
+        }
+        if let (Some(below), Some(first)) = (below, nodes.get_mut(1)) {
+            if first["driver"] == "qcow2" {
+                first["backing"] = below.into();
+            }
+        }
+        let mut names = Vec::new();
         for node in nodes {
+            if node["driver"] != "file" {
+                names.push(node["node-name"].as_str().unwrap_or_default().to_string());
+            }
             self.qmp
                 .execute("blockdev-add", node, timeout)
                 .await
                 .map_err(Self::qmp_err(name, "blockdev-add"))?;
         }
+        Ok(names)
+    }
+
+    /// Attach a snapshot's layers and an empty spare layer over them, ahead
+    /// of any claim (the device stays on its placeholder).
+    pub(crate) async fn prepare_disk(
+        &mut self,
+        name: &str,
+        snapshot_chain: &DiskChain,
+        resolved: &[ResolvedLayer],
+        spare: &Path,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let lower_nodes = self
+            .add_layers(name, resolved, None, false, timeout)
+            .await?;
+        let file = self.pass_file(name, spare, true, timeout).await?;
+        let prefix = format!("g{}", self.next_node_gen);
+        self.next_node_gen += 1;
+        let spare_file_node = format!("{prefix}sf");
+        let spare_node = format!("{prefix}s");
+        self.qmp
+            .execute(
+                "blockdev-add",
+                json!({ "driver": "file", "node-name": spare_file_node, "filename": file }),
+                timeout,
+            )
+            .await
+            .map_err(Self::qmp_err(name, "blockdev-add"))?;
+        self.qmp
+            .execute(
+                "blockdev-add",
+                json!({
+                    "driver": "qcow2", "node-name": spare_node, "file": spare_file_node,
+                    "backing": lower_nodes.last(),
+                }),
+                timeout,
+            )
+            .await
+            .map_err(Self::qmp_err(name, "blockdev-add"))?;
+        self.prepared = Some(PreparedDisk {
+            lower: snapshot_chain
+                .layers
+                .iter()
+                .map(|l| l.location.clone())
+                .zip(lower_nodes)
+                .collect(),
+            spare_file_node,
+            spare_node,
+        });
+        Ok(())
+    }
+
+    /// Make `chain` (bottom first; the top written) the root disk of a QEMU
+    /// that waits at `-incoming`. With a prepared disk, the chain's top must
+    /// be the spare layer (renamed into the microVM's directory).
+    pub(crate) async fn hand_disk(
+        &mut self,
+        name: &str,
+        chain: &DiskChain,
+        layers: &[ResolvedLayer],
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let top = layers.len().saturating_sub(1);
+        let top_node = match self.prepared.take() {
+            Some(p) => {
+                // The layers the waiting QEMU already has, then the rest
+                // below the top, then the spare reopened onto them.
+                let shared = p
+                    .lower
+                    .iter()
+                    .zip(&chain.layers[..top])
+                    .take_while(|((loc, _), l)| *loc == l.location)
+                    .count();
+                let below = shared.checked_sub(1).map(|i| p.lower[i].1.clone());
+                let added = self
+                    .add_layers(name, &layers[shared..top], below.clone(), false, timeout)
+                    .await?;
+                let backing = added.last().cloned().or(below);
+                if backing.as_ref() != p.lower.last().map(|(_, n)| n) {
+                    self.qmp
+                        .execute(
+                            "blockdev-reopen",
+                            json!({ "options": [{
+                                "driver": "qcow2", "node-name": p.spare_node,
+                                "file": p.spare_file_node, "backing": backing,
+                            }] }),
+                            timeout,
+                        )
+                        .await
+                        .map_err(Self::qmp_err(name, "blockdev-reopen"))?;
+                }
+                p.spare_node
+            }
+            None => self
+                .add_layers(name, layers, None, true, timeout)
+                .await?
+                .pop()
+                .unwrap_or_default(),
+        };
         self.qmp
             .execute(
                 "blockdev-reopen",
@@ -89,14 +239,6 @@ impl Proc {
             )
             .await
             .map_err(Self::qmp_err(name, "blockdev-reopen"))?;
-        self.qmp
-            .execute(
-                "blockdev-del",
-                json!({ "node-name": PLACEHOLDER_NODE }),
-                timeout,
-            )
-            .await
-            .map_err(Self::qmp_err(name, "blockdev-del"))?;
         Ok(())
     }
 

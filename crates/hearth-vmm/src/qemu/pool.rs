@@ -169,7 +169,7 @@ impl QemuBackend {
             None => Disk::None,
         };
         let image = self.image(snapshot).await?;
-        let proc = self
+        let mut proc = self
             .start(StartSpec {
                 name: &name,
                 vm_dir: &dir,
@@ -184,7 +184,22 @@ impl QemuBackend {
                 },
             })
             .await?;
-        entry.proc = Some(proc);
+        if let Some(chain) = &snapshot.record.disk {
+            let resolved = chain.resolve(&self.inner.catalog.root(), &dir);
+            let r = proc
+                .prepare_disk(
+                    &name,
+                    chain,
+                    &resolved,
+                    &dir.join(SPARE_LAYER),
+                    self.inner.cfg.qmp_timeout,
+                )
+                .await;
+            entry.proc = Some(proc);
+            r?;
+        } else {
+            entry.proc = Some(proc);
+        }
         Ok(entry)
     }
 

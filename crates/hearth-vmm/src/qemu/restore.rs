@@ -174,7 +174,7 @@ impl QemuBackend {
         let t0 = std::time::Instant::now();
         if let Some(chain) = chain {
             let layers = chain.resolve(&self.inner.catalog.root(), dir);
-            proc.hand_disk(id.as_str(), &layers, t).await?;
+            proc.hand_disk(id.as_str(), chain, &layers, t).await?;
         }
         self.fault_at(FaultPoint::ResumeDiskReady, id, dir, proc);
         if let Some((diff, data, key, len)) = diff {

@@ -76,6 +76,8 @@ pub(crate) struct Proc {
     /// Next unused fdset id and block node generation (for handovers).
     pub next_fdset: u64,
     pub next_node_gen: u32,
+    /// Disk nodes attached ahead of time (a waiting QEMU).
+    pub prepared: Option<super::handover::PreparedDisk>,
 }
 
 impl Proc {
@@ -253,6 +255,7 @@ impl QemuBackend {
                 agent,
                 next_fdset,
                 next_node_gen: 1,
+                prepared: None,
             }),
             Err(e) => {
                 let ended = ended_error(&mut supervisor, &run, &name, "start").await;

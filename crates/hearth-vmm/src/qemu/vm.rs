@@ -507,6 +507,21 @@ impl QemuVm {
         self.fault(FaultPoint::SuspendMemorySaved);
         self.quit().await;
         self.fault(FaultPoint::SuspendProcessGone);
+        // Everything the record will name reaches the disk before it.
+        let mut durable: Vec<PathBuf> = self
+            .record
+            .disk
+            .as_ref()
+            .map(|d| d.own_files().iter().map(|f| self.dir.join(f)).collect())
+            .unwrap_or_default();
+        if let MemoryBase::Own { file } = &self.record.memory.base {
+            durable.push(self.dir.join(file));
+        }
+        for path in durable {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(self.err_io("sync", &path))?;
+        }
         // Commit: from here on the microVM is suspended in `generation`.
         let mut record = self.record.clone();
         record.state = RecordedState::Suspended {
