@@ -8,7 +8,7 @@
 //! blocking (local sockets, a fork/exec); callers run it on their task.
 
 use std::fs;
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -265,23 +265,4 @@ pub fn set_linger(run: &RunDir, linger: bool) -> io::Result<SupervisorStatus> {
             linger,
         },
     )
-}
-
-/// Wait until `path` exists (a socket a fresh process is about to serve).
-pub fn wait_for(path: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
-}
-
-/// The buffered reader used by tests to speak the control protocol.
-pub fn read_line(r: &mut impl BufRead) -> io::Result<String> {
-    let mut s = String::new();
-    r.read_line(&mut s)?;
-    Ok(s)
 }

@@ -162,6 +162,45 @@ async fn garbage_fails_the_channel_and_pending_requests() {
 }
 
 #[tokio::test]
+async fn garbage_before_a_booting_guests_first_frame_fails_the_channel() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let client = AgentClient::start(a, ChannelStart::Boot).unwrap();
+    let mut guest = FakeGuest::new(b, 2);
+    // Not a header: the version cannot be learned, and waiting for more
+    // bytes would hang the boot until its timeout.
+    guest
+        .stream
+        .write_all(b"login: root\r\nPassword:")
+        .await
+        .unwrap();
+    let err = client.wait_hello(T).await.unwrap_err();
+    assert!(matches!(err, AgentClientError::ChannelFailed(_)), "{err}");
+    assert!(
+        matches!(client.health(), ChannelHealth::Failed(ref r) if r.contains("first frame")),
+        "{:?}",
+        client.health()
+    );
+}
+
+#[tokio::test]
+async fn a_booting_guest_with_an_unknown_protocol_version_is_refused() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let client = AgentClient::start(a, ChannelStart::Boot).unwrap();
+    let mut guest = FakeGuest::new(b, 2);
+    let mut header = [0u8; HEADER_LEN];
+    header[..2].copy_from_slice(&hearth_proto::MAGIC);
+    header[2] = 9;
+    guest.stream.write_all(&header).await.unwrap();
+    let err = client.wait_hello(T).await.unwrap_err();
+    assert!(matches!(err, AgentClientError::ChannelFailed(_)), "{err}");
+    assert!(
+        matches!(client.health(), ChannelHealth::Failed(ref r) if r.contains("protocol 9")),
+        "{:?}",
+        client.health()
+    );
+}
+
+#[tokio::test]
 async fn oversized_frame_header_fails_without_buffering() {
     let (client, mut guest) = booted().await;
     let mut header = [0u8; HEADER_LEN];

@@ -4,7 +4,7 @@
 //! spawn itself happens on the spawner thread.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,11 +288,4 @@ pub(crate) async fn ended_error(
         detail,
         console: run.console_tail(CONSOLE_TAIL_BYTES),
     })
-}
-
-/// Is this descriptor number still open in our process (for tests)?
-#[allow(dead_code)]
-pub(crate) fn fd_open(fd: &impl AsRawFd) -> bool {
-    // SAFETY: F_GETFD only queries the descriptor.
-    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) >= 0 }
 }
