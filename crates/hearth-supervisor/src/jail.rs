@@ -81,15 +81,7 @@ fn bind_ro(root: &Path, host: &Path) -> Result<(), JailError> {
         fs::symlink_metadata(host),
     )?;
     let target = inside(root, host);
-    if let Some(parent) = target.parent() {
-        step(
-            format!("create {}", parent.display()),
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent),
-        )?;
-    }
+    create_parent(&target)?;
     if meta.file_type().is_symlink() {
         let dest = step(format!("read link {}", host.display()), fs::read_link(host))?;
         return step(
@@ -140,18 +132,24 @@ fn bind_ro(root: &Path, host: &Path) -> Result<(), JailError> {
     )
 }
 
-/// Bind a device node at the same path in `root` (no exec, no setuid).
-fn bind_device(root: &Path, host: &Path) -> Result<(), JailError> {
-    let target = inside(root, host);
-    if let Some(parent) = target.parent() {
-        step(
+/// Create the directories above `target` (mode 0755).
+fn create_parent(target: &Path) -> Result<(), JailError> {
+    match target.parent() {
+        Some(parent) => step(
             format!("create {}", parent.display()),
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(parent),
-        )?;
+        ),
+        None => Ok(()),
     }
+}
+
+/// Bind a device node at the same path in `root` (no exec, no setuid).
+fn bind_device(root: &Path, host: &Path) -> Result<(), JailError> {
+    let target = inside(root, host);
+    create_parent(&target)?;
     step(
         format!("create {}", target.display()),
         fs::OpenOptions::new()

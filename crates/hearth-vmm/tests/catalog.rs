@@ -14,16 +14,6 @@ use hearth_vmm::{
 };
 use support::*;
 
-async fn sh(vm: &hearth_vmm::QemuVm, script: &str) -> String {
-    let out = vm
-        .agent()
-        .run(&["/bin/sh", "-c", script], T)
-        .await
-        .expect("agent run");
-    assert!(out.status.success(), "`{script}`: {out:?}");
-    out.stdout_str().trim().to_string()
-}
-
 fn launch_spec(id: &str) -> LaunchSpec {
     LaunchSpec {
         id: VmId::new(id).unwrap(),

@@ -16,16 +16,6 @@ const V1_AGENT: &str = concat!(
 );
 const V1_AGENT_SHA256: &str = "39bd548aefa27cd95d72f8ef8072605d69ca8f7dc22101b1349e86c95a389d66";
 
-async fn sh(vm: &hearth_vmm::QemuVm, script: &str) -> String {
-    let out = vm
-        .agent()
-        .run(&["/bin/sh", "-c", script], T)
-        .await
-        .expect("agent run");
-    assert!(out.status.success(), "`{script}`: {out:?}");
-    out.stdout_str().trim().to_string()
-}
-
 #[tokio::test]
 async fn e2e_protocol_v1_snapshot_still_restores() {
     let env = env();
@@ -52,21 +42,7 @@ async fn e2e_protocol_v1_snapshot_still_restores() {
         .await
         .expect("boot a protocol-1 guest");
     assert_eq!(src.agent().version(), Some(1));
-    src.agent()
-        .exec(
-            ExecRequest {
-                argv: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.1; done".into(),
-                ],
-                ..Default::default()
-            },
-            T,
-        )
-        .await
-        .unwrap();
-    sh(&src, "echo seed > /root/disk-file && sync").await;
+    start_counter(&src).await;
     let snap = src.snapshot(SnapshotMode::Consume).await.expect("snapshot");
     assert_eq!(snap.record.requirements.agent_protocol, 1);
 

@@ -6,67 +6,8 @@ mod support;
 use std::time::Duration;
 
 use hearth_proto::ExecRequest;
-use hearth_vmm::agent::Output;
-use hearth_vmm::{LaunchSpec, MicroVm, QemuVm, Snapshot, SnapshotMode, VmBackend, VmId, VmState};
+use hearth_vmm::{LaunchSpec, MicroVm, Snapshot, SnapshotMode, VmBackend, VmId, VmState};
 use support::*;
-
-async fn sh(vm: &QemuVm, script: &str) -> String {
-    let out: Output = vm
-        .agent()
-        .run(&["/bin/sh", "-c", script], T)
-        .await
-        .expect("agent run");
-    assert!(
-        out.status.success(),
-        "`{script}` failed with {:?}: stdout={:?} stderr={:?}",
-        out.status,
-        out.stdout_str(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout_str().trim().to_string()
-}
-
-/// Start the counter: a shell whose loop variable lives in process memory,
-/// published to tmpfs (memory) every 100 ms, next to a file on the root disk.
-async fn start_counter(vm: &QemuVm) -> u32 {
-    sh(vm, "echo seed > /root/disk-file && sync").await;
-    let p = vm
-        .agent()
-        .exec(
-            ExecRequest {
-                argv: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.1; done".into(),
-                ],
-                ..Default::default()
-            },
-            T,
-        )
-        .await
-        .expect("start counter");
-    // Wait until it has counted a little; a counter that never counts fails.
-    wait_counter_above(vm, 2).await;
-    p.pid
-}
-
-async fn counter(vm: &QemuVm) -> u64 {
-    sh(vm, "cat /run/counter 2>/dev/null || echo 0")
-        .await
-        .parse()
-        .unwrap_or(0)
-}
-
-async fn wait_counter_above(vm: &QemuVm, floor: u64) -> u64 {
-    for _ in 0..100 {
-        let c = counter(vm).await;
-        if c > floor {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("counter of {} never went above {floor}", vm.id());
-}
 
 /// Boot a Debian guest, start the counter, and snapshot it (the source ends).
 /// Returns the snapshot, the counter's PID and its count at the snapshot.

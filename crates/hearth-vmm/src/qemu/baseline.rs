@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::pool::{create_vm_dir, Prestarted, SPARE_LAYER};
+use super::pool::{Prestarted, SPARE_LAYER};
 use super::start::{Disk, Ram, StartSpec};
 use super::vm::QemuVm;
 use super::QemuBackend;
@@ -137,34 +137,19 @@ impl QemuBackend {
     /// A QEMU with anonymous RAM waiting for a full-RAM stream: the
     /// baseline's equivalent of a pre-started clone.
     pub async fn prestart_full_ram(&self, snap: &FullRamSnapshot) -> Result<Prestarted, VmError> {
-        let name = VmId::random("pool").to_string();
-        let dir = create_vm_dir(self, &name)?;
-        let state_dir = self.inner.cfg.state_dir.clone();
-        let uid = confine::claim_uid(&state_dir, &name).map_err(|source| VmError::Io {
-            id: name.clone(),
-            op: "claim a uid in",
-            path: state_dir.clone(),
-            source,
-        })?;
-        let mut entry = Prestarted::new(name.clone(), dir.clone(), uid, state_dir);
+        let mut entry = self.new_pool_entry()?;
+        let (name, dir, uid) = (entry.name.clone(), entry.dir.clone(), entry.uid);
         let disk = match &snap.disk {
             Some(c) => {
-                crate::disk::create_layer(
-                    &self.inner.cfg.qemu_img,
-                    &dir.join(SPARE_LAYER),
-                    c.size_bytes,
-                )
-                .map_err(|source| VmError::Disk {
-                    id: name.clone(),
-                    source,
-                })?;
+                self.create_layer(&name, dir.join(SPARE_LAYER), c.size_bytes)
+                    .await?;
                 Disk::Placeholder {
                     size_bytes: c.size_bytes,
                 }
             }
             None => Disk::None,
         };
-        let mut proc = self
+        let proc = self
             .start(StartSpec {
                 name: &name,
                 vm_dir: &dir,
@@ -180,22 +165,7 @@ impl QemuBackend {
             })
             .await?;
         // The same head start as a pre-started clone: disk attached ahead.
-        if let Some(chain) = &snap.disk {
-            let resolved = chain.resolve(&self.inner.catalog.root(), &dir);
-            let r = proc
-                .prepare_disk(
-                    &name,
-                    chain,
-                    &resolved,
-                    &dir.join(SPARE_LAYER),
-                    self.inner.cfg.qmp_timeout,
-                )
-                .await;
-            entry.proc = Some(proc);
-            r?;
-        } else {
-            entry.proc = Some(proc);
-        }
+        self.park(&mut entry, proc, snap.disk.as_ref()).await?;
         Ok(entry)
     }
 

@@ -17,6 +17,7 @@ use crate::agent::ChannelStart;
 use crate::catalog::{Snapshot, SnapshotId};
 use crate::confine;
 use crate::disk;
+use crate::disk::DiskChain;
 use crate::error::VmError;
 use crate::record::OWNER_FILE;
 use crate::VmId;
@@ -136,40 +137,19 @@ impl QemuBackend {
 
     /// Start one QEMU waiting for `snapshot`.
     pub(crate) async fn prestart_one(&self, snapshot: &Snapshot) -> Result<Prestarted, VmError> {
-        let name = VmId::random("pool").to_string();
-        let dir = create_vm_dir(self, &name)?;
-        let state_dir = self.inner.cfg.state_dir.clone();
-        let uid = match confine::claim_uid(&state_dir, &name) {
-            Ok(u) => u,
-            Err(source) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(VmError::Io {
-                    id: name,
-                    op: "claim a uid in",
-                    path: state_dir,
-                    source,
-                });
-            }
-        };
-        // From here the entry cleans up after itself.
-        let mut entry = Prestarted::new(name.clone(), dir.clone(), uid, state_dir);
+        let mut entry = self.new_pool_entry()?;
+        let (name, dir, uid) = (entry.name.clone(), entry.dir.clone(), entry.uid);
         let machine = &snapshot.record.machine;
         let disk = match machine.disk_size_bytes {
             Some(size) => {
-                let (img, layer) = (self.inner.cfg.qemu_img.clone(), dir.join(SPARE_LAYER));
-                tokio::task::spawn_blocking(move || disk::create_layer(&img, &layer, size))
-                    .await
-                    .expect("create_layer task")
-                    .map_err(|source| VmError::Disk {
-                        id: name.clone(),
-                        source,
-                    })?;
+                self.create_layer(&name, dir.join(SPARE_LAYER), size)
+                    .await?;
                 Disk::Placeholder { size_bytes: size }
             }
             None => Disk::None,
         };
         let image = self.image(snapshot).await?;
-        let mut proc = self
+        let proc = self
             .start(StartSpec {
                 name: &name,
                 vm_dir: &dir,
@@ -184,22 +164,8 @@ impl QemuBackend {
                 },
             })
             .await?;
-        if let Some(chain) = &snapshot.record.disk {
-            let resolved = chain.resolve(&self.inner.catalog.root(), &dir);
-            let r = proc
-                .prepare_disk(
-                    &name,
-                    chain,
-                    &resolved,
-                    &dir.join(SPARE_LAYER),
-                    self.inner.cfg.qmp_timeout,
-                )
-                .await;
-            entry.proc = Some(proc);
-            r?;
-        } else {
-            entry.proc = Some(proc);
-        }
+        self.park(&mut entry, proc, snapshot.record.disk.as_ref())
+            .await?;
         Ok(entry)
     }
 
@@ -217,5 +183,75 @@ impl QemuBackend {
             }
         }
         None
+    }
+}
+
+impl QemuBackend {
+    /// A fresh `pool-*` directory with a claimed uid, as an entry that
+    /// removes both when dropped.
+    pub(super) fn new_pool_entry(&self) -> Result<Prestarted, VmError> {
+        let name = VmId::random("pool").to_string();
+        let dir = create_vm_dir(self, &name)?;
+        let state_dir = self.inner.cfg.state_dir.clone();
+        let uid = match confine::claim_uid(&state_dir, &name) {
+            Ok(u) => u,
+            Err(source) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(VmError::Io {
+                    id: name,
+                    op: "claim a uid in",
+                    path: state_dir,
+                    source,
+                });
+            }
+        };
+        // From here the entry cleans up after itself.
+        Ok(Prestarted::new(name, dir, uid, state_dir))
+    }
+
+    /// Create an empty qcow2 layer of `size_bytes` at `layer`, on a blocking
+    /// thread (qemu-img runs for a few milliseconds).
+    pub(super) async fn create_layer(
+        &self,
+        id: &str,
+        layer: PathBuf,
+        size_bytes: u64,
+    ) -> Result<(), VmError> {
+        let img = self.inner.cfg.qemu_img.clone();
+        tokio::task::spawn_blocking(move || disk::create_layer(&img, &layer, size_bytes))
+            .await
+            .expect("create_layer task")
+            .map_err(|source| VmError::Disk {
+                id: id.to_string(),
+                source,
+            })
+    }
+
+    /// Park a waiting QEMU in `entry` with the snapshot's disk layers
+    /// (`chain`, if it has a disk) and the spare layer attached ahead, so a
+    /// handover only reopens. The entry owns the QEMU even when attaching
+    /// fails, so dropping it ends the QEMU and its files.
+    pub(super) async fn park(
+        &self,
+        entry: &mut Prestarted,
+        mut proc: Proc,
+        chain: Option<&DiskChain>,
+    ) -> Result<(), VmError> {
+        let r = match chain {
+            Some(chain) => {
+                let resolved = chain.resolve(&self.inner.catalog.root(), &entry.dir);
+                proc.prepare_disk(
+                    &entry.name,
+                    chain,
+                    &resolved,
+                    &entry.dir.join(SPARE_LAYER),
+                    self.inner.cfg.qmp_timeout,
+                )
+                .await
+            }
+            None => Ok(()),
+        };
+        entry.proc = Some(proc);
+        r
     }
 }

@@ -263,14 +263,7 @@ impl QemuBackend {
                 source,
             })?;
             let layer_name = "disk-1.qcow2";
-            let (img, layer) = (self.inner.cfg.qemu_img.clone(), dir.join(layer_name));
-            tokio::task::spawn_blocking(move || disk::create_layer(&img, &layer, size))
-                .await
-                .expect("create_layer task")
-                .map_err(|source| VmError::Disk {
-                    id: name.clone(),
-                    source,
-                })?;
+            self.create_layer(&name, dir.join(layer_name), size).await?;
             chain = Some(
                 DiskChain {
                     size_bytes: size,
@@ -545,17 +538,7 @@ impl QemuBackend {
                     Some(spare) => {
                         std::fs::rename(spare, &path).map_err(io(&name, "rename", spare))
                     }
-                    None => {
-                        let (img, p, size) =
-                            (self.inner.cfg.qemu_img.clone(), path.clone(), c.size_bytes);
-                        tokio::task::spawn_blocking(move || disk::create_layer(&img, &p, size))
-                            .await
-                            .expect("create_layer task")
-                            .map_err(|source| VmError::Disk {
-                                id: name.clone(),
-                                source,
-                            })
-                    }
+                    None => self.create_layer(&name, path.clone(), c.size_bytes).await,
                 };
                 undo.paths.push(path);
                 if let Err(e) = made {

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hearth_artifacts::Manifest;
+use hearth_proto::ExecRequest;
 use hearth_vmm::accel::{decide, AccelChoice, HostKvmFacts};
-use hearth_vmm::{BootSpec, Lifetime, QemuBackend, QemuConfig, VmId};
+use hearth_vmm::agent::Output;
+use hearth_vmm::{BootSpec, Lifetime, MicroVm, QemuBackend, QemuConfig, QemuVm, VmId};
 
 pub const T: Duration = Duration::from_secs(60);
 pub const GUEST_MEM_MIB: u32 = 256;
@@ -92,4 +94,64 @@ pub fn host_now_secs() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// Run `script` with `/bin/sh -c` in the guest; it must succeed. Returns its
+/// trimmed stdout.
+pub async fn sh(vm: &QemuVm, script: &str) -> String {
+    let out: Output = vm
+        .agent()
+        .run(&["/bin/sh", "-c", script], T)
+        .await
+        .expect("agent run");
+    assert!(
+        out.status.success(),
+        "`{script}` failed with {:?}: stdout={:?} stderr={:?}",
+        out.status,
+        out.stdout_str(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout_str().trim().to_string()
+}
+
+/// Start the counter: a shell whose loop variable lives in process memory,
+/// published to tmpfs (memory) every 100 ms, next to a file on the root disk.
+pub async fn start_counter(vm: &QemuVm) -> u32 {
+    sh(vm, "echo seed > /root/disk-file && sync").await;
+    let p = vm
+        .agent()
+        .exec(
+            ExecRequest {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "i=0; while :; do i=$((i+1)); echo $i > /run/counter; sleep 0.1; done".into(),
+                ],
+                ..Default::default()
+            },
+            T,
+        )
+        .await
+        .expect("start counter");
+    // Wait until it has counted a little; a counter that never counts fails.
+    wait_counter_above(vm, 2).await;
+    p.pid
+}
+
+pub async fn counter(vm: &QemuVm) -> u64 {
+    sh(vm, "cat /run/counter 2>/dev/null || echo 0")
+        .await
+        .parse()
+        .unwrap_or(0)
+}
+
+pub async fn wait_counter_above(vm: &QemuVm, floor: u64) -> u64 {
+    for _ in 0..100 {
+        let c = counter(vm).await;
+        if c > floor {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("counter of {} never went above {floor}", vm.id());
 }
