@@ -45,6 +45,7 @@ pub mod model;
 pub mod pattern;
 pub mod route;
 pub mod sample;
+mod template;
 pub mod validate;
 
 pub use input::InputError;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::pattern::Pattern;
-use crate::route::UriTemplate;
+use crate::template::UriTemplate;
 
 /// The botocore model of the Lambda MicroVMs API, gzip-compressed.
 static EMBEDDED_MODEL_GZ: &[u8] = include_bytes!("../model/lambda-microvms-2025-09-09.json.gz");

@@ -7,6 +7,7 @@
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use hearth_store::{ResourceKind, StoreError};
 use serde_json::{json, Map, Value};
 
 /// One API failure, as the client will see it.
@@ -147,6 +148,29 @@ impl IntoResponse for ApiError {
             h.insert("retry-after", HeaderValue::from(retry_after_secs));
         }
         resp
+    }
+}
+
+/// Map store failures to API errors.
+pub fn store_error(what: &'static str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound { kind, id } => ApiError::not_found(resource_name(kind), id),
+        StoreError::Conflict(c) => ApiError::Conflict {
+            message: c.to_string(),
+            resource_id: None,
+            resource_type: None,
+        },
+        other => ApiError::internal(what, other),
+    }
+}
+
+fn resource_name(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Image => "MicroVM image",
+        ResourceKind::ImageVersion => "MicroVM image version",
+        ResourceKind::Build => "MicroVM image build",
+        ResourceKind::Microvm => "MicroVM",
+        _ => "Resource",
     }
 }
 

@@ -11,39 +11,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hearth_store::{
-    AccountId, Cursor, ImageFilter, MicrovmFilter, Page, PageRequest, ResourceKind, Store,
-    StoreError, VersionUpdate,
+    AccountId, Cursor, ImageFilter, MicrovmFilter, Page, PageRequest, Store, StoreError,
+    VersionUpdate,
 };
 use serde_json::{json, Map, Value};
 
+use crate::context::{blocking, unix_secs, AppState, Caller};
 use crate::error::ApiError;
-use crate::server::{unix_secs, AppState, Caller};
 
 /// Default page size when `maxResults` is absent.
 const DEFAULT_PAGE: u32 = 50;
-
-/// Map store failures to API errors.
-pub fn store_error(what: &'static str, e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound { kind, id } => ApiError::not_found(resource_name(kind), id),
-        StoreError::Conflict(c) => ApiError::Conflict {
-            message: c.to_string(),
-            resource_id: None,
-            resource_type: None,
-        },
-        other => ApiError::internal(what, other),
-    }
-}
-
-fn resource_name(kind: ResourceKind) -> &'static str {
-    match kind {
-        ResourceKind::Image => "MicroVM image",
-        ResourceKind::ImageVersion => "MicroVM image version",
-        ResourceKind::Build => "MicroVM image build",
-        ResourceKind::Microvm => "MicroVM",
-        _ => "Resource",
-    }
-}
 
 async fn run<T: Send + 'static>(
     state: &Arc<AppState>,
@@ -51,10 +28,7 @@ async fn run<T: Send + 'static>(
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-        Ok(r) => r.map_err(|e| store_error(what, e)),
-        Err(e) => Err(ApiError::internal(what, e)),
-    }
+    blocking(what, move || f(store.as_ref())).await
 }
 
 fn s<'a>(input: &'a Value, key: &str) -> Option<&'a str> {

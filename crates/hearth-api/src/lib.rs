@@ -8,11 +8,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod context;
 pub mod datadir;
 pub mod error;
 pub mod handlers;
 pub mod paging;
 pub mod server;
 
+pub use context::{AppState, Caller, ManagedImage};
 pub use datadir::DataDir;
-pub use server::{router, AppState, ManagedImage};
+pub use server::router;

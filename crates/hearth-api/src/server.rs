@@ -16,39 +16,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hearth_api_model::{InputError, Model, RouteError};
 use hearth_sigv4::SecretKey;
-use hearth_store::{AccountId, IdempotencyBegin, Store, StoredResponse};
+use hearth_store::{IdempotencyBegin, StoredResponse};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::context::{blocking, unix_secs, AppState, Caller};
 use crate::error::ApiError;
 use crate::handlers;
-use crate::paging::TokenSealer;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
-
-/// A managed base image offered to every account.
-#[derive(Debug, Clone)]
-pub struct ManagedImage {
-    pub name: String,
-    pub version: String,
-    pub created_at_secs: i64,
-}
-
-/// Shared server state.
-pub struct AppState {
-    pub store: Arc<dyn Store>,
-    pub sealer: TokenSealer,
-    pub managed_images: Vec<ManagedImage>,
-}
-
-/// Who is calling, established by SigV4.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub account_id: AccountId,
-    /// Region of the credential scope; ARNs are minted in it.
-    pub region: String,
-}
 
 /// Build the router. `/hearth/v1/ping` answers without authentication (the
 /// ceiling `hearth bench api` compares against); everything else is the API.
@@ -93,16 +70,6 @@ async fn handle(
         HeaderValue::from_str(&rid).expect("hex id"),
     );
     resp
-}
-
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T, hearth_store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| handlers::store_error(what, e)),
-        Err(e) => Err(ApiError::internal(what, e)),
-    }
 }
 
 async fn pipeline(
@@ -345,11 +312,4 @@ fn auth_err(e: hearth_sigv4::SigV4Error) -> ApiError {
         code: e.error_code(),
         message: e.to_string(),
     }
-}
-
-pub fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

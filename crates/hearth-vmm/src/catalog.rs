@@ -30,64 +30,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::disk::DiskChain;
 use crate::error::VmError;
-use crate::record::{load_json, save_json};
+use crate::jsonfile::{load_json, save_json};
 use crate::spec::MachineConfig;
-use crate::VmId;
+use crate::{SnapshotId, VmId};
 
 /// Directory of the catalog in the state directory.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 /// The record file of a snapshot.
 pub const RECORD_FILE: &str = "snapshot.json";
 const REFS_DIR: &str = "refs";
-
-/// A snapshot id: `[a-z0-9-]`, 1-63 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SnapshotId(String);
-
-impl SnapshotId {
-    pub fn new(id: impl Into<String>) -> Result<Self, VmError> {
-        let id = id.into();
-        if hearth_proto::valid_hostname(&id) && !id.bytes().any(|b| b.is_ascii_uppercase()) {
-            Ok(Self(id))
-        } else {
-            Err(VmError::Invalid(format!(
-                "invalid snapshot id {id:?}: use 1-63 of [a-z0-9-]"
-            )))
-        }
-    }
-
-    /// A fresh id, `snap-<12 hex digits>`.
-    pub fn random() -> Self {
-        Self(format!(
-            "snap-{:012x}",
-            rand::random::<u64>() & 0xffff_ffff_ffff
-        ))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for SnapshotId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::new(s).map_err(|e| e.to_string())
-    }
-}
-
-impl From<SnapshotId> for String {
-    fn from(v: SnapshotId) -> String {
-        v.0
-    }
-}
-
-impl fmt::Display for SnapshotId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// What must hold on the host for a snapshot (or a suspended microVM) to
 /// restore into a working guest.

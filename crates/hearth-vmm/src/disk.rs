@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::catalog::SnapshotId;
+use crate::ids::SnapshotId;
 
 /// Disk failures.
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,8 @@ pub mod confine;
 pub mod disk;
 pub mod error;
 pub mod fault;
+pub mod ids;
+pub mod jsonfile;
 pub mod memory;
 pub mod process;
 pub mod qemu;
@@ -40,72 +42,15 @@ pub mod spec;
 pub mod state;
 pub mod supervise;
 
-use std::fmt;
-
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use agent::{AgentClient, AgentClientError, ChannelHealth};
-pub use catalog::{Catalog, RestoreRequirements, Snapshot, SnapshotId, SnapshotRecord};
+pub use catalog::{Catalog, RestoreRequirements, Snapshot, SnapshotRecord};
 pub use error::VmError;
+pub use ids::{InvalidSnapshotId, InvalidVmId, SnapshotId, VmId};
 pub use qemu::{Adopted, FullRamSnapshot, GcReport, QemuBackend, QemuConfig, QemuVm};
 pub use record::{SuspendedVm, VmRecord};
 pub use spec::{BootSpec, LaunchSpec, Lifetime, MachineConfig, SnapshotMode};
 pub use state::{VmEvent, VmState};
-
-/// A microVM id: 1-63 characters of `[a-z0-9-]`, not starting or ending with
-/// `-` (it becomes a directory name and the guest's hostname).
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(try_from = "String", into = "String")]
-pub struct VmId(String);
-
-/// A string that is not a valid [`VmId`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid microVM id {0:?}: use 1-63 of [a-z0-9-], not starting or ending with '-'")]
-pub struct InvalidVmId(pub String);
-
-impl VmId {
-    pub fn new(id: impl Into<String>) -> Result<Self, InvalidVmId> {
-        let id = id.into();
-        let ok = hearth_proto::valid_hostname(&id) && id.bytes().all(|b| !b.is_ascii_uppercase());
-        if ok {
-            Ok(Self(id))
-        } else {
-            Err(InvalidVmId(id))
-        }
-    }
-
-    /// A fresh random id with a prefix, e.g. `vm-3f9c0a1b2d4e`.
-    pub fn random(prefix: &str) -> Self {
-        Self(format!(
-            "{prefix}-{:012x}",
-            rand::random::<u64>() & 0xffff_ffff_ffff
-        ))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for VmId {
-    type Error = InvalidVmId;
-    fn try_from(s: String) -> Result<Self, InvalidVmId> {
-        Self::new(s)
-    }
-}
-
-impl From<VmId> for String {
-    fn from(v: VmId) -> String {
-        v.0
-    }
-}
-
-impl fmt::Display for VmId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The engine contract. Implementations own processes and files; every
 /// method either succeeds or leaves nothing behind (a failed resume leaves

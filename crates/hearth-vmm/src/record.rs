@@ -1,6 +1,4 @@
-//! Persisted microVM state: `vm.json` in every microVM directory, and the
-//! versioned-JSON helpers every record uses (written atomically: temporary
-//! file, fsync, rename, directory fsync).
+//! Persisted microVM state: `vm.json` in every microVM directory.
 //!
 //! ```text
 //! <state>/vms/<id>/
@@ -18,16 +16,16 @@
 //! never absolute paths in the state directory, so it can move.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{RestoreRequirements, SnapshotId};
+use crate::catalog::RestoreRequirements;
 use crate::disk::DiskChain;
 use crate::error::VmError;
+pub use crate::jsonfile::{load_json, save_json};
 use crate::spec::{Lifetime, MachineConfig};
-use crate::VmId;
+use crate::{SnapshotId, VmId};
 
 /// The record file of a microVM.
 pub const RECORD_FILE: &str = "vm.json";
@@ -179,64 +177,6 @@ pub fn load_vm_record(dir: &Path) -> Result<VmRecord, VmError> {
         VmRecord::VERSION,
         |r: &VmRecord| r.version,
     )
-}
-
-/// Read a versioned JSON record and refuse versions this build does not know.
-pub fn load_json<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    what: &'static str,
-    version: u32,
-    version_of: impl Fn(&T) -> u32,
-) -> Result<T, VmError> {
-    let bad = |reason: String| VmError::Record {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
-    let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
-    // Look at the version before the shape, so an old or new record is
-    // named as such rather than as malformed.
-    if let Some(found) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
-    {
-        if found != u64::from(version) {
-            return Err(bad(format!(
-                "record version {found} (this build reads {version})"
-            )));
-        }
-    }
-    let record: T = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if version_of(&record) != version {
-        return Err(bad(format!(
-            "record version {} (this build reads {version})",
-            version_of(&record)
-        )));
-    }
-    Ok(record)
-}
-
-/// Write a record atomically and durably.
-pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VmError> {
-    let io = |op: &'static str| {
-        let path = path.to_path_buf();
-        move |source| VmError::Io {
-            id: "record".into(),
-            op,
-            path,
-            source,
-        }
-    };
-    let tmp = path.with_extension("json.tmp");
-    let mut f = fs::File::create(&tmp).map_err(io("create"))?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("serialize record"))
-        .and_then(|()| f.sync_all())
-        .map_err(io("write"))?;
-    fs::rename(&tmp, path).map_err(io("rename"))?;
-    if let Some(parent) = path.parent() {
-        let _ = fs::File::open(parent).and_then(|d| d.sync_all());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -20,20 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::cmdline::ROOT_NODE;
-use super::start::{ended_error, Proc};
-use crate::disk::{blockdev_nodes, DiskChain, DiskFormat, LayerLocation, ResolvedLayer};
+use super::start::{ended_error, PreparedDisk, Proc};
+use crate::disk::{blockdev_nodes, DiskChain, DiskFormat, ResolvedLayer};
 use crate::error::VmError;
-
-/// Disk nodes a waiting QEMU has attached ahead of time.
-#[derive(Debug, Clone)]
-pub(crate) struct PreparedDisk {
-    /// The snapshot's layers, bottom first, with their format nodes.
-    pub lower: Vec<(LayerLocation, String)>,
-    /// The spare layer's file and format nodes (writable; its backing is
-    /// the last of `lower`).
-    pub spare_file_node: String,
-    pub spare_node: String,
-}
 
 impl Proc {
     fn qmp_err(name: &str, during: &'static str) -> impl FnOnce(crate::qmp::QmpError) -> VmError {

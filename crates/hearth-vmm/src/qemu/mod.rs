@@ -49,10 +49,11 @@ pub use pool::Prestarted;
 pub use vm::QemuVm;
 
 use crate::accel::Accel;
-use crate::catalog::{Catalog, RestoreRequirements, Snapshot, SnapshotId};
+use crate::catalog::{Catalog, RestoreRequirements, Snapshot};
 use crate::confine::Confinement;
 use crate::error::VmError;
 use crate::fault::{FaultContext, FaultHook, FaultPoint};
+use crate::SnapshotId;
 
 /// Backend settings.
 #[derive(Debug, Clone)]

@@ -14,12 +14,13 @@ use std::path::PathBuf;
 use super::start::{Disk, Proc, Ram, StartSpec};
 use super::QemuBackend;
 use crate::agent::ChannelStart;
-use crate::catalog::{Snapshot, SnapshotId};
+use crate::catalog::Snapshot;
 use crate::confine;
 use crate::disk;
 use crate::disk::DiskChain;
 use crate::error::VmError;
 use crate::record::OWNER_FILE;
+use crate::SnapshotId;
 use crate::VmId;
 
 /// The empty layer a waiting QEMU has ready for its microVM's writes.

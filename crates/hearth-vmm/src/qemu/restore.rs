@@ -68,11 +68,7 @@ fn next_layer_name(dir: &Path) -> String {
 struct Undo {
     paths: Vec<PathBuf>,
     uid: Option<(PathBuf, u32)>,
-    refs: Vec<(
-        crate::catalog::Catalog,
-        crate::catalog::SnapshotId,
-        Dependent,
-    )>,
+    refs: Vec<(crate::catalog::Catalog, crate::SnapshotId, Dependent)>,
     proc: Option<Proc>,
 }
 
@@ -602,7 +598,7 @@ impl QemuBackend {
 
 /// What a clone of `snapshot` depends on: the snapshot, and those its disk
 /// is layered on.
-fn snapshot_dependencies(snapshot: &Snapshot) -> Vec<crate::catalog::SnapshotId> {
+fn snapshot_dependencies(snapshot: &Snapshot) -> Vec<crate::SnapshotId> {
     let mut out = vec![snapshot.id.clone()];
     if let Some(d) = &snapshot.record.disk {
         for s in d.snapshots() {

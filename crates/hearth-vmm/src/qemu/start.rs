@@ -15,7 +15,7 @@ use super::cmdline::{self, DiskArg, RamArg};
 use super::QemuBackend;
 use crate::agent::{AgentClient, ChannelStart};
 use crate::confine;
-use crate::disk::{blockdev_nodes, DiskChain, DiskFormat};
+use crate::disk::{blockdev_nodes, DiskChain, DiskFormat, LayerLocation};
 use crate::error::VmError;
 use crate::qmp::Qmp;
 use crate::record::{ProcessIdentity, RUN_DIR};
@@ -66,6 +66,17 @@ pub(crate) struct StartSpec<'a> {
     pub channel: ChannelStart,
 }
 
+/// Disk nodes a waiting QEMU has attached ahead of time.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedDisk {
+    /// The snapshot's layers, bottom first, with their format nodes.
+    pub lower: Vec<(LayerLocation, String)>,
+    /// The spare layer's file and format nodes (writable; its backing is
+    /// the last of `lower`).
+    pub spare_file_node: String,
+    pub spare_node: String,
+}
+
 /// A started QEMU and Hearth's connections to it.
 pub(crate) struct Proc {
     pub run: RunDir,
@@ -77,7 +88,7 @@ pub(crate) struct Proc {
     pub next_fdset: u64,
     pub next_node_gen: u32,
     /// Disk nodes attached ahead of time (a waiting QEMU).
-    pub prepared: Option<super::handover::PreparedDisk>,
+    pub prepared: Option<PreparedDisk>,
 }
 
 impl Proc {

@@ -23,7 +23,7 @@ use serde_json::json;
 use super::start::Proc;
 use super::QemuBackend;
 use crate::agent::{AgentClient, AgentClientError, ChannelHealth};
-use crate::catalog::{Dependent, Snapshot, SnapshotId, SnapshotRecord};
+use crate::catalog::{Dependent, Snapshot, SnapshotRecord};
 use crate::disk::{self, DiskChain, DiskFormat, DiskLayer, LayerLocation};
 use crate::error::VmError;
 use crate::fault::{FaultContext, FaultPoint};
@@ -33,6 +33,7 @@ use crate::record::{
 };
 use crate::spec::{Lifetime, MachineConfig, SnapshotMode};
 use crate::state::{transition, InvalidTransition, VmEvent, VmState};
+use crate::SnapshotId;
 use crate::{confine, MicroVm, VmId};
 
 /// How long QEMU may take to quit after QMP `quit`.
