@@ -64,7 +64,11 @@ pub fn claim_uid(state_dir: &Path, owner: &str) -> io::Result<u32> {
         {
             Ok(mut f) => {
                 use std::io::Write;
-                f.write_all(owner.as_bytes())?;
+                if let Err(e) = f.write_all(owner.as_bytes()) {
+                    // An empty claim would hold the uid for nobody.
+                    let _ = fs::remove_file(dir.join(uid.to_string()));
+                    return Err(e);
+                }
                 return Ok(uid);
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

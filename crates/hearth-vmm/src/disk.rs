@@ -271,6 +271,7 @@ pub fn flatten_onto(
             &[
                 "convert".as_ref(),
                 "-q".as_ref(),
+                "-U".as_ref(),
                 "-O".as_ref(),
                 "qcow2".as_ref(),
                 spec.as_ref(),
@@ -288,10 +289,13 @@ pub fn flatten_onto(
         &[
             "convert".as_ref(),
             "-q".as_ref(),
+            "-U".as_ref(),
             "-O".as_ref(),
             "qcow2".as_ref(),
             "-B".as_ref(),
             base.as_ref(),
+            "-F".as_ref(),
+            chain[base_len - 1].format.as_str().as_ref(),
             spec.as_ref(),
             dest.as_os_str(),
         ],

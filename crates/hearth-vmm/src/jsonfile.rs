@@ -48,6 +48,13 @@ pub fn load_json<T: for<'de> Deserialize<'de>>(
 
 /// Write a record atomically and durably.
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VmError> {
+    let tmp = prepare_json(path, value)?;
+    publish_json(&tmp, path)
+}
+
+/// Write `value` durably beside `path` (not yet in its place); returns the
+/// temporary file. Removed again on failure.
+pub fn prepare_json<T: Serialize>(path: &Path, value: &T) -> Result<std::path::PathBuf, VmError> {
     let io = |op: &'static str| {
         let path = path.to_path_buf();
         move |source| VmError::Io {
@@ -58,11 +65,28 @@ pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VmError> {
         }
     };
     let tmp = path.with_extension("json.tmp");
-    let mut f = fs::File::create(&tmp).map_err(io("create"))?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("serialize record"))
-        .and_then(|()| f.sync_all())
-        .map_err(io("write"))?;
-    fs::rename(&tmp, path).map_err(io("rename"))?;
+    let r = fs::File::create(&tmp)
+        .map_err(io("create"))
+        .and_then(|mut f| {
+            f.write_all(&serde_json::to_vec_pretty(value).expect("serialize record"))
+                .and_then(|()| f.sync_all())
+                .map_err(io("write"))
+        });
+    if let Err(e) = r {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Put a prepared record in place (a rename: needs no space).
+pub fn publish_json(tmp: &Path, path: &Path) -> Result<(), VmError> {
+    fs::rename(tmp, path).map_err(|source| VmError::Io {
+        id: "record".into(),
+        op: "rename",
+        path: path.to_path_buf(),
+        source,
+    })?;
     if let Some(parent) = path.parent() {
         let _ = fs::File::open(parent).and_then(|d| d.sync_all());
     }

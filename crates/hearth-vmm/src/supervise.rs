@@ -88,6 +88,14 @@ impl Supervisor {
         }
     }
 
+    /// Resolve when the supervisor has exited, never otherwise: the other
+    /// branch of a `select!` beside the work it may end.
+    pub async fn until_exit(&mut self) {
+        while !self.exited() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stop waiting for it: a lingering supervisor is left to run.
     pub fn release(mut self) {
         // Dropping a std Child neither kills nor waits.

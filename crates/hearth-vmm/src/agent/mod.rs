@@ -596,14 +596,13 @@ impl AgentClient {
 
     /// Undo a `quiesce` on the same (unrestored) guest.
     pub async fn thaw(&self, timeout: Duration) -> Result<(), AgentClientError> {
-        match self
-            .request_full(Request::Thaw, timeout, true, None)
-            .await?
-        {
-            (_, Response::Thawed) => {
-                self.shared.gate.send_replace(Gate::Open);
-                Ok(())
-            }
+        let r = self.request_full(Request::Thaw, timeout, true, None).await;
+        // Open whatever the answer: anything written from now on follows
+        // the Thaw, so a slow agent still thaws before it reads it (and
+        // thawing twice is harmless).
+        self.shared.gate.send_replace(Gate::Open);
+        match r? {
+            (_, Response::Thawed) => Ok(()),
             (_, other) => Err(unexpected("thaw", &other)),
         }
     }

@@ -95,12 +95,15 @@ pub(super) fn create_vm_dir(backend: &QemuBackend, name: &str) -> Result<PathBuf
     let owner = crate::record::ProcessIdentity::of(std::process::id())
         .map(|i| format!("{} {}", i.pid, i.start_ticks))
         .unwrap_or_default();
-    std::fs::write(dir.join(OWNER_FILE), owner).map_err(|source| VmError::Io {
-        id: name.to_string(),
-        op: "write",
-        path: dir.join(OWNER_FILE),
-        source,
-    })?;
+    if let Err(source) = std::fs::write(dir.join(OWNER_FILE), owner) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(VmError::Io {
+            id: name.to_string(),
+            op: "write",
+            path: dir.join(OWNER_FILE),
+            source,
+        });
+    }
     Ok(dir)
 }
 

@@ -141,7 +141,7 @@ impl QemuBackend {
         let timeout = self.inner.cfg.agent_timeout;
         let res = tokio::select! {
             r = agent.restore(req, timeout) => r,
-            _ = proc.supervisor.wait_exit(timeout) => {
+            () = proc.supervisor.until_exit() => {
                 return Err(ended_error(&mut proc.supervisor, &proc.run, id.as_str(), "restore")
                     .await
                     .unwrap_or(VmError::Supervisor { id: id.to_string(), detail: "exited".into() }));
@@ -319,7 +319,7 @@ impl QemuBackend {
         let timeout = self.inner.cfg.boot_timeout;
         let hello = tokio::select! {
             r = agent.wait_hello(timeout) => r,
-            _ = proc.supervisor.wait_exit(timeout) => {
+            () = proc.supervisor.until_exit() => {
                 let e = ended_error(&mut proc.supervisor, &proc.run, &name, "boot").await;
                 undo.proc = Some(proc);
                 return Err(e.unwrap_or(VmError::Supervisor { id: name, detail: "exited".into() }));
@@ -438,6 +438,16 @@ impl QemuBackend {
                 has_diff: false,
             },
         };
+        if !proc.qemu.alive() || proc.supervisor.exited() {
+            let e = ended_error(&mut proc.supervisor, &proc.run, id.as_str(), "restore")
+                .await
+                .unwrap_or(VmError::Supervisor {
+                    id: id.to_string(),
+                    detail: "QEMU is gone".into(),
+                });
+            undo.proc = Some(proc);
+            return Err(e);
+        }
         undo.disarm();
         let mut vm = QemuVm::new(self.clone(), id, dir, record, proc);
         vm.commit().await?;
@@ -582,9 +592,24 @@ impl QemuBackend {
             // The microVM now runs as the waiting QEMU's user.
             record.uid = *uid;
         }
-        undo.disarm();
+        if !proc.qemu.alive() || proc.supervisor.exited() {
+            let e = ended_error(&mut proc.supervisor, &proc.run, id.as_str(), "restore")
+                .await
+                .unwrap_or(VmError::Supervisor {
+                    id: id.to_string(),
+                    detail: "QEMU is gone".into(),
+                });
+            undo.proc = Some(proc);
+            return Err(e);
+        }
         let mut vm = QemuVm::new(self.clone(), id, dir.clone(), record, proc);
-        vm.commit().await?;
+        if let Err(e) = vm.commit().await {
+            // The suspended microVM keeps its files: only what this resume
+            // made goes.
+            undo.proc = vm.proc.take();
+            return Err(e);
+        }
+        undo.disarm();
         // The guest owns its state again; the suspended generation is stale.
         let _ = std::fs::remove_dir_all(&gen_dir);
         if let Some((pool_dir, uid)) = pooled {

@@ -273,6 +273,31 @@ impl QemuVm {
         agent.thaw(agent_t).await.map_err(self.err_agent("thaw"))
     }
 
+    /// After a failed step: let the guest go on if its QEMU is there. The
+    /// guest runs once `cont` succeeded; an agent that does not answer the
+    /// thaw in time gets it later (it is queued before anything else).
+    async fn back_after_failure(&mut self) -> bool {
+        if !self.qemu_alive() {
+            return false;
+        }
+        let (qmp_t, agent_t) = self.timeouts();
+        if self.reconnect_qmp_if_dead().await.is_err() {
+            return false;
+        }
+        if self
+            .proc_mut()
+            .qmp
+            .execute("cont", json!({}), qmp_t)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let agent = self.proc().agent.clone();
+        let _ = agent.thaw(agent_t).await;
+        true
+    }
+
     /// A QMP session whose command timed out is dead: connect a new one.
     async fn reconnect_qmp_if_dead(&mut self) -> Result<(), VmError> {
         if !self.proc().qmp.is_dead() {
@@ -506,8 +531,6 @@ impl QemuVm {
             .map_err(self.err_mem())?;
         }
         self.fault(FaultPoint::SuspendMemorySaved);
-        self.quit().await;
-        self.fault(FaultPoint::SuspendProcessGone);
         // Everything the record will name reaches the disk before it.
         let mut durable: Vec<PathBuf> = self
             .record
@@ -531,7 +554,15 @@ impl QemuVm {
             has_diff,
         };
         record.memory.shared = false;
-        save_json(&self.dir.join(RECORD_FILE), &record)?;
+        // Prepared while the guest can still be thawed; after QEMU is gone
+        // only a rename remains.
+        let prepared = crate::jsonfile::prepare_json(&self.dir.join(RECORD_FILE), &record)?;
+        self.quit().await;
+        self.fault(FaultPoint::SuspendProcessGone);
+        if let Err(e) = crate::jsonfile::publish_json(&prepared, &self.dir.join(RECORD_FILE)) {
+            let _ = std::fs::remove_file(&prepared);
+            return Err(e);
+        }
         self.record = record;
         Ok(())
     }
@@ -697,7 +728,7 @@ impl MicroVm for QemuVm {
                 // source keeps every file it had.
                 moves.undo();
                 let _ = std::fs::remove_dir_all(&staging);
-                let back = self.qemu_alive() && self.unfreeze().await.is_ok();
+                let back = self.back_after_failure().await;
                 let _ = if back {
                     self.apply(VmEvent::EndSnapshot)
                 } else {
@@ -733,7 +764,8 @@ impl MicroVm for QemuVm {
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&gen_dir);
-                let back = self.qemu_alive() && self.unfreeze().await.is_ok();
+                let _ = std::fs::remove_file(self.dir.join(RECORD_FILE).with_extension("json.tmp"));
+                let back = self.back_after_failure().await;
                 let _ = if back {
                     self.apply(VmEvent::AbortSuspend)
                 } else {
@@ -747,6 +779,11 @@ impl MicroVm for QemuVm {
     }
 
     async fn terminate(mut self) -> Result<(), VmError> {
+        if self.state == VmState::Terminated {
+            // Consumed by a snapshot or already ended: its files and uid
+            // are someone else's now. Refused, touching nothing.
+            return self.apply(VmEvent::Terminate);
+        }
         self.quit().await;
         self.proc.take();
         self.remove_files();
