@@ -685,7 +685,10 @@ fn child_main(cfg: &SupervisorConfig, fds: &ChildFds, cgroups: Option<&Cgroups>)
     // private file mapping either way). Inherited across execve.
     // SAFETY: PR_SET_THP_DISABLE takes integers only.
     if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        fail("disable transparent huge pages", &io::Error::last_os_error());
+        fail(
+            "disable transparent huge pages",
+            &io::Error::last_os_error(),
+        );
     }
     if let Some(cg) = cgroups {
         if let Err(e) = cg.join_self() {

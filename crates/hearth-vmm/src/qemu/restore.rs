@@ -173,6 +173,7 @@ impl QemuBackend {
             proc.hand_disk(id.as_str(), chain, &layers, t).await?;
         }
         self.fault_at(FaultPoint::ResumeDiskReady, id, dir, proc);
+        let t_disk_only = t0.elapsed();
         if let Some((diff, data, key, len)) = diff {
             let pid = proc.qemu.pid;
             tokio::task::spawn_blocking(move || {
@@ -195,6 +196,7 @@ impl QemuBackend {
         self.fault_at(FaultPoint::ResumeAgentRestored, id, dir, proc);
         tracing::debug!(
             vm = %id,
+            disk_ms = t_disk_only.as_secs_f64() * 1e3,
             handover_ms = t_disk.as_secs_f64() * 1e3,
             state_loaded_ms = t_loaded.as_secs_f64() * 1e3,
             agent_ready_ms = t0.elapsed().as_secs_f64() * 1e3,
