@@ -440,13 +440,7 @@ impl QemuBackend {
                 has_diff: false,
             },
         };
-        if !proc.qemu.alive() || proc.supervisor.exited() {
-            let e = ended_error(&mut proc.supervisor, &proc.run, id.as_str(), "restore")
-                .await
-                .unwrap_or(VmError::Supervisor {
-                    id: id.to_string(),
-                    detail: "QEMU is gone".into(),
-                });
+        if let Some(e) = proc.gone_error(id.as_str(), "restore").await {
             undo.proc = Some(proc);
             return Err(e);
         }
@@ -594,13 +588,7 @@ impl QemuBackend {
             // The microVM now runs as the waiting QEMU's user.
             record.uid = *uid;
         }
-        if !proc.qemu.alive() || proc.supervisor.exited() {
-            let e = ended_error(&mut proc.supervisor, &proc.run, id.as_str(), "restore")
-                .await
-                .unwrap_or(VmError::Supervisor {
-                    id: id.to_string(),
-                    detail: "QEMU is gone".into(),
-                });
+        if let Some(e) = proc.gone_error(id.as_str(), "restore").await {
             undo.proc = Some(proc);
             return Err(e);
         }

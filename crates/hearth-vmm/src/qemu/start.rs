@@ -92,6 +92,22 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
+    /// Why this QEMU can no longer be committed as a running microVM, if
+    /// it (or its supervisor) has ended.
+    pub(crate) async fn gone_error(&mut self, name: &str, during: &str) -> Option<VmError> {
+        if self.qemu.alive() && !self.supervisor.exited() {
+            return None;
+        }
+        Some(
+            ended_error(&mut self.supervisor, &self.run, name, during)
+                .await
+                .unwrap_or(VmError::Supervisor {
+                    id: name.to_string(),
+                    detail: "QEMU is gone".into(),
+                }),
+        )
+    }
+
     pub fn console_tail(&self) -> String {
         self.run.console_tail(CONSOLE_TAIL_BYTES)
     }
