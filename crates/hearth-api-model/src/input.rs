@@ -4,10 +4,14 @@
 //! This module owns where each input member is read from and how text is
 //! converted to typed JSON values:
 //! - `uri` members from the route's decoded labels;
-//! - `querystring` members from the raw query, percent-decoded per RFC 3986
-//!   (`+` stays a literal plus; AWS clients send spaces as `%20`); list
-//!   members from repeated keys (`tagKeys=a&tagKeys=b`), scalar members from
-//!   the first occurrence; unknown keys are ignored;
+//! - `querystring` members from the raw query, cut into parameters and
+//!   percent-decoded exactly as the SigV4 canonical query covers them
+//!   ([`hearth_sigv4::query_params`]; `+` stays a literal plus, AWS clients
+//!   send spaces as `%20`; a leading `?` is part of the first key). A query
+//!   with more than [`MAX_QUERY_PARAMS`] parameters (more than a signature
+//!   covers) is refused whole, never read in part. List members from
+//!   repeated keys (`tagKeys=a&tagKeys=b`), scalar members from the first
+//!   occurrence; unknown keys are ignored;
 //! - `header` members case-insensitively (list headers split on `,`);
 //! - every other member from the JSON body, by its JSON key
 //!   (`locationName`, else its name). The body is parsed only when the input
@@ -20,7 +24,6 @@
 //! `true`/`false`, timestamps from epoch seconds. Checking the converted
 //! values is delegated to `validate`.
 
-use percent_encoding::percent_decode_str;
 use serde_json::{Map, Number, Value};
 
 use crate::model::{Location, Model, Operation, Shape, ShapeKind};
@@ -36,16 +39,26 @@ pub enum InputError {
     /// The body is not JSON, or not a JSON object at the top level.
     #[error("{detail}")]
     BodyNotJson { detail: String },
+    /// The query string has more than `max` ([`MAX_QUERY_PARAMS`])
+    /// parameters: more than a signature covers, so none of it is read.
+    #[error("The query string has more than {max} parameters.")]
+    TooManyQueryParameters { max: usize },
 }
+
+/// Most query parameters read: [`hearth_sigv4::MAX_QUERY_PARAMS`], the most a
+/// verified signature covers.
+pub const MAX_QUERY_PARAMS: usize = hearth_sigv4::MAX_QUERY_PARAMS;
 
 impl InputError {
     /// The AWS error type the server should report (`x-amzn-errortype`);
-    /// both are HTTP 400. `SerializationException` is what AWS rest-json
+    /// all are HTTP 400. `SerializationException` is what AWS rest-json
     /// services answer for unparseable bodies; it is not a modelled shape,
     /// so SDKs surface it as a generic service error with that code.
     pub fn error_type(&self) -> &'static str {
         match self {
-            InputError::Validation(_) => "ValidationException",
+            InputError::Validation(_) | InputError::TooManyQueryParameters { .. } => {
+                "ValidationException"
+            }
             InputError::BodyNotJson { .. } => "SerializationException",
         }
     }
@@ -63,20 +76,22 @@ enum Raw {
 /// (`None` if it is not UTF-8 after decoding).
 type QueryPair = (String, Option<String>);
 
-fn parse_query(raw_query: &str) -> Vec<QueryPair> {
-    let q = raw_query.strip_prefix('?').unwrap_or(raw_query);
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode_str(k).decode_utf8_lossy().into_owned();
-            let value = percent_decode_str(v)
-                .decode_utf8()
-                .ok()
-                .map(|s| s.into_owned());
-            (key, value)
-        })
-        .collect()
+/// The query's parameters, split and decoded exactly as the signature covers
+/// them ([`hearth_sigv4::query_params`], [`hearth_sigv4::percent_decode`]);
+/// more than [`MAX_QUERY_PARAMS`] is an error, never a truncation.
+fn parse_query(raw_query: &str) -> Result<Vec<QueryPair>, InputError> {
+    let mut out = Vec::new();
+    for (k, v) in hearth_sigv4::query_params(raw_query) {
+        if out.len() == MAX_QUERY_PARAMS {
+            return Err(InputError::TooManyQueryParameters {
+                max: MAX_QUERY_PARAMS,
+            });
+        }
+        let key = String::from_utf8_lossy(&hearth_sigv4::percent_decode(k)).into_owned();
+        let value = String::from_utf8(hearth_sigv4::percent_decode(v)).ok();
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 fn parse_body(body: &[u8]) -> Result<Map<String, Value>, InputError> {
@@ -117,9 +132,11 @@ impl Model {
     /// Decode and validate an operation's input.
     ///
     /// `labels` are the route's decoded path labels, `raw_query` the query
-    /// string as received (without or with a leading `?`), `headers` the
-    /// request headers (names in any case). Returns the input object with
-    /// members under their model names, unknown members dropped.
+    /// string as received and as signed, without the `?` that separates it
+    /// from the path (a leading `?` belongs to the first key, as in the
+    /// signature), `headers` the request headers (names in any case).
+    /// Returns the input object with members under their model names,
+    /// unknown members dropped.
     pub fn parse_input(
         &self,
         op: &Operation,
@@ -131,13 +148,13 @@ impl Model {
         let Some(st) = op.input.as_deref().and_then(|i| self.structure(i)) else {
             return Ok(Value::Object(Map::new()));
         };
+        let query = parse_query(raw_query)?;
         let has_body_members = st.members.iter().any(|m| m.location == Location::Body);
         let body_obj = if has_body_members {
             parse_body(body)?
         } else {
             Map::new()
         };
-        let query = parse_query(raw_query);
 
         let mut v = Validator::new(self, Mode::Input);
         let mut out = Map::new();
@@ -369,11 +386,11 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = parse_query("?a=1&b=x%20y&&c&d=%2B+&e=%FF&a=2");
+        let q = parse_query("?a=1&b=x%20y&&c&d=%2B+&e=%FF&a=2").unwrap();
         assert_eq!(
             q,
             vec![
-                ("a".into(), Some("1".into())),
+                ("?a".into(), Some("1".into())),
                 ("b".into(), Some("x y".into())),
                 ("c".into(), Some(String::new())),
                 ("d".into(), Some("++".into())),
@@ -381,6 +398,56 @@ mod tests {
                 ("a".into(), Some("2".into())),
             ]
         );
+    }
+
+    #[test]
+    fn query_limit() {
+        let q = vec!["k=v"; MAX_QUERY_PARAMS].join("&");
+        assert_eq!(parse_query(&q).unwrap().len(), MAX_QUERY_PARAMS);
+        assert_eq!(
+            parse_query(&format!("{q}&x")),
+            Err(InputError::TooManyQueryParameters {
+                max: MAX_QUERY_PARAMS
+            })
+        );
+        assert!(parse_query(&format!("&&{q}&&")).is_ok());
+    }
+
+    /// The pairs a canonical query stands for, read the way `parse_query`
+    /// reads pairs, sorted.
+    fn signed_view(raw_query: &str) -> Vec<QueryPair> {
+        let canonical = hearth_sigv4::canonical_query(raw_query);
+        let mut v = parse_query(&canonical).unwrap();
+        v.sort();
+        v
+    }
+
+    proptest::proptest! {
+        /// What `parse_query` reads is exactly what the signature covers:
+        /// the same pairs, and two queries with the same canonical form
+        /// (hence the same signature) read the same up to order.
+        #[test]
+        fn the_parsed_query_is_the_signed_query(
+            q in "[a-zA-Z0-9=&%+?. ~\\u{e9}]{0,40}",
+            i in proptest::prelude::any::<proptest::sample::Index>(),
+            b in proptest::prelude::prop::sample::select(b"=&%+?.aA0 ".to_vec()),
+        ) {
+            let mut parsed = parse_query(&q).unwrap();
+            parsed.sort();
+            proptest::prop_assert_eq!(&parsed, &signed_view(&q));
+            if !q.is_empty() {
+                let mut bytes = q.clone().into_bytes();
+                let i = i.index(bytes.len());
+                bytes[i] = b;
+                if let Ok(q2) = String::from_utf8(bytes) {
+                    if hearth_sigv4::canonical_query(&q2) == hearth_sigv4::canonical_query(&q) {
+                        let mut parsed2 = parse_query(&q2).unwrap();
+                        parsed2.sort();
+                        proptest::prop_assert_eq!(parsed2, parsed);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -688,7 +688,9 @@ fn repeated_query_keys_make_lists() {
             "TagKeys": ["a", "b c", "d+e+f"],
         })
     );
-    assert_eq!(untag("?tagKeys=only").unwrap()["TagKeys"], json!(["only"]));
+    assert_eq!(untag("tagKeys=only").unwrap()["TagKeys"], json!(["only"]));
+    // A leading `?` belongs to the first key, as in the signature.
+    assert!(untag("?tagKeys=only").is_err());
     let err = validation(untag(""));
     assert_eq!(err.messages[0].path, "TagKeys");
     assert_eq!(err.messages[0].kind, ConstraintKind::Required);
@@ -914,4 +916,27 @@ fn output_checks_are_strict() {
         .check_shape("ThrottlingException", &json!({"retryAfterSeconds": 1}))
         .is_err());
     assert!(m.check_shape("NoSuchShape", &json!({})).is_err());
+}
+
+#[test]
+fn a_query_longer_than_a_signature_covers_is_refused() {
+    let m = model();
+    let r = m.route("GET", "/2025-09-09/microvms").unwrap();
+    let pad: Vec<String> = (0..256).map(|i| format!("p{i}=x")).collect();
+    // The 257th parameter is not signed (hearth_sigv4::MAX_QUERY_PARAMS): never read it.
+    let q = format!("{}&maxResults=50", pad.join("&"));
+    let e = m
+        .parse_input(r.operation, &r.labels, &q, &[], b"")
+        .unwrap_err();
+    assert_eq!(e, InputError::TooManyQueryParameters { max: 256 });
+    assert_eq!(e.error_type(), "ValidationException");
+    assert_eq!(
+        e.to_string(),
+        "The query string has more than 256 parameters."
+    );
+    // 256 parameters are read; empty pieces are not parameters (nor are they
+    // signed).
+    let q = format!("{}&&&maxResults=50&", pad[..255].join("&"));
+    let v = m.parse_input(r.operation, &r.labels, &q, &[], b"").unwrap();
+    assert_eq!(v["maxResults"], 50);
 }

@@ -59,11 +59,13 @@ pub const MAX_HEADER_VALUE_LEN: usize = 16 * 1024;
 pub const MAX_PATH_LEN: usize = 8 * 1024;
 /// Longest raw query string, in bytes.
 pub const MAX_QUERY_LEN: usize = 16 * 1024;
-/// Most `&`-separated query parameters.
+/// Most query parameters (non-empty `&`-separated pieces, see [`query_params`]); a
+/// request with more is refused, never verified over a truncated query.
 pub const MAX_QUERY_PARAMS: usize = 256;
 /// The `x-amz-content-sha256` value that leaves the body out of the signature.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
+const TOO_MANY_QUERY_PARAMS: &str = "Too many query parameters: at most 256 are accepted.";
 const MAX_ACCESS_KEY_LEN: usize = 128;
 const MAX_SCOPE_PART_LEN: usize = 64;
 
@@ -416,6 +418,9 @@ pub fn verify(
     }
     if req.raw_path.len() > MAX_PATH_LEN || req.raw_query.len() > MAX_QUERY_LEN {
         return Err(Incomplete("Request URI is too long to verify."));
+    }
+    if query_params(req.raw_query).nth(MAX_QUERY_PARAMS).is_some() {
+        return Err(Incomplete(TOO_MANY_QUERY_PARAMS));
     }
     let auth = req
         .single_header("authorization", "Repeated Authorization header.")?
@@ -777,18 +782,27 @@ fn canonical_uri_candidates(raw_path: &str) -> [Option<String>; 2] {
     [Some(primary), alt]
 }
 
-/// The canonical query string of a raw query: `&`-separated pairs (empty pieces
-/// dropped, a missing `=` meaning an empty value), each key and value percent-decoded and
-/// re-encoded with the unreserved set, sorted by encoded key then encoded value, joined
-/// with `&`. Parameters beyond [`MAX_QUERY_PARAMS`] are ignored (which makes the
-/// signature fail rather than the server do unbounded work).
-pub fn canonical_query(raw_query: &str) -> String {
-    let mut pairs: Vec<(String, String)> = raw_query
+/// The parameters of a raw query, still percent-encoded: `&`-separated pieces, empty
+/// pieces skipped, each split at its first `=` (no `=` means an empty value).
+///
+/// This is the one definition of "a query parameter" for both the signature
+/// ([`canonical_query`], the [`MAX_QUERY_PARAMS`] limit) and whatever later reads the
+/// query, so that what is parsed is exactly what was signed. A leading `?` is not
+/// stripped: it belongs to the first key.
+pub fn query_params(raw_query: &str) -> impl Iterator<Item = (&str, &str)> + '_ {
+    raw_query
         .split('&')
         .filter(|p| !p.is_empty())
-        .take(MAX_QUERY_PARAMS)
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// The canonical query string of a raw query: every parameter of [`query_params`], key
+/// and value percent-decoded and re-encoded with the unreserved set, sorted by encoded key
+/// then encoded value, joined with `&`. Nothing is left out: [`verify`] refuses a query
+/// with more than [`MAX_QUERY_PARAMS`] parameters instead of signing part of it.
+pub fn canonical_query(raw_query: &str) -> String {
+    let mut pairs: Vec<(String, String)> = query_params(raw_query)
+        .map(|(k, v)| {
             (
                 uri_encode(&percent_decode(k)),
                 uri_encode(&percent_decode(v)),
@@ -978,6 +992,13 @@ mod tests {
             "a=&b=1&c=~%2B%25zz%3A"
         );
         assert_eq!(canonical_query("&&x=1&"), "x=1");
+        // Every parameter counts, however many there are.
+        let many: Vec<String> = (0..=MAX_QUERY_PARAMS).map(|i| format!("k={i}")).collect();
+        assert_eq!(
+            canonical_query(&many.join("&")).matches("k=").count(),
+            MAX_QUERY_PARAMS + 1
+        );
+        assert!(TOO_MANY_QUERY_PARAMS.contains(&MAX_QUERY_PARAMS.to_string()));
     }
 
     #[test]

@@ -652,3 +652,45 @@ fn messages_do_not_leak_the_expected_signature() {
     assert!(!text.contains("POST\n"));
     assert!(!text.contains(SECRET));
 }
+
+#[test]
+fn a_257th_query_parameter_is_refused_not_ignored() {
+    // 256 parameters, signed: fine.
+    let query: Vec<String> = (0..hearth_sigv4::MAX_QUERY_PARAMS)
+        .map(|i| format!("p{i:03}=v"))
+        .collect();
+    let query = query.join("&");
+    let w = aws_sign(
+        "GET",
+        &format!("/2025-09-09/microvms?{query}"),
+        &[],
+        b"",
+        Opts::default(),
+    );
+    w.verify().unwrap();
+    // The 257th appended after signing must not ride along unsigned.
+    let mut t = w.clone();
+    t.query.push_str("&maxResults=50");
+    let e = t.verify().unwrap_err();
+    assert_eq!(e.error_code(), "IncompleteSignatureException", "{e:?}");
+    assert!(e.to_string().contains("256"), "{e}");
+    // Nor may a client sign 257 parameters: the limit is a refusal.
+    let w = aws_sign(
+        "GET",
+        &format!("/2025-09-09/microvms?{query}&maxResults=50"),
+        &[],
+        b"",
+        Opts::default(),
+    );
+    assert_eq!(err_code(w.verify()), "IncompleteSignatureException");
+    // Empty pieces (`&&`) are not parameters, on either side.
+    let mut t = aws_sign(
+        "GET",
+        &format!("/2025-09-09/microvms?{query}"),
+        &[],
+        b"",
+        Opts::default(),
+    );
+    t.query.push_str("&&");
+    t.verify().unwrap();
+}
