@@ -1,8 +1,9 @@
 //! End-to-end: the snapshot catalog with real microVMs. Dependents keep a
 //! snapshot from being deleted; a restore on a host that differs from the
 //! snapshot's record is refused with the reason; the state directory can
-//! move; a resumed microVM started in a pre-started QEMU writes to its own
-//! disk layers and nobody else's.
+//! move; a clone adopted by a new backend still suspends and snapshots; a
+//! resumed microVM started in a pre-started QEMU writes to its own disk
+//! layers and nobody else's.
 
 mod support;
 
@@ -157,6 +158,61 @@ async fn e2e_the_state_directory_can_move() {
             .unwrap_or_default();
         assert!(left.is_empty(), "{sub}: {left:?}");
     }
+}
+
+/// A persistent clone outlives the backend that launched it; the backend
+/// that adopts it must still know its memory base (the snapshot's memory
+/// file, found again through QEMU's open RAM fd) to suspend it as a diff.
+#[tokio::test]
+async fn e2e_an_adopted_clone_suspends_and_resumes() {
+    let env = env();
+    let mut src = env
+        .backend
+        .boot(env.boot_spec("adopt-src", Some("debian-12-minimal")))
+        .await
+        .expect("boot");
+    let snap = src.snapshot(SnapshotMode::Consume).await.unwrap();
+    drop(src);
+    let clone = env
+        .backend
+        .launch(
+            &snap,
+            LaunchSpec {
+                id: VmId::new("adopt-clone").unwrap(),
+                lifetime: Lifetime::Persistent,
+            },
+        )
+        .await
+        .unwrap();
+    sh(&clone, "echo kept-in-memory > /run/note").await;
+    let pid = clone.pid();
+    drop(clone); // persistent: the QEMU keeps running
+
+    let backend = QemuBackend::new(QemuConfig::new(
+        env.state.path().to_path_buf(),
+        env.backend.config().accel,
+    ))
+    .unwrap();
+    let found = backend.adopt().await.unwrap();
+    assert!(
+        found.busy.is_empty() && found.lost.is_empty(),
+        "{:?} {:?}",
+        found.busy,
+        found.lost
+    );
+    let mut adopted = found
+        .running
+        .into_iter()
+        .next()
+        .expect("the clone, adopted");
+    assert_eq!(adopted.pid(), pid);
+    let suspended = adopted.suspend().await.expect("an adopted clone suspends");
+    drop(adopted);
+    let resumed = backend.resume(suspended).await.expect("resume");
+    assert_eq!(sh(&resumed, "cat /run/note").await, "kept-in-memory");
+    resumed.terminate().await.unwrap();
+    backend.delete_snapshot(&snap).unwrap();
+    env.assert_no_leftovers();
 }
 
 /// Every open file of QEMU `pid` that is a disk layer, with whether it is

@@ -30,9 +30,11 @@ use crate::agent::{AgentClient, ChannelStart};
 use crate::catalog::Catalog;
 use crate::confine;
 use crate::error::VmError;
+use crate::memory::FileKey;
 use crate::qmp::Qmp;
 use crate::record::{
-    load_vm_record, ProcessIdentity, RecordedState, SuspendedVm, VmRecord, OWNER_FILE, RUN_DIR,
+    load_vm_record, MemoryBase, ProcessIdentity, RecordedState, SuspendedVm, VmRecord, OWNER_FILE,
+    RUN_DIR,
 };
 use crate::spec::Lifetime;
 use crate::state::VmState;
@@ -388,6 +390,19 @@ impl QemuBackend {
                 }
             }
         }
+        // The file QEMU maps guest RAM from is its descriptor MEMORY_FD.
+        let ram_key = match &record.memory.base {
+            MemoryBase::Anonymous => None,
+            _ => {
+                let fd = format!("/proc/{}/fd/{}", qemu.pid, super::cmdline::MEMORY_FD);
+                Some(
+                    FileKey::of_path(Path::new(&fd)).map_err(|source| VmError::Memory {
+                        id: name.clone(),
+                        source,
+                    })?,
+                )
+            }
+        };
         let proc = Proc {
             run,
             supervisor: Supervisor::adopted(supervisor),
@@ -397,6 +412,7 @@ impl QemuBackend {
             next_fdset: 1000,
             next_node_gen: 1000,
             prepared: None,
+            ram_key,
         };
         let mut vm = QemuVm::new(self.clone(), id, dir.to_path_buf(), record, proc);
         vm.committed = true;

@@ -29,7 +29,7 @@ use crate::confine;
 use crate::disk::{self, DiskChain, DiskFormat, DiskLayer, LayerLocation};
 use crate::error::VmError;
 use crate::fault::{FaultContext, FaultPoint};
-use crate::memory::{self, FileKey, MemoryDiff};
+use crate::memory::{self, MemoryDiff};
 use crate::record::{MemoryBase, MemoryRecord, RecordedState, SuspendedVm, VmRecord, RUN_DIR};
 use crate::spec::{BootSpec, LaunchSpec, MachineConfig};
 use crate::{VmBackend, VmId};
@@ -163,7 +163,7 @@ impl QemuBackend {
         dir: &Path,
         proc: &mut Proc,
         chain: Option<&DiskChain>,
-        diff: Option<(MemoryDiff, PathBuf, FileKey, u64)>,
+        diff: Option<(MemoryDiff, PathBuf, u64)>,
         devstate: &Path,
     ) -> Result<(), VmError> {
         let t = self.inner.cfg.qmp_timeout;
@@ -174,8 +174,11 @@ impl QemuBackend {
         }
         self.fault_at(FaultPoint::ResumeDiskReady, id, dir, proc);
         let t_disk_only = t0.elapsed();
-        if let Some((diff, data, key, len)) = diff {
+        if let Some((diff, data, len)) = diff {
             let pid = proc.qemu.pid;
+            let key = proc
+                .ram_key
+                .ok_or_else(|| VmError::Invalid(format!("{id}: its QEMU maps no memory file")))?;
             tokio::task::spawn_blocking(move || {
                 let map = memory::find_ram_mapping(pid, key, len)?;
                 memory::apply_diff(&map, &diff, &data)
@@ -399,6 +402,8 @@ impl QemuBackend {
             return Err(io(&name, "claim", &pool_dir)(e));
         }
         undo.paths = vec![dir.clone()];
+        // Its sockets moved with the directory (a socket is found by inode).
+        proc.run = crate::supervise::RunDir(dir.join(RUN_DIR));
         let _ = confine::move_uid(&state_dir, uid, &name);
         let _ = pool_name;
         self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
@@ -468,11 +473,9 @@ impl QemuBackend {
         let mut undo = Undo::new();
         let state_dir = self.inner.cfg.state_dir.clone();
         // A QEMU for it: a waiting one of its snapshot, or a new one.
-        let (mut proc, key, spare, pooled) = match &record.memory.base {
+        let (mut proc, spare, pooled) = match &record.memory.base {
             MemoryBase::Snapshot(sid) => {
                 let snap = self.inner.catalog.get(sid)?;
-                let image = self.image(&snap).await?;
-                let key = FileKey::of(&*image).map_err(io(&name, "inspect the image of", &dir))?;
                 let entry = self.claim(&snap).await?;
                 let (proc, pool_dir, uid, pool_name) = entry.take();
                 undo.paths.push(pool_dir.clone());
@@ -487,7 +490,7 @@ impl QemuBackend {
                 undo.paths.push(run);
                 let spare = record.disk.as_ref().map(|_| pool_dir.join(SPARE_LAYER));
                 let _ = pool_name;
-                (proc, key, spare, Some((pool_dir, uid)))
+                (proc, spare, Some((pool_dir, uid)))
             }
             MemoryBase::Own { file } => {
                 let path = dir.join(file);
@@ -496,7 +499,6 @@ impl QemuBackend {
                     .write(true)
                     .open(&path)
                     .map_err(io(&name, "open", &path))?;
-                let key = FileKey::of(&f).map_err(io(&name, "inspect", &path))?;
                 chown(&path, Some(record.uid), Some(record.uid))
                     .map_err(io(&name, "chown", &path))?;
                 let proc = self
@@ -521,7 +523,7 @@ impl QemuBackend {
                     })
                     .await?;
                 undo.paths.push(dir.join(RUN_DIR));
-                (proc, key, None, None)
+                (proc, None, None)
             }
             MemoryBase::Anonymous => {
                 return Err(VmError::Invalid(format!(
@@ -557,7 +559,6 @@ impl QemuBackend {
                 Ok(d) => Some((
                     d,
                     gen_dir.join("memory.diff"),
-                    key,
                     record.machine.mem_size_bytes(),
                 )),
                 Err(source) => {

@@ -17,6 +17,7 @@ use crate::agent::{AgentClient, ChannelStart};
 use crate::confine;
 use crate::disk::{blockdev_nodes, DiskChain, DiskFormat, LayerLocation};
 use crate::error::VmError;
+use crate::memory::FileKey;
 use crate::qmp::Qmp;
 use crate::record::{ProcessIdentity, RUN_DIR};
 use crate::sockets;
@@ -89,6 +90,11 @@ pub(crate) struct Proc {
     pub next_node_gen: u32,
     /// Disk nodes attached ahead of time (a waiting QEMU).
     pub prepared: Option<PreparedDisk>,
+    /// The file guest RAM is mapped from, as QEMU's maps name it (`None`:
+    /// anonymous RAM). Taken from the descriptor QEMU was given, so it
+    /// stays right for an adopted QEMU whose memory image another Hearth
+    /// process made.
+    pub ram_key: Option<FileKey>,
 }
 
 impl Proc {
@@ -141,21 +147,26 @@ impl QemuBackend {
         ))?;
 
         let mut fds: Vec<(OwnedFd, i32)> = vec![(qmp_listener.into(), cmdline::QMP_FD)];
-        let ram = match s.ram {
+        let key_of = |r: std::io::Result<FileKey>| {
+            r.map_err(io_error(s.name, "inspect the memory of", s.vm_dir))
+        };
+        let (ram, ram_key) = match s.ram {
             Ram::File { file, shared } => {
+                let key = key_of(FileKey::of(&file))?;
                 fds.push((file.into(), cmdline::MEMORY_FD));
-                RamArg::File { shared }
+                (RamArg::File { shared }, Some(key))
             }
             Ram::Image(image) => {
+                let key = key_of(FileKey::of(&*image))?;
                 let dup = image.try_clone().map_err(io_error(
                     s.name,
                     "duplicate the memory image of",
                     s.vm_dir,
                 ))?;
                 fds.push((dup, cmdline::MEMORY_FD));
-                RamArg::File { shared: false }
+                (RamArg::File { shared: false }, Some(key))
             }
-            Ram::Anonymous => RamArg::Anonymous,
+            Ram::Anonymous => (RamArg::Anonymous, None),
         };
         let mut boot_cmdline = None;
         if let Some((kernel, initrd, line)) = s.boot {
@@ -283,6 +294,7 @@ impl QemuBackend {
                 next_fdset,
                 next_node_gen: 1,
                 prepared: None,
+                ram_key,
             }),
             Err(e) => {
                 let ended = ended_error(&mut supervisor, &run, &name, "start").await;

@@ -326,25 +326,21 @@ impl QemuVm {
     }
 
     /// The file guest RAM is mapped from, and its key in QEMU's maps.
-    async fn memory_base(&self) -> Result<(PathBuf, FileKey), VmError> {
-        match &self.record.memory.base {
-            MemoryBase::Snapshot(id) => {
-                let snap = self.backend.inner.catalog.get(id)?;
-                let image = self.backend.image(&snap).await?;
-                let key =
-                    FileKey::of(&*image).map_err(self.err_io("inspect the image of", &self.dir))?;
-                Ok((self.backend.inner.catalog.dir(id).join("memory"), key))
+    fn memory_base(&self) -> Result<(PathBuf, FileKey), VmError> {
+        let path = match &self.record.memory.base {
+            MemoryBase::Snapshot(id) => self.backend.inner.catalog.dir(id).join("memory"),
+            MemoryBase::Own { file } => self.dir.join(file),
+            MemoryBase::Anonymous => {
+                return Err(VmError::Invalid(format!(
+                    "{} has anonymous RAM: no memory file",
+                    self.id
+                )))
             }
-            MemoryBase::Own { file } => {
-                let path = self.dir.join(file);
-                let key = FileKey::of_path(&path).map_err(self.err_mem())?;
-                Ok((path, key))
-            }
-            MemoryBase::Anonymous => Err(VmError::Invalid(format!(
-                "{} has anonymous RAM: no memory file",
-                self.id
-            ))),
-        }
+        };
+        let key = self.proc().ram_key.ok_or_else(|| {
+            VmError::Invalid(format!("{}: its QEMU maps no memory file", self.id))
+        })?;
+        Ok((path, key))
     }
 
     fn mem_len_bytes(&self) -> u64 {
@@ -370,7 +366,7 @@ impl QemuVm {
         let mem_dst = staging.join("memory");
         let shared_own = self.record.memory.shared;
         if !shared_own {
-            let (base, key) = self.memory_base().await?;
+            let (base, key) = self.memory_base()?;
             let map = memory::find_ram_mapping(self.pid(), key, self.mem_len_bytes())
                 .map_err(self.err_mem())?;
             let dst = mem_dst.clone();
@@ -517,7 +513,7 @@ impl QemuVm {
         self.fault(FaultPoint::SuspendStateSaved);
         let has_diff = !self.record.memory.shared;
         if has_diff {
-            let (_, key) = self.memory_base().await?;
+            let (_, key) = self.memory_base()?;
             let map = memory::find_ram_mapping(self.pid(), key, self.mem_len_bytes())
                 .map_err(self.err_mem())?;
             let d = gen_dir.to_path_buf();
@@ -816,7 +812,7 @@ impl QemuVm {
 
     /// Look up the RAM mapping of a running QEMU (benchmarks, tests).
     pub async fn ram_dirty_bytes(&self) -> Result<u64, VmError> {
-        let (_, key) = self.memory_base().await?;
+        let (_, key) = self.memory_base()?;
         let map = memory::find_ram_mapping(self.pid(), key, self.mem_len_bytes())
             .map_err(self.err_mem())?;
         let runs = memory::dirty_pages(&map).map_err(self.err_mem())?;
