@@ -90,43 +90,60 @@ fn bind_ro(root: &Path, host: &Path) -> Result<(), JailError> {
         );
     }
     if meta.is_dir() {
-        step(
-            format!("create {}", target.display()),
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&target),
-        )?;
+        create_dir(&target)?;
     } else {
-        step(
-            format!("create {}", target.display()),
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&target),
-        )?;
+        create_file(&target, 0o644)?;
     }
+    bind(
+        host,
+        &target,
+        libc::MS_BIND | libc::MS_REC,
+        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        "read-only",
+    )
+}
+
+/// Bind a device node at the same path in `root` (no exec, no setuid).
+fn bind_device(root: &Path, host: &Path) -> Result<(), JailError> {
+    let target = inside(root, host);
+    create_parent(&target)?;
+    create_file(&target, 0o600)?;
+    bind(
+        host,
+        &target,
+        libc::MS_BIND,
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "noexec",
+    )
+}
+
+/// Bind `host` on `target`, then remount the bind with `flags` (a bind
+/// takes its flags only on a remount).
+fn bind(
+    host: &Path,
+    target: &Path,
+    bind_flags: libc::c_ulong,
+    flags: libc::c_ulong,
+    flags_name: &str,
+) -> Result<(), JailError> {
     let what = format!("bind {}", host.display());
-    let host_s = host.to_string_lossy();
     step(
         what.clone(),
         mount(
-            Some(&host_s),
-            &target,
+            Some(&host.to_string_lossy()),
+            target,
             None,
-            libc::MS_BIND | libc::MS_REC,
+            bind_flags,
             None,
         ),
     )?;
     step(
-        format!("{what} read-only"),
+        format!("{what} {flags_name}"),
         mount(
             None,
-            &target,
+            target,
             None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            libc::MS_BIND | libc::MS_REMOUNT | flags,
             None,
         ),
     )
@@ -134,51 +151,31 @@ fn bind_ro(root: &Path, host: &Path) -> Result<(), JailError> {
 
 /// Create the directories above `target` (mode 0755).
 fn create_parent(target: &Path) -> Result<(), JailError> {
-    match target.parent() {
-        Some(parent) => step(
-            format!("create {}", parent.display()),
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent),
-        ),
-        None => Ok(()),
-    }
+    target.parent().map_or(Ok(()), create_dir)
 }
 
-/// Bind a device node at the same path in `root` (no exec, no setuid).
-fn bind_device(root: &Path, host: &Path) -> Result<(), JailError> {
-    let target = inside(root, host);
-    create_parent(&target)?;
+/// Create `dir` and the directories above it (mode 0755).
+fn create_dir(dir: &Path) -> Result<(), JailError> {
     step(
-        format!("create {}", target.display()),
+        format!("create {}", dir.display()),
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir),
+    )
+}
+
+/// Create an empty file to bind over (kept if it exists).
+fn create_file(path: &Path, mode: u32) -> Result<(), JailError> {
+    step(
+        format!("create {}", path.display()),
         fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o600)
-            .open(&target),
-    )?;
-    let what = format!("bind device {}", host.display());
-    step(
-        what.clone(),
-        mount(
-            Some(&host.to_string_lossy()),
-            &target,
-            None,
-            libc::MS_BIND,
-            None,
-        ),
-    )?;
-    step(
-        format!("{what} noexec"),
-        mount(
-            None,
-            &target,
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC,
-            None,
-        ),
+            .mode(mode)
+            .open(path)
+            .map(drop),
     )
 }
 

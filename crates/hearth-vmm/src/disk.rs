@@ -262,44 +262,27 @@ pub fn flatten_onto(
     base_len: usize,
     dest: &Path,
 ) -> Result<(), DiskError> {
+    // -U: the microVM's QEMU still holds the chain open (stopped, flushed).
+    let spec = qemu_img_spec(chain);
+    let mut args: Vec<std::ffi::OsString> = ["convert", "-q", "-U", "-O", "qcow2"]
+        .iter()
+        .map(Into::into)
+        .collect();
     if base_len == 0 {
-        let spec = qemu_img_spec(chain);
-        return run_qemu_img(
-            qemu_img,
-            "convert",
-            dest,
-            &[
-                "convert".as_ref(),
-                "-q".as_ref(),
-                "-U".as_ref(),
-                "-O".as_ref(),
-                "qcow2".as_ref(),
-                spec.as_ref(),
-                dest.as_os_str(),
-            ],
-        );
+        args.extend([spec.into(), dest.as_os_str().to_owned()]);
+        return run_qemu_img(qemu_img, "convert", dest, &os_refs(&args));
     }
     // Convert against the lower chain (-B), then forget the backing name.
-    let spec = qemu_img_spec(chain);
     let base = qemu_img_spec(&chain[..base_len]);
-    run_qemu_img(
-        qemu_img,
-        "convert",
-        dest,
-        &[
-            "convert".as_ref(),
-            "-q".as_ref(),
-            "-U".as_ref(),
-            "-O".as_ref(),
-            "qcow2".as_ref(),
-            "-B".as_ref(),
-            base.as_ref(),
-            "-F".as_ref(),
-            chain[base_len - 1].format.as_str().as_ref(),
-            spec.as_ref(),
-            dest.as_os_str(),
-        ],
-    )?;
+    args.extend([
+        "-B".into(),
+        base.into(),
+        "-F".into(),
+        chain[base_len - 1].format.as_str().into(),
+        spec.into(),
+        dest.as_os_str().to_owned(),
+    ]);
+    run_qemu_img(qemu_img, "convert", dest, &os_refs(&args))?;
     run_qemu_img(
         qemu_img,
         "rebase",
@@ -312,6 +295,10 @@ pub fn flatten_onto(
             dest.as_os_str(),
         ],
     )
+}
+
+fn os_refs(args: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    args.iter().map(|a| a.as_os_str()).collect()
 }
 
 /// Virtual size of a raw base image (its length).
