@@ -23,6 +23,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub sealer: TokenSealer,
     pub managed_images: Vec<ManagedImage>,
+    /// The server's own region (`hearth serve --region`): requests must be
+    /// signed for it, and ARNs are minted in it.
+    pub region: String,
 }
 
 /// Who is calling, established by SigV4.

@@ -13,11 +13,16 @@ use serde_json::{json, Map, Value};
 /// One API failure, as the client will see it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
-    /// 400: input does not satisfy the model (or is not JSON at all).
+    /// 400: input does not satisfy the model.
     #[error("{0}")]
     Validation(String),
-    /// 403: signature, key or date problems (code from the verifier).
-    #[error("{code}: {message}")]
+    /// 400: the body is not the JSON the protocol carries (the AWS REST-JSON
+    /// protocol's `SerializationException`).
+    #[error("{0}")]
+    Serialization(String),
+    /// 403: signature, key or date problems (code from the verifier). The
+    /// message does not repeat the code: clients print both.
+    #[error("{message}")]
     Auth { code: &'static str, message: String },
     /// 403: authenticated, but not allowed.
     #[error("{0}")]
@@ -32,9 +37,12 @@ pub enum ApiError {
     /// 404: no operation at this path.
     #[error("{0}")]
     UnknownOperation(String),
-    /// 405: the path exists with other methods.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// 405: the path exists with other methods (sent in `Allow`).
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        allowed: Vec<String>,
+    },
     /// 409: state conflict, or a reused client token with a different request.
     #[error("{message}")]
     Conflict {
@@ -78,11 +86,12 @@ impl ApiError {
     pub fn shape(&self) -> &'static str {
         match self {
             ApiError::Validation(_) => "ValidationException",
+            ApiError::Serialization(_) => "SerializationException",
             ApiError::Auth { code, .. } => code,
             ApiError::AccessDenied(_) => "AccessDeniedException",
             ApiError::NotFound { .. } => "ResourceNotFoundException",
             ApiError::UnknownOperation(_) => "UnknownOperationException",
-            ApiError::MethodNotAllowed(_) => "MethodNotAllowedException",
+            ApiError::MethodNotAllowed { .. } => "MethodNotAllowedException",
             ApiError::Conflict { .. } => "ConflictException",
             ApiError::QuotaExceeded(_) => "ServiceQuotaExceededException",
             ApiError::Throttling { .. } => "ThrottlingException",
@@ -93,10 +102,10 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::Validation(_) | ApiError::Serialization(_) => StatusCode::BAD_REQUEST,
             ApiError::Auth { .. } | ApiError::AccessDenied(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::UnknownOperation(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::QuotaExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Throttling { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -144,8 +153,16 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status(), axum::Json(self.body())).into_response();
         let h = resp.headers_mut();
         h.insert("x-amzn-errortype", HeaderValue::from_static(self.shape()));
-        if let ApiError::Throttling { retry_after_secs } = self {
-            h.insert("retry-after", HeaderValue::from(retry_after_secs));
+        match &self {
+            ApiError::Throttling { retry_after_secs } => {
+                h.insert("retry-after", HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                    h.insert("allow", v);
+                }
+            }
+            _ => {}
         }
         resp
     }
@@ -192,6 +209,25 @@ mod tests {
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "3");
         assert_eq!(r.headers()["x-amzn-errortype"], "ThrottlingException");
+    }
+
+    #[test]
+    fn auth_messages_do_not_repeat_the_code_and_405_says_what_is_allowed() {
+        let e = ApiError::Auth {
+            code: "InvalidSignatureException",
+            message: "The request signature we calculated does not match".into(),
+        };
+        assert!(!e.to_string().contains("InvalidSignatureException"), "{e}");
+        let r = ApiError::MethodNotAllowed {
+            message: "no".into(),
+            allowed: vec!["GET".into(), "DELETE".into()],
+        }
+        .into_response();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()["allow"], "GET, DELETE");
+        let r = ApiError::Serialization("not JSON".into()).into_response();
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["x-amzn-errortype"], "SerializationException");
     }
 
     #[test]

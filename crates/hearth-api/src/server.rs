@@ -165,10 +165,13 @@ async fn pipeline(
             RouteError::NotFound => {
                 ApiError::UnknownOperation(format!("No operation matches {} {}", method, raw_path))
             }
-            RouteError::MethodNotAllowed { allowed } => ApiError::MethodNotAllowed(format!(
-                "{method} is not allowed here; allowed: {}",
-                allowed.join(", ")
-            )),
+            RouteError::MethodNotAllowed { allowed } => ApiError::MethodNotAllowed {
+                message: format!(
+                    "{method} is not allowed here; allowed: {}",
+                    allowed.join(", ")
+                ),
+                allowed,
+            },
         })?;
     let op = route.operation;
     let owned_headers: Vec<(String, String)> = header_pairs
@@ -180,7 +183,7 @@ async fn pipeline(
         .map_err(|e| match e {
             InputError::Validation(v) => ApiError::Validation(v.to_string()),
             InputError::BodyNotJson { detail } => {
-                ApiError::Validation(format!("Request body is not a JSON object: {detail}"))
+                ApiError::Serialization(format!("Request body is not a JSON object: {detail}"))
             }
         })?;
 

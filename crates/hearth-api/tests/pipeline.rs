@@ -93,6 +93,7 @@ fn env() -> Env {
             version: "1".into(),
             created_at_secs: 5,
         }],
+        region: "us-east-1".into(),
     });
     Env {
         _dir: dir,

@@ -179,6 +179,7 @@ pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
         store: dd.store.clone(),
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: vec![],
+        region: "us-east-1".into(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -86,6 +86,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         store: dd.store.clone(),
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: managed_images(g),
+        region: a.region.clone(),
     });
     let api = tokio::net::TcpListener::bind(a.listen)
         .await
