@@ -1,0 +1,471 @@
+//! One connection, on its own task: wait for a request head within the
+//! limits, hand the request to the service, write its answer, and go on
+//! while the connection may be kept alive. The front end's own refusals
+//! (malformed or oversized heads, slow clients, HTTP/2) are answered here.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Mutex};
+use tokio::time::{timeout, Instant};
+
+use crate::body::{Body, BodyError};
+use crate::limits::{Limits, READ_CHUNK_BYTES};
+use crate::reply::{error_response, new_request_id, ConnInfo, RequestId, REQUEST_ID_HEADER};
+use crate::server::Service;
+use crate::{h2, Response};
+
+/// The connection's socket and what was read from it but not yet used.
+pub(crate) struct ConnIo {
+    stream: TcpStream,
+    buf: BytesMut,
+    limits: Arc<Limits>,
+    /// The client sent `Expect: 100-continue` and has not been told to go on.
+    continue_pending: bool,
+    /// Bytes of the current request's body not yet read.
+    body_remaining: u64,
+}
+
+/// A request head, copied out of the read buffer.
+struct Head {
+    method: Vec<u8>,
+    target: Vec<u8>,
+    minor_version: u8,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+enum HeadOutcome {
+    Request(Head),
+    /// Close without a word (the client left, or an idle connection timed out).
+    Close,
+    /// Answer this and close.
+    Refuse(Response),
+    Http2,
+}
+
+impl ConnIo {
+    /// Read once more (at most one chunk).
+    async fn read_more(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    async fn write_timed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match timeout(self.limits.write_timeout, async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "writing the answer timed out",
+            )),
+        }
+    }
+
+    async fn read_head(
+        &mut self,
+        first: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> HeadOutcome {
+        let limits = self.limits.clone();
+        if self.buf.is_empty() {
+            if *shutdown.borrow() {
+                return HeadOutcome::Close;
+            }
+            let wait = if first {
+                limits.head_timeout
+            } else {
+                limits.idle_timeout
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return HeadOutcome::Close,
+                r = timeout(wait, self.read_more()) => match r {
+                    Err(_) if first => return HeadOutcome::Refuse(timed_out_head()),
+                    Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return HeadOutcome::Close,
+                    Ok(Ok(_)) => {}
+                },
+            }
+        }
+        let deadline = Instant::now() + limits.head_timeout;
+        loop {
+            if h2::may_be_preface(&self.buf) {
+                if self.buf.len() >= 16 {
+                    return HeadOutcome::Http2;
+                }
+            } else {
+                let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(&self.buf) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        if n > limits.max_head_bytes {
+                            return HeadOutcome::Refuse(head_too_large(&limits));
+                        }
+                        let head = Head {
+                            method: req.method.unwrap_or("").as_bytes().to_vec(),
+                            target: req.path.unwrap_or("").as_bytes().to_vec(),
+                            minor_version: req.version.unwrap_or(1),
+                            headers: req
+                                .headers
+                                .iter()
+                                .map(|h| (h.name.to_string(), h.value.to_vec()))
+                                .collect(),
+                        };
+                        self.buf.advance(n);
+                        return HeadOutcome::Request(head);
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.buf.len() >= limits.max_head_bytes {
+                            return HeadOutcome::Refuse(head_too_large(&limits));
+                        }
+                    }
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return HeadOutcome::Refuse(error_response(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "ValidationException",
+                            &format!(
+                                "The request has more than {} header fields",
+                                limits.max_headers
+                            ),
+                        ))
+                    }
+                    Err(e) => {
+                        return HeadOutcome::Refuse(bad_request(&format!(
+                            "Malformed HTTP request head: {}",
+                            describe(e)
+                        )))
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return HeadOutcome::Refuse(timed_out_head());
+            }
+            match timeout(deadline - now, self.read_more()).await {
+                Err(_) => return HeadOutcome::Refuse(timed_out_head()),
+                Ok(Ok(0)) | Ok(Err(_)) => return HeadOutcome::Close,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Read the current request's body (`len_bytes`, all of what is left).
+    pub(crate) async fn read_body(&mut self, len_bytes: u64) -> Result<Bytes, BodyError> {
+        debug_assert_eq!(len_bytes, self.body_remaining);
+        if self.continue_pending {
+            self.continue_pending = false;
+            self.write_timed(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let limits = self.limits.clone();
+        let deadline = Instant::now() + limits.body_deadline(len_bytes);
+        let mut out = Vec::with_capacity(len_bytes.min(64 * 1024) as usize);
+        while self.body_remaining > 0 {
+            if !self.buf.is_empty() {
+                let n = (self.body_remaining.min(self.buf.len() as u64)) as usize;
+                out.extend_from_slice(&self.buf[..n]);
+                self.buf.advance(n);
+                self.body_remaining -= n as u64;
+                continue;
+            }
+            let (received_bytes, declared_bytes) = (out.len() as u64, len_bytes);
+            let now = Instant::now();
+            let wait = limits
+                .body_idle_timeout
+                .min(deadline.saturating_duration_since(now));
+            match timeout(wait, self.read_more()).await {
+                Err(_) => {
+                    return Err(BodyError::Timeout {
+                        received_bytes,
+                        declared_bytes,
+                    })
+                }
+                Ok(Ok(0)) => {
+                    return Err(BodyError::Closed {
+                        received_bytes,
+                        declared_bytes,
+                    })
+                }
+                Ok(Err(e)) => return Err(BodyError::Io(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Write `resp` for the request `rid`; `close` adds `connection: close`.
+    async fn write_response(
+        &mut self,
+        resp: Response,
+        rid: &str,
+        close: bool,
+        head_only: bool,
+    ) -> io::Result<()> {
+        let (parts, body) = resp.into_parts();
+        let status = parts.status;
+        let mut out = Vec::with_capacity(256 + body.len());
+        out.extend_from_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\n",
+                status.as_str(),
+                status.canonical_reason().unwrap_or("")
+            )
+            .as_bytes(),
+        );
+        for (k, v) in &parts.headers {
+            if k == http::header::CONTENT_LENGTH
+                || k == http::header::CONNECTION
+                || k == http::header::TRANSFER_ENCODING
+            {
+                continue;
+            }
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !parts.headers.contains_key(REQUEST_ID_HEADER) {
+            out.extend_from_slice(format!("{REQUEST_ID_HEADER}: {rid}\r\n").as_bytes());
+        }
+        let no_body = status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational();
+        if !no_body {
+            out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !no_body && !head_only {
+            out.extend_from_slice(&body);
+        }
+        self.write_timed(&out).await
+    }
+}
+
+/// Serve one connection until it closes.
+pub(crate) async fn run<S: Service>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    limits: Arc<Limits>,
+    service: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let io = Arc::new(Mutex::new(ConnIo {
+        stream,
+        buf: BytesMut::new(),
+        limits,
+        continue_pending: false,
+        body_remaining: 0,
+    }));
+    let mut first = true;
+    loop {
+        let outcome = io.lock().await.read_head(first, &mut shutdown).await;
+        first = false;
+        let rid = new_request_id();
+        let head = match outcome {
+            HeadOutcome::Request(h) => h,
+            HeadOutcome::Close => return,
+            HeadOutcome::Refuse(resp) => {
+                let _ = io
+                    .lock()
+                    .await
+                    .write_response(resp, &rid, true, false)
+                    .await;
+                return;
+            }
+            HeadOutcome::Http2 => {
+                let refusal = h2::refusal("Hearth serves HTTP/1.1; connect with HTTP/1.1");
+                let _ = io.lock().await.write_timed(&refusal).await;
+                return;
+            }
+        };
+        let (req, keep_alive) = match request(head, &io, peer, &rid).await {
+            Ok(r) => r,
+            Err(resp) => {
+                let _ = io
+                    .lock()
+                    .await
+                    .write_response(resp, &rid, true, false)
+                    .await;
+                return;
+            }
+        };
+        let head_only = req.method() == Method::HEAD;
+        let resp = service.call(req).await;
+        let mut g = io.lock().await;
+        let wants_close = resp
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        // A body the service did not read is not drained: the connection
+        // ends after the answer instead.
+        let close = !keep_alive || wants_close || g.body_remaining > 0 || *shutdown.borrow();
+        if g.write_response(resp, &rid, close, head_only)
+            .await
+            .is_err()
+            || close
+        {
+            return;
+        }
+    }
+}
+
+/// Turn a head into a request whose body stays on the connection; or the
+/// answer that refuses it.
+async fn request(
+    head: Head,
+    io: &Arc<Mutex<ConnIo>>,
+    peer: SocketAddr,
+    rid: &str,
+) -> Result<(crate::Request, bool), Response> {
+    let method = Method::from_bytes(&head.method)
+        .map_err(|_| bad_request("The request method is not a valid token"))?;
+    if !head.target.starts_with(b"/") {
+        return Err(bad_request(
+            "The request target must be a path beginning with '/'",
+        ));
+    }
+    let uri = Uri::try_from(head.target.as_slice()).map_err(|_| {
+        bad_request("The request target is not a valid URI path and query (only visible ASCII is allowed; percent-encode the rest)")
+    })?;
+    let mut headers = http::HeaderMap::with_capacity(head.headers.len());
+    let mut content_length: Option<u64> = None;
+    let mut connection_close = head.minor_version == 0;
+    let mut expect_continue = false;
+    for (name, value) in &head.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad_request("A header name is not a valid token"))?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| {
+            bad_request(&format!(
+                "The value of header {name} contains a control character"
+            ))
+        })?;
+        if name == http::header::CONTENT_LENGTH {
+            let v = value.as_bytes();
+            let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    bad_request("Content-Length must be a non-negative decimal number")
+                })?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(bad_request(
+                    "The request has conflicting Content-Length headers",
+                ));
+            }
+            content_length = Some(n);
+        } else if name == http::header::TRANSFER_ENCODING {
+            return Err(error_response(
+                StatusCode::LENGTH_REQUIRED,
+                "ValidationException",
+                "Transfer-Encoding is not accepted: send the body with a Content-Length",
+            ));
+        } else if name == http::header::CONNECTION {
+            for token in value.as_bytes().split(|b| *b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"close") {
+                    connection_close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && head.minor_version == 0 {
+                    connection_close = false;
+                }
+            }
+        } else if name == http::header::EXPECT {
+            if value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                return Err(error_response(
+                    StatusCode::EXPECTATION_FAILED,
+                    "ValidationException",
+                    "Only Expect: 100-continue is supported",
+                ));
+            }
+        }
+        headers.append(name, value);
+    }
+    let len_bytes = content_length.unwrap_or(0);
+    {
+        let mut g = io.lock().await;
+        g.body_remaining = len_bytes;
+        g.continue_pending = expect_continue && len_bytes > 0;
+    }
+    let mut req = http::Request::new(Body::on_connection(io.clone(), len_bytes));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = if head.minor_version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = headers;
+    req.extensions_mut().insert(RequestId(rid.to_string()));
+    req.extensions_mut().insert(ConnInfo { peer });
+    Ok((req, !connection_close))
+}
+
+fn bad_request(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "ValidationException", message)
+}
+
+fn head_too_large(limits: &Limits) -> Response {
+    error_response(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "ValidationException",
+        &format!(
+            "The request head is larger than {} bytes",
+            limits.max_head_bytes
+        ),
+    )
+}
+
+fn timed_out_head() -> Response {
+    error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "RequestTimeoutException",
+        "The request head did not arrive in time",
+    )
+}
+
+fn describe(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid byte in a header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid byte in the request line",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "not HTTP/1.0 or HTTP/1.1",
+    }
+}
+
+/// Answer a connection beyond the cap and close it.
+pub(crate) async fn refuse_busy(mut stream: TcpStream, max_connections: usize) {
+    let resp = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailableException",
+        &format!("The server holds its maximum of {max_connections} connections; retry later"),
+    );
+    let rid = new_request_id();
+    let (parts, body) = resp.into_parts();
+    let mut out = format!("HTTP/1.1 503 Service Unavailable\r\n{REQUEST_ID_HEADER}: {rid}\r\n");
+    for (k, v) in &parts.headers {
+        out.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    let _ = timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+}

@@ -1,0 +1,426 @@
+//! The front end over real TCP connections: keep-alive and pipelining work,
+//! and every attack the API was probed with (silent, slow and half-sent
+//! clients, malformed and oversized heads, HTTP/2, too many connections) is
+//! answered in the AWS shape, or closed, within the limits.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hearth_http::{error_response, serve, Body, Limits, Request, RequestId, Response, Service};
+use http::StatusCode;
+
+/// Answers `len=<body length>` after reading the body, unless the path is
+/// `/refuse` (answers 403 from the head alone) or `/slow` (sleeps first).
+struct Echo;
+
+impl Service for Echo {
+    async fn call(&self, req: Request) -> Response {
+        let rid = req.extensions().get::<RequestId>().cloned().unwrap();
+        match req.uri().path() {
+            "/refuse" => {
+                return error_response(StatusCode::FORBIDDEN, "AccessDeniedException", "no")
+            }
+            "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+            _ => {}
+        }
+        let body: Body = req.into_body();
+        match body.read_all(1024 * 1024).await {
+            Ok(b) => {
+                let mut r =
+                    http::Response::new(Bytes::from(format!("len={} rid={}", b.len(), rid.0)));
+                r.headers_mut()
+                    .insert("content-type", "text/plain".parse().unwrap());
+                r
+            }
+            Err(e) => error_response(e.status(), e.error_type(), &e.to_string()),
+        }
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_connections: 8,
+        max_head_bytes: 8 * 1024,
+        max_headers: 32,
+        head_timeout: Duration::from_millis(400),
+        idle_timeout: Duration::from_millis(600),
+        body_idle_timeout: Duration::from_millis(400),
+        body_min_bytes_per_sec: 1024 * 1024,
+        write_timeout: Duration::from_secs(2),
+        shutdown_grace: Duration::from_secs(2),
+    }
+}
+
+fn start(limits: Limits) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            serve(l, limits, Arc::new(Echo), std::future::pending())
+                .await
+                .unwrap();
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Everything the server sends until it closes (or 5 s pass).
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// One parsed answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// It has the AWS error shape: type header, JSON message, request id.
+    fn assert_aws_error(&self, status: u16, error_type: &str) {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(
+            self.header("x-amzn-errortype"),
+            Some(error_type),
+            "{self:?}"
+        );
+        assert_eq!(
+            self.header("x-amzn-requestid").map(str::len),
+            Some(36),
+            "{self:?}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&self.body).expect("JSON body");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+}
+
+/// Parse every answer in `raw`.
+fn answers(mut raw: &[u8]) -> Vec<Answer> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut r = httparse::Response::new(&mut headers);
+        let n = match r.parse(raw).expect("a well-formed answer") {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => {
+                panic!("partial answer: {:?}", String::from_utf8_lossy(raw))
+            }
+        };
+        let headers: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let status = r.code.unwrap();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.parse().unwrap())
+            .unwrap_or(0);
+        let body = raw[n..n + len].to_vec();
+        raw = &raw[n + len..];
+        if status == 100 {
+            continue;
+        }
+        out.push(Answer {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+fn one(addr: SocketAddr, bytes: &[u8]) -> Answer {
+    let mut s = connect(addr);
+    s.write_all(bytes).unwrap();
+    let mut a = answers(&read_to_close(&mut s));
+    assert_eq!(a.len(), 1, "{a:?}");
+    a.remove(0)
+}
+
+#[test]
+fn keep_alive_and_pipelined_requests_get_their_own_ids() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    s.write_all(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    s.write_all(b"GET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let a = answers(&read_to_close(&mut s));
+    assert_eq!(a.len(), 3, "{a:?}");
+    assert!(String::from_utf8_lossy(&a[0].body).starts_with("len=3 "));
+    assert!(String::from_utf8_lossy(&a[1].body).starts_with("len=0 "));
+    let ids: std::collections::HashSet<_> = a
+        .iter()
+        .map(|x| x.header("x-amzn-requestid").unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    // The id the service saw is the one the client got.
+    let rid = a[0].header("x-amzn-requestid").unwrap();
+    assert!(String::from_utf8_lossy(&a[0].body).ends_with(rid));
+    assert_eq!(a[2].header("connection"), Some("close"));
+}
+
+#[test]
+fn silent_and_half_sent_heads_are_answered_408_and_closed() {
+    let addr = start(limits());
+    for sent in [&b""[..], b"GET / HTTP/1.1\r\nhost: x\r\n", b"GE"] {
+        let t = Instant::now();
+        let mut s = connect(addr);
+        s.write_all(sent).unwrap();
+        let a = answers(&read_to_close(&mut s));
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(a.len(), 1, "{sent:?}: {a:?}");
+        a[0].assert_aws_error(408, "RequestTimeoutException");
+    }
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let t = Instant::now();
+    let a = answers(&read_to_close(&mut s));
+    assert_eq!(a.len(), 1);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn a_half_sent_body_times_out_and_the_connection_ends() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf")
+        .unwrap();
+    let a = answers(&read_to_close(&mut s));
+    assert_eq!(a.len(), 1, "{a:?}");
+    a[0].assert_aws_error(408, "RequestTimeoutException");
+    assert_eq!(a[0].header("connection"), Some("close"));
+}
+
+#[test]
+fn expect_continue_is_answered_only_when_the_service_reads_the_body() {
+    let addr = start(limits());
+    // Refused from the head: no 100 Continue, the body never needs sending.
+    let mut s = connect(addr);
+    s.write_all(b"POST /refuse HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5000000\r\n\r\n")
+        .unwrap();
+    let raw = read_to_close(&mut s);
+    assert!(!String::from_utf8_lossy(&raw).contains("100 Continue"));
+    let a = answers(&raw);
+    a[0].assert_aws_error(403, "AccessDeniedException");
+    assert_eq!(
+        a[0].header("connection"),
+        Some("close"),
+        "an unread body ends the connection"
+    );
+    // Read: 100 Continue first, then the answer.
+    let mut s = connect(addr);
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"ok").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let a = answers(&read_to_close(&mut s));
+    assert!(String::from_utf8_lossy(&a[0].body).starts_with("len=2 "));
+}
+
+#[test]
+fn malformed_heads_get_aws_shaped_400s() {
+    let addr = start(limits());
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "NUL in a header",
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\0b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "raw 0xff in the path",
+            b"GET /a\xffb HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "negative Content-Length",
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "conflicting Content-Length",
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"
+                .to_vec(),
+            400,
+        ),
+        (
+            "chunked",
+            b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            411,
+        ),
+        (
+            "absolute-form target",
+            b"GET http://x/ HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "HTTP/3.0",
+            b"GET / HTTP/3.0\r\nhost: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "unknown expectation",
+            b"GET / HTTP/1.1\r\nhost: x\r\nexpect: magic\r\n\r\n".to_vec(),
+            417,
+        ),
+    ];
+    for (name, raw, status) in cases {
+        let a = one(addr, &raw);
+        assert_eq!(a.status, status, "{name}: {a:?}");
+        a.assert_aws_error(status, "ValidationException");
+        assert_eq!(a.header("connection"), Some("close"), "{name}");
+    }
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let addr = start(limits());
+    let mut big = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    let mut s = connect(addr);
+    let _ = s.write_all(&big); // the server may close before it has read it all
+    let a = answers(&read_to_close(&mut s));
+    a[0].assert_aws_error(431, "ValidationException");
+
+    let mut many = b"GET / HTTP/1.1\r\nhost: x\r\n".to_vec();
+    for i in 0..300 {
+        many.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let a = one(addr, &many);
+    a.assert_aws_error(431, "ValidationException");
+}
+
+#[test]
+fn http2_prior_knowledge_is_told_to_use_http1() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let raw = read_to_close(&mut s);
+    assert_eq!(&raw[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "SETTINGS first");
+    assert_eq!(raw[12], 7, "then GOAWAY");
+    assert_eq!(&raw[22..26], &[0, 0, 0, 0xd], "HTTP_1_1_REQUIRED");
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503() {
+    let addr = start(Limits {
+        max_connections: 2,
+        head_timeout: Duration::from_secs(5),
+        ..limits()
+    });
+    let held: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let a = one(addr, b"");
+    a.assert_aws_error(503, "ServiceUnavailableException");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(100));
+    let a = one(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+#[test]
+fn a_request_runs_to_its_end_when_the_client_leaves() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    drop(s);
+    // The server survives and serves the next client.
+    std::thread::sleep(Duration::from_millis(400));
+    let a = one(
+        addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(a.status, 200);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn mutated_request() -> impl Strategy<Value = Vec<u8>> {
+        let base = b"POST /2025-09-09/microvms?maxResults=5 HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_vec();
+        (
+            proptest::collection::vec((0..base.len(), any::<u8>()), 0..6),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(move |(edits, tail)| {
+                let mut b = base.clone();
+                for (i, byte) in edits {
+                    b[i] = byte;
+                }
+                b.extend(tail);
+                b
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Whatever bytes arrive, every answer is well-formed HTTP/1.1 with a
+        /// request id, and every refusal has the AWS error shape.
+        #[test]
+        fn any_bytes_get_well_formed_answers(raw in mutated_request()) {
+            static ADDR: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
+            let addr = *ADDR.get_or_init(|| start(limits()));
+            let mut s = connect(addr);
+            s.write_all(&raw).unwrap();
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            for a in answers(&read_to_close(&mut s)) {
+                prop_assert_eq!(a.header("x-amzn-requestid").map(str::len), Some(36));
+                if a.status >= 400 {
+                    a.assert_aws_error(a.status, a.header("x-amzn-errortype").unwrap_or("none"));
+                }
+            }
+        }
+    }
+}
