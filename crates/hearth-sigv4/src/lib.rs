@@ -18,8 +18,10 @@
 //! * The canonical query is every `key=value` pair percent-decoded, re-encoded with the
 //!   RFC 3986 unreserved set (`A-Z a-z 0-9 - _ . ~`; space is `%20`, a literal `+` is
 //!   `%2B`), sorted by encoded key then encoded value. Repeated keys are kept.
-//! * Signed header values are trimmed with inner runs of spaces/tabs collapsed; repeated
-//!   headers are joined with `,`.
+//! * Signed header values are signed as the raw bytes received (obs-text 0x80-0xFF
+//!   included, never converted to text), trimmed with inner runs of spaces/tabs
+//!   collapsed; repeated headers are joined with `,`. A signed value with a control byte
+//!   other than tab is refused.
 //! * botocore and the Rust SDK send no `x-amz-content-sha256`: the payload hash is the
 //!   SHA-256 of the body as received. The JavaScript SDK v3 does send it; when present it
 //!   must be `UNSIGNED-PAYLOAD` or equal the body hash, and it is then the payload line.
@@ -80,8 +82,10 @@ pub struct Request<'a> {
     pub raw_path: &'a str,
     /// Query string as received, without the leading `?` (empty when there is none).
     pub raw_query: &'a str,
-    /// Every header as received: `(name, value)`, any case, repeats allowed.
-    pub headers: &'a [(&'a str, &'a str)],
+    /// Every header as received: `(name, raw value bytes)`, names in any case, repeats
+    /// allowed. Values are the bytes on the wire, never a lossy text conversion: a
+    /// signed value may hold obs-text (0x80-0xFF) and is canonicalised as bytes.
+    pub headers: &'a [(&'a str, &'a [u8])],
     /// The complete body.
     pub body: &'a [u8],
 }
@@ -94,28 +98,83 @@ impl<'a> Request<'a> {
             None => (target, ""),
         }
     }
+}
 
-    /// All values of header `name` (case-insensitive), in order.
-    fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
+/// Request headers as [`Request::headers`] holds them.
+type Headers<'a> = &'a [(&'a str, &'a [u8])];
+
+/// All values of header `name` (case-insensitive), in order.
+fn header_values<'a>(headers: Headers<'a>, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
+
+/// The one value of header `name`; an error when it is repeated.
+fn single_header<'a>(
+    headers: Headers<'a>,
+    name: &'a str,
+    repeated: &'static str,
+) -> Result<Option<&'a [u8]>, SigV4Error> {
+    let mut it = header_values(headers, name);
+    let first = it.next();
+    if it.next().is_some() {
+        return Err(SigV4Error::Incomplete(repeated));
     }
+    Ok(first)
+}
 
-    /// The one value of header `name`; an error when it is repeated.
-    fn single_header(
-        &self,
-        name: &'a str,
-        repeated: &'static str,
-    ) -> Result<Option<&'a str>, SigV4Error> {
-        let mut it = self.header_values(name);
-        let first = it.next();
-        if it.next().is_some() {
-            return Err(SigV4Error::Incomplete(repeated));
+/// `value` without leading and trailing spaces and tabs.
+fn trim_blanks(value: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !blank(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// The value of header `name` as ASCII text, blanks trimmed; `None` when absent.
+fn single_text_header<'a>(
+    headers: Headers<'a>,
+    name: &'a str,
+    repeated: &'static str,
+    not_text: &'static str,
+) -> Result<Option<&'a str>, SigV4Error> {
+    match single_header(headers, name, repeated)? {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(trim_blanks(v))
+            .ok()
+            .filter(|s| s.is_ascii())
+            .map(Some)
+            .ok_or(SigV4Error::Incomplete(not_text)),
+    }
+}
+
+/// Checks every value of signed header `name`: at least one, none longer than
+/// [`MAX_HEADER_VALUE_LEN`], none with a control byte other than tab (what HTTP allows
+/// in a field value: visible ASCII, space, tab and obs-text 0x80-0xFF).
+fn check_signed_header(headers: Headers<'_>, name: &str) -> Result<(), SigV4Error> {
+    let mut any = false;
+    for value in header_values(headers, name) {
+        any = true;
+        if value.len() > MAX_HEADER_VALUE_LEN {
+            return Err(SigV4Error::Incomplete("A signed header value is too long."));
         }
-        Ok(first)
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(SigV4Error::Incomplete(
+                "A signed header value contains a control character.",
+            ));
+        }
     }
+    if !any {
+        return Err(SigV4Error::Incomplete(
+            "A header listed in SignedHeaders is missing from the request.",
+        ));
+    }
+    Ok(())
 }
 
 /// A secret access key. Zeroed on drop and never printed by `Debug`.
@@ -422,20 +481,30 @@ pub fn verify(
     if query_params(req.raw_query).nth(MAX_QUERY_PARAMS).is_some() {
         return Err(Incomplete(TOO_MANY_QUERY_PARAMS));
     }
-    let auth = req
-        .single_header("authorization", "Repeated Authorization header.")?
-        .ok_or(SigV4Error::MissingAuthentication)?;
+    let auth = single_header(
+        req.headers,
+        "authorization",
+        "Repeated Authorization header.",
+    )?
+    .ok_or(SigV4Error::MissingAuthentication)?;
+    if auth.len() > MAX_AUTHORIZATION_LEN {
+        return Err(Incomplete("Authorization header is too long."));
+    }
+    let auth = std::str::from_utf8(auth)
+        .map_err(|_| Incomplete("Unsupported Authorization scheme or algorithm."))?;
     let auth = parse_authorization(auth)?;
 
-    let amz_date = req
-        .single_header("x-amz-date", "Repeated X-Amz-Date header.")?
-        .ok_or(Incomplete(
-            "Authorization header requires existence of a 'X-Amz-Date' header.",
-        ))?
-        .trim();
-    let request_secs = parse_amz_date(amz_date).ok_or(Incomplete(
-        "X-Amz-Date must have the form YYYYMMDDTHHMMSSZ.",
+    let bad_date = "X-Amz-Date must have the form YYYYMMDDTHHMMSSZ.";
+    let amz_date = single_text_header(
+        req.headers,
+        "x-amz-date",
+        "Repeated X-Amz-Date header.",
+        bad_date,
+    )?
+    .ok_or(Incomplete(
+        "Authorization header requires existence of a 'X-Amz-Date' header.",
     ))?;
+    let request_secs = parse_amz_date(amz_date).ok_or(Incomplete(bad_date))?;
 
     if auth.service != expected_service {
         return Err(SigV4Error::WrongScope(format!(
@@ -456,7 +525,8 @@ pub fn verify(
     if !auth.signed_headers.contains(&"x-amz-date") {
         return Err(Incomplete("'X-Amz-Date' must be a signed header."));
     }
-    let session_token = req.single_header(
+    let session_token = single_header(
+        req.headers,
         "x-amz-security-token",
         "Repeated X-Amz-Security-Token header.",
     )?;
@@ -469,6 +539,14 @@ pub fn verify(
                 "'X-Amz-Security-Token' must be a signed header.",
             ));
         }
+    }
+    let session_token = session_token
+        .map(|t| {
+            std::str::from_utf8(t).map_err(|_| Incomplete("X-Amz-Security-Token is not text."))
+        })
+        .transpose()?;
+    for name in &auth.signed_headers {
+        check_signed_header(req.headers, name)?;
     }
 
     check_clock(amz_date, request_secs, now)?;
@@ -520,14 +598,16 @@ pub fn sign(
     service: &str,
     signed_headers: &[&str],
 ) -> Result<String, SigV4Error> {
-    let amz_date = req
-        .single_header("x-amz-date", "Repeated X-Amz-Date header.")?
-        .ok_or(SigV4Error::Incomplete("X-Amz-Date header is required."))?
-        .trim();
+    let bad_date = "X-Amz-Date must have the form YYYYMMDDTHHMMSSZ.";
+    let amz_date = single_text_header(
+        req.headers,
+        "x-amz-date",
+        "Repeated X-Amz-Date header.",
+        bad_date,
+    )?
+    .ok_or(SigV4Error::Incomplete("X-Amz-Date header is required."))?;
     if parse_amz_date(amz_date).is_none() {
-        return Err(SigV4Error::Incomplete(
-            "X-Amz-Date must have the form YYYYMMDDTHHMMSSZ.",
-        ));
+        return Err(SigV4Error::Incomplete(bad_date));
     }
     let mut names: Vec<String> = signed_headers
         .iter()
@@ -552,16 +632,17 @@ pub fn sign(
 /// The payload line of the canonical request, and whether it covers the body.
 fn payload_hash(req: &Request<'_>) -> Result<(String, bool), SigV4Error> {
     let body_hash = hex::encode(Sha256::digest(req.body));
-    match req.single_header(
+    match single_header(
+        req.headers,
         "x-amz-content-sha256",
         "Repeated X-Amz-Content-SHA256 header.",
     )? {
         None => Ok((body_hash, true)),
         Some(v) => {
-            let v = v.trim();
-            if v == UNSIGNED_PAYLOAD {
+            let v = trim_blanks(v);
+            if v == UNSIGNED_PAYLOAD.as_bytes() {
                 Ok((UNSIGNED_PAYLOAD.to_owned(), false))
-            } else if v == body_hash {
+            } else if v == body_hash.as_bytes() {
                 Ok((body_hash, true))
             } else {
                 Err(SigV4Error::PayloadHashMismatch)
@@ -575,11 +656,13 @@ fn payload_hash(req: &Request<'_>) -> Result<(String, bool), SigV4Error> {
 ///
 /// `signed_headers` must be lower-case and sorted (as in `SignedHeaders`); each must be
 /// present in `req`. `payload_hash` is the hex SHA-256 of the body (or `UNSIGNED-PAYLOAD`).
+/// Bytes, not text: signed header values go in as received (obs-text included), only
+/// trimmed and with runs of spaces and tabs collapsed.
 pub fn canonical_request(
     req: &Request<'_>,
     signed_headers: &[&str],
     payload_hash: &str,
-) -> Result<String, SigV4Error> {
+) -> Result<Vec<u8>, SigV4Error> {
     build_canonical_request(
         req,
         &canonical_uri(req.raw_path),
@@ -593,60 +676,57 @@ fn build_canonical_request(
     canonical_uri: &str,
     signed_headers: &[&str],
     payload_hash: &str,
-) -> Result<String, SigV4Error> {
-    let mut out = String::with_capacity(256 + canonical_uri.len() + req.raw_query.len());
-    out.push_str(req.method);
-    out.push('\n');
-    out.push_str(canonical_uri);
-    out.push('\n');
-    out.push_str(&canonical_query(req.raw_query));
-    out.push('\n');
+) -> Result<Vec<u8>, SigV4Error> {
+    let mut out = Vec::with_capacity(256 + canonical_uri.len() + req.raw_query.len());
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(canonical_uri.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(canonical_query(req.raw_query).as_bytes());
+    out.push(b'\n');
     for name in signed_headers {
-        out.push_str(name);
-        out.push(':');
-        let mut any = false;
-        for value in req.header_values(name) {
-            if value.len() > MAX_HEADER_VALUE_LEN {
-                return Err(SigV4Error::Incomplete("A signed header value is too long."));
+        check_signed_header(req.headers, name)?;
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        for (i, value) in header_values(req.headers, name).enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
-            if any {
-                out.push(',');
-            }
-            any = true;
             push_trimmed(&mut out, value);
         }
-        if !any {
-            return Err(SigV4Error::Incomplete(
-                "A header listed in SignedHeaders is missing from the request.",
-            ));
-        }
-        out.push('\n');
+        out.push(b'\n');
     }
-    out.push('\n');
-    out.push_str(&signed_headers.join(";"));
-    out.push('\n');
-    out.push_str(payload_hash);
+    out.push(b'\n');
+    out.extend_from_slice(signed_headers.join(";").as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(payload_hash.as_bytes());
     Ok(out)
 }
 
-/// Appends `value` with leading/trailing whitespace removed and inner runs of spaces and
-/// tabs collapsed to one space (botocore's `' '.join(value.split())` for header values).
-fn push_trimmed(out: &mut String, value: &str) {
+/// Appends `value` with leading/trailing spaces and tabs removed and inner runs of spaces
+/// and tabs collapsed to one space, on the raw bytes: botocore's `' '.join(value.split())`
+/// and the JavaScript SDK's `trim().replace(/\s+/g, " ")`, for the only whitespace HTTP
+/// lets into a field value (space and tab). Every other byte, obs-text (0x80-0xFF)
+/// included, is kept as is.
+fn push_trimmed(out: &mut Vec<u8>, value: &[u8]) {
     let mut first = true;
-    for word in value.split([' ', '\t']).filter(|w| !w.is_empty()) {
+    for word in value
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty())
+    {
         if !first {
-            out.push(' ');
+            out.push(b' ');
         }
         first = false;
-        out.push_str(word);
+        out.extend_from_slice(word);
     }
 }
 
 /// `AWS4-HMAC-SHA256\n<amz_date>\n<scope>\n<hex sha256(canonical_request)>`.
-pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
+pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &[u8]) -> String {
     format!(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+        hex::encode(Sha256::digest(canonical_request))
     )
 }
 
@@ -956,6 +1036,21 @@ mod tests {
         ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn header_values_are_trimmed_and_collapsed_as_bytes() {
+        let canon = |v: &[u8]| {
+            let mut out = Vec::new();
+            push_trimmed(&mut out, v);
+            out
+        };
+        assert_eq!(canon(b""), b"");
+        assert_eq!(canon(b" \t \t"), b"");
+        assert_eq!(canon(b"\ta  \t b "), b"a b");
+        assert_eq!(canon(b"\xa0x\x85 \xff"), b"\xa0x\x85 \xff");
+        assert_eq!(trim_blanks(b" \t\xe9 \t"), b"\xe9");
+        assert_eq!(trim_blanks(b"  "), b"");
     }
 
     #[test]

@@ -63,9 +63,9 @@ fn check(
     keys: &HashMap<String, SecretKey>,
     now: SystemTime,
 ) -> Result<hearth_sigv4::Verified, SigV4Error> {
-    let hs: Vec<(&str, &str)> = headers
+    let hs: Vec<(&str, &[u8])> = headers
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
     let (raw_path, raw_query) = Request::split_target(target);
     let req = Request {

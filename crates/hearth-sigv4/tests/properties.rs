@@ -81,9 +81,9 @@ fn check(
     headers: &[(String, String)],
     body: &[u8],
 ) -> Result<hearth_sigv4::Verified, SigV4Error> {
-    let hs: Vec<(&str, &str)> = headers
+    let hs: Vec<(&str, &[u8])> = headers
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
     let keys = HashMap::from([(AKID.to_owned(), SecretKey::new(SECRET))]);
     verify(

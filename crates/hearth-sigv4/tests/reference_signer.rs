@@ -30,7 +30,8 @@ struct Wire {
     method: String,
     path: String,
     query: String,
-    headers: Vec<(String, String)>,
+    /// Header values as raw bytes, as a server receives them.
+    headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
 }
 
@@ -40,10 +41,10 @@ impl Wire {
         keys: &HashMap<String, SecretKey>,
         now: SystemTime,
     ) -> Result<Verified, SigV4Error> {
-        let hs: Vec<(&str, &str)> = self
+        let hs: Vec<(&str, &[u8])> = self
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
         let req = Request {
             method: &self.method,
@@ -59,14 +60,24 @@ impl Wire {
         self.verify_with(&keys(), t0())
     }
 
-    fn set_header(&mut self, name: &str, value: &str) {
+    fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) {
         for (k, v) in &mut self.headers {
             if k.eq_ignore_ascii_case(name) {
-                *v = value.to_owned();
+                *v = value.as_ref().to_vec();
                 return;
             }
         }
         panic!("no header {name}");
+    }
+
+    /// The one value of header `name`, as text.
+    fn header(&self, name: &str) -> String {
+        let (_, v) = self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .unwrap_or_else(|| panic!("no header {name}"));
+        String::from_utf8(v.clone()).unwrap()
     }
 
     fn remove_header(&mut self, name: &str) {
@@ -127,12 +138,12 @@ fn aws_sign(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], o
     let (instructions, _) = sign(signable, &params).unwrap().into_parts();
     let (added, params) = instructions.into_parts();
     assert!(params.is_empty());
-    let mut wire_headers: Vec<(String, String)> = vec![("Host".into(), HOST.into())];
+    let mut wire_headers: Vec<(String, Vec<u8>)> = vec![("Host".into(), HOST.into())];
     wire_headers.extend(headers.iter().map(|(k, v)| ((*k).into(), (*v).into())));
     wire_headers.extend(
         added
             .iter()
-            .map(|h| (h.name().to_owned(), h.value().to_owned())),
+            .map(|h| (h.name().to_owned(), h.value().as_bytes().to_vec())),
     );
     let (path, query) = Request::split_target(target);
     Wire {
@@ -368,10 +379,10 @@ fn wrong_secret_and_unknown_key() {
         "UnrecognizedClientException"
     );
     // Closures work as key lookups too.
-    let hs: Vec<(&str, &str)> = w
+    let hs: Vec<(&str, &[u8])> = w
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
     let req = Request {
         method: &w.method,
@@ -466,10 +477,10 @@ fn host_must_be_signed() {
     // Hand-signed (the reference signer always signs host).
     let mut w = post_json();
     w.remove_header("authorization");
-    let hs: Vec<(&str, &str)> = w
+    let hs: Vec<(&str, &[u8])> = w
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
     let req = Request {
         method: &w.method,
@@ -489,7 +500,7 @@ fn host_must_be_signed() {
     )
     .unwrap();
     let mut w2 = w.clone();
-    w2.headers.push(("Authorization".into(), auth));
+    w2.headers.push(("Authorization".into(), auth.into()));
     let e = w2.verify().unwrap_err();
     assert_eq!(e.error_code(), "IncompleteSignatureException");
     assert_eq!(e.to_string(), "'Host' must be a signed header.");
@@ -511,13 +522,7 @@ fn host_must_be_signed() {
     )
     .unwrap();
     let reference = post_json();
-    let reference_auth = &reference
-        .headers
-        .iter()
-        .find(|(k, _)| k == "authorization")
-        .unwrap()
-        .1;
-    assert_eq!(&auth, reference_auth);
+    assert_eq!(auth, reference.header("authorization"));
 }
 
 #[test]
@@ -544,13 +549,7 @@ fn wrong_service_in_scope() {
 #[test]
 fn missing_and_malformed_headers() {
     let base = post_json();
-    let auth = base
-        .headers
-        .iter()
-        .find(|(k, _)| k == "authorization")
-        .unwrap()
-        .1
-        .clone();
+    let auth = base.header("authorization");
 
     let mut w = base.clone();
     w.remove_header("authorization");
@@ -594,25 +593,20 @@ fn missing_and_malformed_headers() {
 
     // Repeated Authorization.
     let mut w = base.clone();
-    w.headers.push(("Authorization".into(), auth.clone()));
+    w.headers
+        .push(("Authorization".into(), auth.clone().into()));
     assert_eq!(err_code(w.verify()), "IncompleteSignatureException");
 }
 
 #[test]
 fn oversized_inputs_are_rejected() {
     let base = post_json();
-    let auth = base
-        .headers
-        .iter()
-        .find(|(k, _)| k == "authorization")
-        .unwrap()
-        .1
-        .clone();
+    let auth = base.header("authorization");
 
     let mut w = base.clone();
     w.set_header(
         "authorization",
-        &format!("{auth}{}", " ".repeat(MAX_AUTHORIZATION_LEN)),
+        format!("{auth}{}", " ".repeat(MAX_AUTHORIZATION_LEN)),
     );
     let e = w.verify().unwrap_err();
     assert_eq!(e.error_code(), "IncompleteSignatureException");
@@ -628,19 +622,14 @@ fn oversized_inputs_are_rejected() {
     assert_eq!(err_code(w.verify()), "IncompleteSignatureException");
 
     let mut w = base.clone();
-    w.set_header("content-type", &"x".repeat(20_000));
+    w.set_header("content-type", "x".repeat(20_000));
     assert_eq!(err_code(w.verify()), "IncompleteSignatureException");
 }
 
 #[test]
 fn messages_do_not_leak_the_expected_signature() {
     let w = post_json();
-    let auth = &w
-        .headers
-        .iter()
-        .find(|(k, _)| k == "authorization")
-        .unwrap()
-        .1;
+    let auth = &w.header("authorization");
     let good_sig = &auth[auth.len() - 64..];
     let mut t = w.clone();
     let forged = auth.replace(good_sig, &"0".repeat(64));
@@ -693,4 +682,105 @@ fn a_257th_query_parameter_is_refused_not_ignored() {
     );
     t.query.push_str("&&");
     t.verify().unwrap();
+}
+
+#[test]
+fn obs_text_header_values_are_signed_as_raw_bytes() {
+    // Signed by aws-sigv4 over UTF-8 text: every byte of "é", "ÿ", "€" and the
+    // no-break space is obs-text (0x80-0xFF) on the wire.
+    let value = "  caf\u{e9}  \u{ff}\u{a0}x \u{20ac} ";
+    let w = aws_sign(
+        "GET",
+        "/2025-09-09/microvms",
+        &[("x-obs", value)],
+        b"",
+        Opts::default(),
+    );
+    w.verify().unwrap();
+    let raw = value.as_bytes().to_vec();
+    for (i, &b) in raw.iter().enumerate().filter(|(_, b)| **b >= 0x80) {
+        for new in [b ^ 1, 0xff, b'?'] {
+            if new == b {
+                continue;
+            }
+            let mut t = w.clone();
+            let mut tampered = raw.clone();
+            tampered[i] = new;
+            t.set_header("x-obs", &tampered);
+            assert_eq!(
+                t.verify().unwrap_err(),
+                SigV4Error::SignatureMismatch,
+                "byte {i}: {b:#x} -> {new:#x}"
+            );
+        }
+    }
+
+    // Bytes that are not UTF-8 at all, signed by hearth_sigv4::sign over the raw
+    // bytes (aws-sigv4 takes header values as text): trimmed and collapsed on the
+    // bytes, 0xA0 and 0x85 are not whitespace.
+    let raw: &[u8] = b" \t\xff\xfe  a\xe9\t\tb\xa0\x85 ";
+    let mut w = aws_sign("GET", "/2025-09-09/microvms", &[], b"", Opts::default());
+    w.remove_header("authorization");
+    w.headers.push(("X-Raw".into(), raw.to_vec()));
+    let hs: Vec<(&str, &[u8])> = w
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let req = Request {
+        method: &w.method,
+        raw_path: &w.path,
+        raw_query: &w.query,
+        headers: &hs,
+        body: &w.body,
+    };
+    let names = ["host", "x-amz-date", "x-raw"];
+    let auth = hearth_sigv4::sign(
+        &req,
+        AKID,
+        &SecretKey::new(SECRET),
+        "us-east-1",
+        "lambda",
+        &names,
+    )
+    .unwrap();
+    let creq = hearth_sigv4::canonical_request(
+        &req,
+        &names,
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    )
+    .unwrap();
+    let line: &[u8] = b"\nx-raw:\xff\xfe a\xe9 b\xa0\x85\n";
+    assert!(
+        creq.windows(line.len()).any(|w| w == line),
+        "{}",
+        String::from_utf8_lossy(&creq)
+    );
+    w.headers.push(("Authorization".into(), auth.into()));
+    w.verify().unwrap();
+    // Spacing is not signed: a different run of spaces and tabs verifies.
+    let mut t = w.clone();
+    t.set_header("x-raw", b"\xff\xfe a\xe9 \t b\xa0\x85");
+    t.verify().unwrap();
+    // Any other byte is.
+    for i in 0..raw.len() {
+        if raw[i] == b' ' || raw[i] == b'\t' {
+            continue;
+        }
+        let mut tampered = raw.to_vec();
+        tampered[i] ^= 1;
+        let mut t = w.clone();
+        t.set_header("x-raw", &tampered);
+        assert_eq!(
+            t.verify().unwrap_err(),
+            SigV4Error::SignatureMismatch,
+            "byte {i}"
+        );
+    }
+    // Control bytes other than tab have no place in a signed header value.
+    for bad in [&b"a\nb"[..], b"a\rb", b"a\0b", b"a\x7fb"] {
+        let mut t = w.clone();
+        t.set_header("x-raw", bad);
+        assert_eq!(err_code(t.verify()), "IncompleteSignatureException");
+    }
 }
