@@ -167,7 +167,7 @@ impl ConnIo {
             self.write_timed(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         let limits = self.limits.clone();
-        let deadline = Instant::now() + limits.body_deadline(len_bytes);
+        let start = Instant::now();
         let mut out = Vec::with_capacity(len_bytes.min(64 * 1024) as usize);
         while self.body_remaining > 0 {
             if !self.buf.is_empty() {
@@ -178,10 +178,12 @@ impl ConnIo {
                 continue;
             }
             let (received_bytes, declared_bytes) = (out.len() as u64, len_bytes);
-            let now = Instant::now();
+            // The minimum rate holds all along, not only at the end: the
+            // next byte is due by `body_deadline(received + 1)`.
+            let due = start + limits.body_deadline(received_bytes + 1);
             let wait = limits
                 .body_idle_timeout
-                .min(deadline.saturating_duration_since(now));
+                .min(due.saturating_duration_since(Instant::now()));
             match timeout(wait, self.read_more()).await {
                 Err(_) => {
                     return Err(BodyError::Timeout {

@@ -56,7 +56,8 @@ impl Limits {
         self.max_connections * (self.max_head_bytes + READ_CHUNK_BYTES)
     }
 
-    /// How long a body of `len_bytes` may take to arrive.
+    /// By when (from the start of the body) its first `len_bytes` must have
+    /// arrived: the grace of `body_idle_timeout`, then the minimum rate.
     pub(crate) fn body_deadline(&self, len_bytes: u64) -> Duration {
         let rate = self.body_min_bytes_per_sec.max(1);
         self.body_idle_timeout + Duration::from_millis(len_bytes.saturating_mul(1000) / rate)

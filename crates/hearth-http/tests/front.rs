@@ -424,3 +424,38 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_body_dripped_below_the_minimum_rate_is_cut_off() {
+    let addr = start(Limits {
+        body_idle_timeout: Duration::from_millis(300),
+        body_min_bytes_per_sec: 1000,
+        ..limits()
+    });
+    let mut s = connect(addr);
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
+        .unwrap();
+    // A byte every 100 ms never trips the idle timeout, but falls behind
+    // 1000 bytes/s after the 300 ms grace.
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    s.set_nonblocking(true).unwrap();
+    while t.elapsed() < Duration::from_secs(4) {
+        if s.write_all(b"x").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if answer.ends_with(b"}") {
+            break;
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let a = answers(&answer);
+    a[0].assert_aws_error(408, "RequestTimeoutException");
+}
