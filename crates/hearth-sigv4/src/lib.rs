@@ -11,13 +11,17 @@
 //!
 //! What the clients do for this API, and therefore what [`verify`] expects:
 //!
-//! * The credential scope is `<key>/<yyyymmdd>/<region>/lambda/aws4_request`.
+//! * The credential scope is `<key>/<yyyymmdd>/<region>/lambda/aws4_request`. The region
+//!   must be a region name ([`is_valid_region`]: `us-east-1`, not `local` or `a:b`, since
+//!   it ends up in ARNs), and the server's own when [`VerifyOptions::region`] is set.
 //! * The path arrives already percent-encoded per label (an ARN label arrives as one
 //!   segment with `%3A` and `%2F`). The canonical URI is that raw path with dot segments
 //!   and empty segments removed, then URI-encoded *once more* (`%3A` becomes `%253A`).
 //! * The canonical query is every `key=value` pair percent-decoded, re-encoded with the
 //!   RFC 3986 unreserved set (`A-Z a-z 0-9 - _ . ~`; space is `%20`, a literal `+` is
-//!   `%2B`), sorted by encoded key then encoded value. Repeated keys are kept.
+//!   `%2B`), sorted by encoded key then encoded value. Repeated keys are kept. Every
+//!   parameter is covered: a query with more than [`MAX_QUERY_PARAMS`] parameters is
+//!   refused, never verified over a part of it.
 //! * Signed header values are signed as the raw bytes received (obs-text 0x80-0xFF
 //!   included, never converted to text), trimmed with inner runs of spaces/tabs
 //!   collapsed; repeated headers are joined with `,`. A signed value with a control byte
@@ -31,6 +35,33 @@
 //!
 //! The `Host` header must reach [`verify`] as the client sent it (for HTTP/2, supply the
 //! `:authority` value as `host`); a reverse proxy that rewrites it breaks every signature.
+//! Header values must reach it as the raw bytes received ([`Request::headers`]).
+//!
+//! # What a signature does not fix, and the server must
+//!
+//! * **The path the router sees.** The signature covers the *normalised* path (the
+//!   clients remove `.`, `..` and empty segments before signing, and the Rust SDK signs
+//!   `/a/.` as `/a/`), so `/x/versions/..` carries a valid signature for `/x`. Whatever
+//!   routes the request must therefore see the same path as the signature: route only
+//!   raw paths that [`normalize_path`] leaves unchanged, and treat percent-encoded dot
+//!   segments (`%2e`, `%2E%2e`) as dot segments too, since a router decodes them.
+//!   `hearth_api_model::Model::route` refuses every path with a `.`/`..` segment (encoded
+//!   or not) or an empty segment, so for every path it routes the canonical URI is the
+//!   raw path encoded once more.
+//! * **The order of repeated query keys.** The canonical query is sorted, so
+//!   `?k=1&k=2` and `?k=2&k=1` carry the same signature: a reader must not let order
+//!   decide (`hearth_api_model` refuses a repeated key for a single-valued member).
+//! * **What is parsed from the query** must be cut into parameters exactly as here:
+//!   [`query_params`] is the one definition.
+//!
+//! # Reading the body last
+//!
+//! [`precheck`] refuses everything that can be refused from the request head (method,
+//! path, query and headers) before the body is read: the `Authorization` syntax,
+//! `X-Amz-Date` and the clock, the credential scope, the signed headers, and every size
+//! limit. The server calls it, looks the returned access key up, reads the body (within
+//! its own size limit) and then calls [`verify`], which runs the same checks again and
+//! then the payload hash and the signature.
 //!
 //! Every failure maps to HTTP 403 with an AWS error code ([`SigV4Error::error_code`]);
 //! messages never contain the expected signature, the canonical request or the secret.
@@ -67,6 +98,10 @@ pub const MAX_QUERY_PARAMS: usize = 256;
 /// The `x-amz-content-sha256` value that leaves the body out of the signature.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
+/// Longest accepted region name in a credential scope (see [`is_valid_region`]).
+pub const MAX_REGION_LEN: usize = 32;
+
+const MAX_METHOD_LEN: usize = 32;
 const TOO_MANY_QUERY_PARAMS: &str = "Too many query parameters: at most 256 are accepted.";
 const MAX_ACCESS_KEY_LEN: usize = 128;
 const MAX_SCOPE_PART_LEN: usize = 64;
@@ -237,7 +272,8 @@ impl<S: std::hash::BuildHasher> KeyLookup for std::collections::HashMap<String, 
 pub struct Verified {
     /// The access key that signed the request.
     pub access_key_id: String,
-    /// Region from the credential scope (not checked here: any region is accepted).
+    /// Region from the credential scope: a valid region name ([`is_valid_region`]), the
+    /// expected one when [`VerifyOptions::region`] is set.
     pub region: String,
     /// Scope date, `YYYYMMDD`.
     pub date: String,
@@ -277,7 +313,9 @@ pub enum SigV4Error {
     #[error("Missing Authentication Token")]
     MissingAuthentication,
     /// Malformed or oversized `Authorization`/`X-Amz-Date`, `host` not signed, a signed
-    /// header absent, request too large to verify.
+    /// header absent or holding a control byte, a method that is not an HTTP token, a
+    /// request too large to verify (headers, path, query, more than
+    /// [`MAX_QUERY_PARAMS`] query parameters).
     #[error("{0}")]
     Incomplete(&'static str),
     /// `X-Amz-Date` more than 15 minutes in the past.
@@ -300,7 +338,8 @@ pub enum SigV4Error {
         /// Server time.
         now: String,
     },
-    /// Credential scope names another service, or a date other than `X-Amz-Date`'s.
+    /// Credential scope names another service, a region that is not a region name or
+    /// not the expected one, or a date other than `X-Amz-Date`'s.
     #[error("{0}")]
     WrongScope(String),
     /// The access key is unknown or revoked.
@@ -463,30 +502,117 @@ pub fn parse_authorization(value: &str) -> Result<Authorization<'_>, SigV4Error>
     })
 }
 
-/// Verifies the SigV4 signature of `req` against the server clock `now`, for
-/// `expected_service` (`"lambda"` for this API). Returns who signed it.
-pub fn verify(
-    req: &Request<'_>,
-    keys: &(impl KeyLookup + ?Sized),
+/// What the credential scope must name, for [`precheck`] and [`verify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyOptions<'a> {
+    /// The signing name: `"lambda"` for this API.
+    pub service: &'a str,
+    /// The region the server answers for; `None` accepts any valid region name
+    /// ([`is_valid_region`]). A server should set it: the scope region ends up in ARNs.
+    pub region: Option<&'a str>,
+}
+
+impl<'a> VerifyOptions<'a> {
+    /// Requires `service` and a valid region name, any region.
+    pub fn new(service: &'a str) -> Self {
+        VerifyOptions {
+            service,
+            region: None,
+        }
+    }
+
+    /// Also requires the scope region to be `region`.
+    pub fn with_region(self, region: &'a str) -> Self {
+        VerifyOptions {
+            region: Some(region),
+            ..self
+        }
+    }
+}
+
+/// Whether `s` is an AWS-style region name: `^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`, at most
+/// [`MAX_REGION_LEN`] bytes (`us-east-1`, `eu-central-2`, `us-gov-west-1`, `cn-north-1`;
+/// not `local`, not `us-east-1:x`).
+pub fn is_valid_region(s: &str) -> bool {
+    if s.len() > MAX_REGION_LEN {
+        return false;
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    let [country, middle @ .., number] = parts.as_slice() else {
+        return false;
+    };
+    country.len() == 2
+        && country.bytes().all(|b| b.is_ascii_lowercase())
+        && !middle.is_empty()
+        && middle
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && (1..=2).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The outcome of the header-only checks: what [`verify`] goes on with.
+struct Head<'a> {
+    auth: Authorization<'a>,
+    amz_date: &'a str,
+    request_secs: i64,
+    session_token: Option<&'a str>,
+}
+
+/// Everything that can be refused from the request head alone, before the body is read:
+/// every check of [`verify`] except the payload hash and the signature.
+///
+/// Checks the header count, path/query length and [`MAX_QUERY_PARAMS`]; that
+/// `Authorization` is present, not too long, well formed and `AWS4-HMAC-SHA256`; that
+/// `X-Amz-Date` is present, well formed and within [`MAX_CLOCK_SKEW`] of `now`; that the
+/// credential scope names `X-Amz-Date`'s date, a valid region (the expected one when
+/// `opts.region` is set), `opts.service` and `aws4_request`; that `host` and
+/// `x-amz-date` (and `x-amz-security-token` when sent) are signed; that every signed
+/// header is present, within [`MAX_HEADER_VALUE_LEN`] and free of control bytes; and
+/// that the method is an HTTP token.
+///
+/// Returns the parsed `Authorization` (borrowing from `headers`), so the server can
+/// look the access key up and only then read the body and call [`verify`], which runs
+/// these same checks again (they are cheap) before the body hash and the signature.
+/// Errors are the ones [`verify`] would give.
+pub fn precheck<'a>(
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &'a [(&'a str, &'a [u8])],
     now: SystemTime,
-    expected_service: &str,
-) -> Result<Verified, SigV4Error> {
+    opts: VerifyOptions<'_>,
+) -> Result<Authorization<'a>, SigV4Error> {
+    check_head(method, raw_path, raw_query, headers, now, opts).map(|h| h.auth)
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_METHOD_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_head<'a>(
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: Headers<'a>,
+    now: SystemTime,
+    opts: VerifyOptions<'_>,
+) -> Result<Head<'a>, SigV4Error> {
     use SigV4Error::Incomplete;
-    if req.headers.len() > MAX_HEADERS {
+    if headers.len() > MAX_HEADERS {
         return Err(Incomplete("Too many request headers."));
     }
-    if req.raw_path.len() > MAX_PATH_LEN || req.raw_query.len() > MAX_QUERY_LEN {
+    if raw_path.len() > MAX_PATH_LEN || raw_query.len() > MAX_QUERY_LEN {
         return Err(Incomplete("Request URI is too long to verify."));
     }
-    if query_params(req.raw_query).nth(MAX_QUERY_PARAMS).is_some() {
+    if query_params(raw_query).nth(MAX_QUERY_PARAMS).is_some() {
         return Err(Incomplete(TOO_MANY_QUERY_PARAMS));
     }
-    let auth = single_header(
-        req.headers,
-        "authorization",
-        "Repeated Authorization header.",
-    )?
-    .ok_or(SigV4Error::MissingAuthentication)?;
+    let auth = single_header(headers, "authorization", "Repeated Authorization header.")?
+        .ok_or(SigV4Error::MissingAuthentication)?;
     if auth.len() > MAX_AUTHORIZATION_LEN {
         return Err(Incomplete("Authorization header is too long."));
     }
@@ -496,7 +622,7 @@ pub fn verify(
 
     let bad_date = "X-Amz-Date must have the form YYYYMMDDTHHMMSSZ.";
     let amz_date = single_text_header(
-        req.headers,
+        headers,
         "x-amz-date",
         "Repeated X-Amz-Date header.",
         bad_date,
@@ -506,10 +632,24 @@ pub fn verify(
     ))?;
     let request_secs = parse_amz_date(amz_date).ok_or(Incomplete(bad_date))?;
 
-    if auth.service != expected_service {
+    if auth.service != opts.service {
         return Err(SigV4Error::WrongScope(format!(
-            "Credential should be scoped to correct service: '{expected_service}'."
+            "Credential should be scoped to correct service: '{}'.",
+            opts.service
         )));
+    }
+    if !is_valid_region(auth.region) {
+        return Err(SigV4Error::WrongScope(
+            "Credential should be scoped to a valid region.".to_owned(),
+        ));
+    }
+    if let Some(expected) = opts.region {
+        if auth.region != expected {
+            return Err(SigV4Error::WrongScope(format!(
+                "Credential should be scoped to region '{expected}', not '{}'.",
+                auth.region
+            )));
+        }
     }
     if auth.date != &amz_date[..8] {
         return Err(SigV4Error::WrongScope(format!(
@@ -526,7 +666,7 @@ pub fn verify(
         return Err(Incomplete("'X-Amz-Date' must be a signed header."));
     }
     let session_token = single_header(
-        req.headers,
+        headers,
         "x-amz-security-token",
         "Repeated X-Amz-Security-Token header.",
     )?;
@@ -546,10 +686,46 @@ pub fn verify(
         })
         .transpose()?;
     for name in &auth.signed_headers {
-        check_signed_header(req.headers, name)?;
+        check_signed_header(headers, name)?;
+    }
+    if !is_token(method) {
+        return Err(Incomplete("The HTTP method is not a valid token."));
     }
 
     check_clock(amz_date, request_secs, now)?;
+    Ok(Head {
+        auth,
+        amz_date,
+        request_secs,
+        session_token,
+    })
+}
+
+/// Verifies the SigV4 signature of `req` against the server clock `now`, with the
+/// credential scope required by `opts`. Returns who signed it.
+///
+/// Runs [`precheck`] (so everything it refuses, `verify` refuses the same way), then
+/// looks up the key, checks `x-amz-content-sha256` against the body and compares the
+/// signature in constant time.
+pub fn verify(
+    req: &Request<'_>,
+    keys: &(impl KeyLookup + ?Sized),
+    now: SystemTime,
+    opts: VerifyOptions<'_>,
+) -> Result<Verified, SigV4Error> {
+    let Head {
+        auth,
+        amz_date,
+        request_secs,
+        session_token,
+    } = check_head(
+        req.method,
+        req.raw_path,
+        req.raw_query,
+        req.headers,
+        now,
+        opts,
+    )?;
 
     let secret = keys
         .secret_for(auth.access_key_id)
@@ -1036,6 +1212,48 @@ mod tests {
         ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn region_names() {
+        for ok in [
+            "us-east-1",
+            "eu-central-2",
+            "us-gov-west-1",
+            "ap-southeast-5",
+            "cn-north-1",
+            "us-isob-east-1",
+            "mx-central-1",
+            "ab-c-99",
+            "ab-cdefghijklmnopqrstuvwxyzab-12",
+        ] {
+            assert!(is_valid_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "local",
+            "us",
+            "us-1",
+            "us-east",
+            "us-east-",
+            "us-east-123",
+            "us-east-1a",
+            "us-east-1:123456789012",
+            "US-east-1",
+            "us-East-1",
+            "u-east-1",
+            "usa-east-1",
+            "us--east-1",
+            "-us-east-1",
+            "us-east-1-",
+            "us-east1-1",
+            "us east-1",
+            "us-east-\u{661}",
+            "ab-cdefghijklmnopqrstuvwxyzabc-12",
+        ] {
+            assert!(!is_valid_region(bad), "{bad}");
+        }
+        assert_eq!("ab-cdefghijklmnopqrstuvwxyzab-12".len(), MAX_REGION_LEN);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hearth_sigv4::{parse_amz_date, verify, Request, SecretKey, SigV4Error};
+use hearth_sigv4::{parse_amz_date, verify, Request, SecretKey, SigV4Error, VerifyOptions};
 use serde_json::Value;
 
 struct Fixture {
@@ -75,7 +75,7 @@ fn check(
         headers: &hs,
         body,
     };
-    verify(&req, keys, now, "lambda")
+    verify(&req, keys, now, VerifyOptions::new("lambda"))
 }
 
 fn run(file: &str) {

@@ -10,7 +10,7 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use hearth_sigv4::{
     canonical_query, canonical_uri, parse_amz_date, percent_decode, uri_encode, verify, Request,
-    SecretKey, SigV4Error,
+    SecretKey, SigV4Error, VerifyOptions,
 };
 use proptest::prelude::*;
 
@@ -96,7 +96,7 @@ fn check(
         },
         &keys,
         t0(),
-        "lambda",
+        VerifyOptions::new("lambda"),
     )
 }
 

@@ -12,7 +12,9 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use hearth_sigv4::{
-    parse_amz_date, verify, Request, SecretKey, SigV4Error, Verified, MAX_AUTHORIZATION_LEN,
+    parse_amz_date, precheck, verify, Request, SecretKey, SigV4Error, Verified, VerifyOptions,
+    MAX_AUTHORIZATION_LEN, MAX_HEADERS, MAX_HEADER_VALUE_LEN, MAX_PATH_LEN, MAX_QUERY_LEN,
+    MAX_QUERY_PARAMS,
 };
 
 const AKID: &str = "AKIDEXAMPLE";
@@ -53,7 +55,7 @@ impl Wire {
             headers: &hs,
             body: &self.body,
         };
-        verify(&req, keys, now, "lambda")
+        verify(&req, keys, now, VerifyOptions::new("lambda"))
     }
 
     fn verify(&self) -> Result<Verified, SigV4Error> {
@@ -68,6 +70,14 @@ impl Wire {
             }
         }
         panic!("no header {name}");
+    }
+
+    /// The headers as [`Request::headers`] takes them.
+    fn header_slices(&self) -> Vec<(&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect()
     }
 
     /// The one value of header `name`, as text.
@@ -91,6 +101,7 @@ fn keys() -> HashMap<String, SecretKey> {
 
 struct Opts<'a> {
     token: Option<&'a str>,
+    region: &'a str,
     service: &'a str,
     time: SystemTime,
     checksum_header: bool,
@@ -101,6 +112,7 @@ impl Default for Opts<'_> {
     fn default() -> Self {
         Opts {
             token: None,
+            region: "us-east-1",
             service: "lambda",
             time: t0(),
             checksum_header: false,
@@ -120,7 +132,7 @@ fn aws_sign(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], o
     }
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region("us-east-1")
+        .region(o.region)
         .name(o.service)
         .time(o.time)
         .settings(settings)
@@ -393,11 +405,11 @@ fn wrong_secret_and_unknown_key() {
     };
     let revoked = |_: &str| None::<SecretKey>;
     assert_eq!(
-        verify(&req, &revoked, t0(), "lambda").unwrap_err(),
+        verify(&req, &revoked, t0(), VerifyOptions::new("lambda")).unwrap_err(),
         SigV4Error::UnrecognizedClient
     );
     let lookup = |k: &str| (k == AKID).then(|| SecretKey::from(SECRET));
-    assert!(verify(&req, &lookup, t0(), "lambda").is_ok());
+    assert!(verify(&req, &lookup, t0(), VerifyOptions::new("lambda")).is_ok());
 }
 
 #[test]
@@ -782,5 +794,267 @@ fn obs_text_header_values_are_signed_as_raw_bytes() {
         let mut t = w.clone();
         t.set_header("x-raw", bad);
         assert_eq!(err_code(t.verify()), "IncompleteSignatureException");
+    }
+}
+
+#[test]
+fn the_scope_region_must_be_a_region_name() {
+    for region in [
+        "us-east-1",
+        "eu-central-2",
+        "us-gov-west-1",
+        "ap-southeast-5",
+        "cn-north-1",
+        "il-central-1",
+        "us-isob-east-1",
+    ] {
+        let w = aws_sign(
+            "GET",
+            ARN_PATH,
+            &[],
+            b"",
+            Opts {
+                region,
+                ..Opts::default()
+            },
+        );
+        let v = w.verify().unwrap_or_else(|e| panic!("{region}: {e:?}"));
+        assert_eq!(v.region, region);
+    }
+    for region in [
+        "us-east-1:123456789012",
+        "evil:thing",
+        "local",
+        "US-EAST-1",
+        "us-east",
+        "us-east-123",
+        "us_east_1",
+        "u-east-1",
+        "use-east-1",
+        "us--east-1",
+        "us-east-1-",
+        "-us-east-1",
+        "us-1",
+        "us-a-b-c-d-e-f-g-h-i-j-k-l-m-n-o-1",
+    ] {
+        let w = aws_sign(
+            "GET",
+            ARN_PATH,
+            &[],
+            b"",
+            Opts {
+                region,
+                ..Opts::default()
+            },
+        );
+        let e = w.verify().unwrap_err();
+        assert_eq!(
+            e,
+            SigV4Error::WrongScope("Credential should be scoped to a valid region.".into()),
+            "{region}"
+        );
+        assert_eq!(e.error_code(), "InvalidSignatureException");
+    }
+    // Not even ASCII: the Authorization header itself is malformed.
+    let w = aws_sign(
+        "GET",
+        ARN_PATH,
+        &[],
+        b"",
+        Opts {
+            region: "us-east-\u{661}",
+            ..Opts::default()
+        },
+    );
+    assert_eq!(err_code(w.verify()), "IncompleteSignatureException");
+}
+
+#[test]
+fn the_server_can_require_its_own_region() {
+    let opts = VerifyOptions::new("lambda").with_region("us-east-1");
+    let w = post_json();
+    verify_opts(&w, opts).unwrap();
+    let w = aws_sign(
+        "GET",
+        ARN_PATH,
+        &[],
+        b"",
+        Opts {
+            region: "eu-west-1",
+            ..Opts::default()
+        },
+    );
+    assert_eq!(w.verify().unwrap().region, "eu-west-1");
+    let e = verify_opts(&w, opts).unwrap_err();
+    assert_eq!(
+        e,
+        SigV4Error::WrongScope(
+            "Credential should be scoped to region 'us-east-1', not 'eu-west-1'.".into()
+        )
+    );
+    assert_eq!(e.error_code(), "InvalidSignatureException");
+}
+
+fn verify_opts(w: &Wire, opts: VerifyOptions<'_>) -> Result<Verified, SigV4Error> {
+    let hs = w.header_slices();
+    let req = Request {
+        method: &w.method,
+        raw_path: &w.path,
+        raw_query: &w.query,
+        headers: &hs,
+        body: &w.body,
+    };
+    verify(&req, &keys(), t0(), opts)
+}
+
+fn precheck_wire<'a>(
+    w: &Wire,
+    hs: &'a [(&'a str, &'a [u8])],
+    now: SystemTime,
+) -> Result<hearth_sigv4::Authorization<'a>, SigV4Error> {
+    precheck(
+        &w.method,
+        &w.path,
+        &w.query,
+        hs,
+        now,
+        VerifyOptions::new("lambda").with_region("us-east-1"),
+    )
+}
+
+#[test]
+fn precheck_refuses_from_the_head_alone() {
+    let base = post_json();
+    let hs = base.header_slices();
+    let auth = precheck_wire(&base, &hs, t0()).unwrap();
+    assert_eq!(auth.access_key_id, AKID);
+    assert_eq!(auth.region, "us-east-1");
+    assert_eq!(auth.service, "lambda");
+    assert!(auth.signed_headers.contains(&"content-type"));
+    // Neither the body nor the signature is looked at.
+    let mut t = base.clone();
+    t.body = b"something else entirely".to_vec();
+    let auth_value = t.header("authorization");
+    let forged = format!("{}{}", &auth_value[..auth_value.len() - 64], "0".repeat(64));
+    t.set_header("authorization", forged);
+    let hs = t.header_slices();
+    precheck_wire(&t, &hs, t0()).unwrap();
+
+    // Everything refusable from the head is refused by precheck, with the error verify
+    // gives.
+    let min = Duration::from_secs(60);
+    let other_region = aws_sign(
+        "POST",
+        "/2025-09-09/microvms",
+        &[],
+        b"",
+        Opts {
+            region: "eu-west-1",
+            ..Opts::default()
+        },
+    );
+    let bad_region = aws_sign(
+        "POST",
+        "/2025-09-09/microvms",
+        &[],
+        b"",
+        Opts {
+            region: "us:east",
+            ..Opts::default()
+        },
+    );
+    let other_service = aws_sign(
+        "POST",
+        "/2025-09-09/microvms",
+        &[],
+        b"",
+        Opts {
+            service: "s3",
+            ..Opts::default()
+        },
+    );
+    let mut cases: Vec<(&str, Wire, SystemTime)> = vec![
+        ("other region", other_region, t0()),
+        ("invalid region", bad_region, t0()),
+        ("other service", other_service, t0()),
+        ("expired", base.clone(), t0() + 16 * min),
+        ("not yet current", base.clone(), t0() - 16 * min),
+    ];
+    let mut add = |what: &'static str, f: &dyn Fn(&mut Wire)| {
+        let mut w = base.clone();
+        f(&mut w);
+        cases.push((what, w, t0()));
+    };
+    add("no authorization", &|w| w.remove_header("authorization"));
+    add("bad authorization", &|w| {
+        w.set_header("authorization", "AWS4-HMAC-SHA256 Credential=x")
+    });
+    add("non-ASCII authorization", &|w| {
+        w.set_header("authorization", b"AWS4-HMAC-SHA256 \xff")
+    });
+    add("long authorization", &|w| {
+        w.set_header("authorization", "A".repeat(MAX_AUTHORIZATION_LEN + 1))
+    });
+    add("no date", &|w| w.remove_header("x-amz-date"));
+    add("bad date", &|w| {
+        w.set_header("x-amz-date", "20251129T123456")
+    });
+    add("non-ASCII date", &|w| {
+        w.set_header("x-amz-date", b"20251129T12345\xe9Z")
+    });
+    add("other day", &|w| {
+        w.set_header("x-amz-date", "20251130T000000Z")
+    });
+    add("signed header missing", &|w| {
+        w.remove_header("content-type")
+    });
+    add("signed header too long", &|w| {
+        w.set_header("content-type", "x".repeat(MAX_HEADER_VALUE_LEN + 1))
+    });
+    add("signed header with a control byte", &|w| {
+        w.set_header(
+            "content-type",
+            "application/json
+x: y",
+        )
+    });
+    add("unsigned session token", &|w| {
+        w.headers
+            .push(("x-amz-security-token".into(), TOKEN.into()))
+    });
+    add("too many headers", &|w| {
+        for i in 0..MAX_HEADERS {
+            w.headers.push((format!("x-pad-{i}"), b"x".to_vec()));
+        }
+    });
+    add("long path", &|w| {
+        w.path = format!("/{}", "a".repeat(MAX_PATH_LEN))
+    });
+    add("long query", &|w| {
+        w.query = format!("a={}", "a".repeat(MAX_QUERY_LEN))
+    });
+    add("257 parameters", &|w| {
+        w.query = vec!["a=b"; MAX_QUERY_PARAMS + 1].join("&")
+    });
+    add("method not a token", &|w| w.method = "GE T".into());
+    add("empty method", &|w| w.method = String::new());
+    for (what, w, now) in &cases {
+        let hs = w.header_slices();
+        let pre = precheck_wire(w, &hs, *now).map(|_| ()).unwrap_err();
+        let req = Request {
+            method: &w.method,
+            raw_path: &w.path,
+            raw_query: &w.query,
+            headers: &hs,
+            body: &w.body,
+        };
+        let full = verify(
+            &req,
+            &keys(),
+            *now,
+            VerifyOptions::new("lambda").with_region("us-east-1"),
+        )
+        .unwrap_err();
+        assert_eq!(pre, full, "{what}");
     }
 }
