@@ -9,9 +9,13 @@
 //!   ([`hearth_sigv4::query_params`]; `+` stays a literal plus, AWS clients
 //!   send spaces as `%20`; a leading `?` is part of the first key). A query
 //!   with more than [`MAX_QUERY_PARAMS`] parameters (more than a signature
-//!   covers) is refused whole, never read in part. List members from
-//!   repeated keys (`tagKeys=a&tagKeys=b`), scalar members from the first
-//!   occurrence; unknown keys are ignored;
+//!   covers) is refused whole, never read in part. The canonical query is
+//!   sorted, so the signature does not fix the order of repeated keys:
+//!   list members take repeated keys (`tagKeys=a&tagKeys=b`) in the order
+//!   sent, which their meaning must not depend on; every other member, and
+//!   every key of a map member, must appear at most once
+//!   ([`ConstraintKind::Repeated`]: no copy of `maxResults=1&maxResults=50`
+//!   may win). Unknown keys are ignored, repeated or not;
 //! - `header` members case-insensitively (list headers split on `,`);
 //! - every other member from the JSON body, by its JSON key
 //!   (`locationName`, else its name). The body is parsed only when the input
@@ -126,6 +130,16 @@ fn json_kind(v: &Value) -> &'static str {
 fn is_decimal_integer(s: &str) -> bool {
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Records that query parameter `key`, which holds one value, was repeated.
+fn repeated_failure(v: &mut Validator<'_>, key: &str, path: &str) {
+    v.push(
+        path,
+        Echo::Hidden,
+        ConstraintKind::Repeated,
+        format!("Query parameter '{key}' must not be repeated"),
+    );
 }
 
 impl Model {
@@ -327,26 +341,44 @@ impl Model {
                     })
                 };
                 let mut map = Map::new();
-                for (k, val) in query {
+                let mut repeated: Vec<&str> = Vec::new();
+                for (i, (k, val)) in query.iter().enumerate() {
                     if claimed(k) {
                         continue;
                     }
+                    if query[..i].iter().any(|(earlier, _)| earlier == k) {
+                        if !repeated.contains(&k.as_str()) {
+                            repeated.push(k);
+                        }
+                        continue;
+                    }
                     if let Some(text) = val {
-                        map.entry(k.clone())
-                            .or_insert_with(|| Value::String(text.clone()));
+                        map.insert(k.clone(), Value::String(text.clone()));
                     }
                 }
-                if map.is_empty() {
+                if !repeated.is_empty() {
+                    for k in repeated {
+                        repeated_failure(v, k, path);
+                    }
+                    Raw::Failed
+                } else if map.is_empty() {
                     Raw::Absent
                 } else {
                     Raw::Present(Value::Object(map))
                 }
             }
-            _ => match query.iter().find(|(k, _)| k == key) {
-                None => Raw::Absent,
-                Some((_, Some(text))) => self.read_text(v, shape, text, path),
-                Some((_, None)) => self.type_failure(v, shape, None, path),
-            },
+            _ => {
+                let mut found = query.iter().filter(|(k, _)| k == key);
+                match (found.next(), found.next()) {
+                    (None, _) => Raw::Absent,
+                    (Some(_), Some(_)) => {
+                        repeated_failure(v, key, path);
+                        Raw::Failed
+                    }
+                    (Some((_, Some(text))), None) => self.read_text(v, shape, text, path),
+                    (Some((_, None)), None) => self.type_failure(v, shape, None, path),
+                }
+            }
         }
     }
 

@@ -48,6 +48,9 @@ pub enum ConstraintKind {
     MapKey,
     /// A scalar map value broke its constraints.
     MapValue,
+    /// A query parameter that holds one value was sent more than once (the
+    /// signature does not fix the order, so no copy may win).
+    Repeated,
 }
 
 /// One broken constraint.

@@ -120,7 +120,7 @@ fn headers_query_maps_and_conversions() {
         .parse_input(
             op,
             &r.labels,
-            "zeta=true&alpha=-5&score=0.5&free=form&free=second",
+            "zeta=true&alpha=-5&score=0.5&free=form&other=x",
             &headers,
             b"",
         )
@@ -129,7 +129,7 @@ fn headers_query_maps_and_conversions() {
         v,
         json!({
             "Key": "k", "Bucket": "b", "Zeta": true, "Alpha": -5, "Since": 1700000000.5,
-            "Ids": [1, 2, 3], "Extra": {"free": "form"}, "Meta": {"color": "blue"}, "Score": 0.5,
+            "Ids": [1, 2, 3], "Extra": {"free": "form", "other": "x"}, "Meta": {"color": "blue"}, "Score": 0.5,
         })
     );
     let bad = |q: &str, h: &[(&str, &str)]| {
@@ -142,6 +142,34 @@ fn headers_query_maps_and_conversions() {
             other => panic!("{q} {h:?}: {other:?}"),
         }
     };
+    // A map key, like any single-valued parameter, may not repeat: the
+    // signature does not fix which copy comes first.
+    let e = bad("free=form&free=second&a=1&a=2&free=third", &[]);
+    let got: Vec<_> = e
+        .messages
+        .iter()
+        .map(|f| (f.path.as_str(), f.kind, f.constraint.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "Extra",
+                ConstraintKind::Repeated,
+                "Query parameter 'free' must not be repeated"
+            ),
+            (
+                "Extra",
+                ConstraintKind::Repeated,
+                "Query parameter 'a' must not be repeated"
+            ),
+        ]
+    );
+    let e = bad("zeta=true&zeta=false", &[]);
+    assert_eq!(
+        (e.messages[0].path.as_str(), e.messages[0].kind),
+        ("Zeta", ConstraintKind::Repeated)
+    );
     let e = bad("zeta=yes", &[]);
     assert_eq!(
         (e.messages[0].path.as_str(), e.messages[0].kind),

@@ -768,9 +768,14 @@ fn integer_query_parameters() {
         validation(q("maxResults=abc")).to_string(),
         "1 validation error detected: Value 'abc' at 'maxResults' failed to satisfy constraint: Member must be of type integer"
     );
-    // The first occurrence of a scalar wins; unknown keys are ignored.
+    // A repeated scalar is refused (no occurrence wins); unknown keys are
+    // ignored, repeated or not.
     assert_eq!(
-        q("maxResults=2&maxResults=3&bogus=1").unwrap(),
+        validation(q("maxResults=2&maxResults=3&bogus=1")).messages[0].kind,
+        ConstraintKind::Repeated
+    );
+    assert_eq!(
+        q("maxResults=2&bogus=1&bogus=2").unwrap(),
         json!({"maxResults": 2})
     );
     // Query enums and patterns.
@@ -939,4 +944,46 @@ fn a_query_longer_than_a_signature_covers_is_refused() {
     let q = format!("{}&&&maxResults=50&", pad[..255].join("&"));
     let v = m.parse_input(r.operation, &r.labels, &q, &[], b"").unwrap();
     assert_eq!(v["maxResults"], 50);
+}
+
+#[test]
+fn a_repeated_single_valued_query_parameter_is_refused() {
+    // The canonical query is sorted, so `maxResults=1&maxResults=50` and its
+    // reverse carry the same signature: which copy wins must not be decided
+    // by order, so neither wins.
+    let m = model();
+    let r = m.route("GET", "/2025-09-09/microvms").unwrap();
+    for (q, param) in [
+        ("maxResults=1&maxResults=50", "maxResults"),
+        ("maxResults=50&maxResults=1", "maxResults"),
+        ("maxResults=5&maxResults=5", "maxResults"),
+        ("maxResults=1&max%52esults=50", "maxResults"),
+        ("nextToken=a&maxResults=1&nextToken=b", "nextToken"),
+        ("imageIdentifier=x&imageIdentifier", "imageIdentifier"),
+        ("maxResults=abc&maxResults=1", "maxResults"),
+    ] {
+        let e = validation(m.parse_input(r.operation, &r.labels, q, &[], b""));
+        assert_eq!(e.messages.len(), 1, "{q}: {e}");
+        assert_eq!(e.messages[0].path, param, "{q}");
+        assert_eq!(
+            e.messages[0].message,
+            format!(
+                "Value at '{param}' failed to satisfy constraint: \
+                 Query parameter '{param}' must not be repeated"
+            ),
+            "{q}"
+        );
+        assert_eq!(e.messages[0].kind, ConstraintKind::Repeated, "{q}");
+    }
+    // Different members, and unknown keys, may each appear once or more.
+    let v = m
+        .parse_input(
+            r.operation,
+            &r.labels,
+            "maxResults=5&nextToken=t&x=1&x=2",
+            &[],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(v, json!({"maxResults": 5, "nextToken": "t"}));
 }
