@@ -26,13 +26,27 @@
 //!     model.route("GET", "/2025-09-09/nope"),
 //!     Err(RouteError::NotFound)
 //! ));
+//! // Paths the SigV4 signature does not pin down are refused outright.
+//! assert!(matches!(
+//!     model.route("GET", "/2025-09-09/microvm-images/x/versions/.."),
+//!     Err(RouteError::InvalidPath { .. })
+//! ));
 //! ```
+//!
+//! The server verifies the SigV4 signature (`hearth_sigv4`) before step 1,
+//! over the same raw path and raw query. What the signature leaves open,
+//! this crate refuses: a path with dot or empty segments (the signature
+//! covers it normalised; [`RouteError::InvalidPath`]), more query parameters
+//! than a signature covers ([`InputError::TooManyQueryParameters`]), and a
+//! repeated single-valued query parameter, whose order the sorted canonical
+//! query does not fix ([`ConstraintKind::Repeated`]).
 //!
 //! Modules:
 //! - [`model`]: the typed model and its loading/consistency checks;
-//! - [`route`]: URI templates and routing ([`Model::route`]);
+//! - [`route`]: routing ([`Model::route`]) and the paths it refuses; the
+//!   private `template` module holds URI template syntax and matching;
 //! - [`input`]: reading members from labels/query/headers/body
-//!   ([`Model::parse_input`]);
+//!   ([`Model::parse_input`]) and the queries it refuses;
 //! - [`validate`]: constraint checks and AWS-style validation messages
 //!   ([`Model::check_output`], [`Model::check_shape`]);
 //! - [`pattern`]: Java-style `pattern` regexes as full matches;

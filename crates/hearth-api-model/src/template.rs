@@ -1,8 +1,9 @@
 //! `requestUri` templates (`/lit/{label}/{greedy+}`): their syntax, and
 //! how one template matches a request path:
-//! - the raw path is cut at `?`/`#` (defensive: callers should pass the path
-//!   only), split on `/`, and each segment percent-decoded on its own, so an
-//!   ARN label sent as `arn%3Aaws%3A...%2Fx` arrives as one label value;
+//! - the raw path (which routing has already checked: no `?`/`#`, no dot or
+//!   empty segments) is split on `/`, and each segment percent-decoded on
+//!   its own, so an ARN label sent as `arn%3Aaws%3A...%2Fx` arrives as one
+//!   label value;
 //! - literal segments must equal the decoded segment exactly; a `{label}`
 //!   takes exactly one non-empty segment; a `{label+}` takes one or more
 //!   non-empty segments, joined back with `/`;
@@ -163,13 +164,10 @@ fn match_from(
 }
 
 /// Split a raw path into percent-decoded segments; `None` if the path does
-/// not start with `/`.
+/// not start with `/`. The whole path is split: a `?` or `#` in it is
+/// segment text here (routing refuses such paths before this).
 pub(crate) fn decode_segments(raw_path: &str) -> Option<Vec<Option<String>>> {
-    let path = raw_path
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .strip_prefix('/')?;
+    let path = raw_path.strip_prefix('/')?;
     if path.is_empty() {
         return Some(Vec::new());
     }
@@ -229,6 +227,6 @@ mod tests {
         assert!(decode_segments("").is_none());
         assert!(decode_segments("x/y").is_none());
         assert_eq!(decode_segments("/").unwrap().len(), 0);
-        assert_eq!(decode_segments("/a?x=/b").unwrap().len(), 1);
+        assert_eq!(decode_segments("/a?x=/b").unwrap().len(), 2);
     }
 }

@@ -30,6 +30,12 @@ fn paths() -> impl Strategy<Value = String> {
         Just("tags".to_string()),
         Just("suspend".to_string()),
         Just(String::new()),
+        Just(".".to_string()),
+        Just("..".to_string()),
+        Just("%2e".to_string()),
+        Just("%2E%2e".to_string()),
+        Just(".%2E".to_string()),
+        Just("...".to_string()),
         Just("%".to_string()),
         Just("%F".to_string()),
         Just("%FF".to_string()),
@@ -118,7 +124,21 @@ proptest! {
                 prop_assert_eq!(&r.operation.http_method, &method);
                 for (_, v) in &r.labels {
                     prop_assert!(!v.is_empty());
+                    prop_assert!(v != "." && v != "..");
                 }
+                // The router and the SigV4 canonical URI see the same path.
+                prop_assert_eq!(hearth_sigv4::normalize_path(&path), path.clone());
+            }
+            Err(RouteError::InvalidPath { .. }) => {
+                // Only paths whose meaning the signature does not fix.
+                let segs: Vec<Vec<u8>> = path[1..]
+                    .split('/')
+                    .map(hearth_sigv4::percent_decode)
+                    .collect();
+                prop_assert!(
+                    path.contains(['?', '#'])
+                        || segs.iter().any(|s| s.is_empty() || s == b"." || s == b"..")
+                );
             }
             Err(RouteError::MethodNotAllowed { allowed }) => {
                 prop_assert!(!allowed.is_empty());

@@ -165,20 +165,14 @@ fn collections_and_items() {
 #[test]
 fn unknown_paths_are_not_found() {
     let m = Model::get();
+    // (Paths with empty segments are refused before matching: see
+    // dot_and_empty_segments_are_invalid_paths.)
     for path in [
-        "/2025-09-09/microvms/",
-        "/2025-09-09/microvms//suspend",
-        "/2025-09-09//microvms",
-        "//2025-09-09/microvms",
-        "/2025-09-09/microvms/m/",
-        "/2025-09-09/microvms/m/suspend/",
         "/2025-09-09/microvms/m/bogus",
         "/2025-09-09/microvms/m/suspend/x",
         "/2025-09-10/microvms",
         "/2025-09-09",
-        "/2025-09-09/",
         "/2017-03-31/tags",
-        "/2017-03-31/tags/",
         "/",
         "",
         "2025-09-09/microvms",
@@ -199,9 +193,15 @@ fn unknown_paths_are_not_found() {
 #[test]
 fn query_and_encoding_details() {
     let m = Model::get();
-    // A query string left on the path is ignored.
-    let r = m.route("GET", "/2025-09-09/microvms?maxResults=5").unwrap();
-    assert_eq!(r.operation.name, "ListMicrovms");
+    // A query string left on the path is refused, not cut off: the
+    // signature would cover it as path text.
+    assert!(matches!(
+        m.route("GET", "/2025-09-09/microvms?maxResults=5"),
+        Err(RouteError::InvalidPath { .. })
+    ));
+    // An encoded `?` is label text.
+    let r = m.route("GET", "/2025-09-09/microvms/a%3Fb").unwrap();
+    assert_eq!(r.label("microvmIdentifier"), Some("a?b"));
     // Literal segments match after decoding.
     let r = m.route("GET", "/2025-09-09/micro%76ms").unwrap();
     assert_eq!(r.operation.name, "ListMicrovms");
@@ -217,4 +217,59 @@ fn query_and_encoding_details() {
         m.route("get", "/2025-09-09/microvms"),
         Err(RouteError::MethodNotAllowed { .. })
     ));
+}
+
+/// The SigV4 canonical URI is the path with dot segments and empty segments
+/// removed: `/x/versions/..` carries a valid signature for `/x`. Routing must
+/// not see a different path than the signature, so such paths are refused.
+#[test]
+fn dot_and_empty_segments_are_invalid_paths() {
+    let m = Model::get();
+    let dots = "the path has a '.' or '..' segment (percent-encoded or not)";
+    let empty = "the path has an empty segment ('//' or a trailing '/')";
+    let mark = "the path contains '?' or '#'; pass the query string apart";
+    for (path, reason) in [
+        ("/2025-09-09/microvm-images/x/versions/..", dots),
+        ("/2025-09-09/microvm-images/x/versions/.", dots),
+        ("/2025-09-09/microvm-images/x/versions/%2e%2e", dots),
+        ("/2025-09-09/microvm-images/x/versions/%2E%2e", dots),
+        ("/2025-09-09/microvm-images/x/versions/.%2E", dots),
+        ("/2025-09-09/microvm-images/x/versions/%2e", dots),
+        ("/2025-09-09/microvm-images/../microvms", dots),
+        ("/2025-09-09/./microvms", dots),
+        ("/./2025-09-09/microvms", dots),
+        ("/..", dots),
+        ("/2025-09-09/microvms/", empty),
+        ("/2025-09-09/microvms//suspend", empty),
+        ("/2025-09-09//microvms", empty),
+        ("//2025-09-09/microvms", empty),
+        ("/2025-09-09/microvms/m/", empty),
+        ("/2025-09-09/microvms/m/suspend/", empty),
+        ("/2025-09-09/", empty),
+        ("/2017-03-31/tags/", empty),
+        ("//", empty),
+        ("/2025-09-09/microvms?maxResults=5", mark),
+        ("/2025-09-09/microvms#top", mark),
+        ("/2025-09-09/microvms/m?/../x", mark),
+    ] {
+        for meth in METHODS {
+            let e = m.route(meth, path).unwrap_err();
+            assert_eq!(
+                e,
+                RouteError::InvalidPath {
+                    reason: reason.to_string()
+                },
+                "{meth} {path}"
+            );
+            assert_eq!(e.to_string(), format!("invalid request path: {reason}"));
+        }
+    }
+    // Dots that are not a whole segment are ordinary label text.
+    for label in ["1.2", "...", ".x", "x..", "%2e%2e%2e", "a%2F..", "%252e"] {
+        let path = format!("/2025-09-09/microvm-images/img/versions/{label}");
+        let r = m.route("GET", &path).unwrap();
+        assert_eq!(r.operation.name, "GetMicrovmImageVersion", "{path}");
+    }
+    // The root is not an empty segment, just not an operation.
+    assert_eq!(m.route("GET", "/").unwrap_err(), RouteError::NotFound);
 }
