@@ -21,6 +21,19 @@ use crate::error::Result;
 use crate::ids::{AccountId, AccountName, SecretAccessKey};
 use crate::model::*;
 
+/// [`Store::put_tags`] refused: the resource would have had more than `max`
+/// tags. Nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a resource can have at most {max} tags; it has {existing} and the write adds {added}")]
+pub struct TooManyTags {
+    /// The limit the caller passed.
+    pub max: usize,
+    /// Tags the resource has.
+    pub existing: usize,
+    /// Keys of the write the resource does not have yet.
+    pub added: usize,
+}
+
 /// Persistent control-plane state. See the module docs for the rules.
 pub trait Store: Send + Sync {
     // ---------------------------------------------------------- accounts
@@ -182,14 +195,19 @@ pub trait Store: Send + Sync {
 
     // -------------------------------------------------------------- tags
 
-    /// Sets (inserts or overwrites) the given tags on the resource.
+    /// Sets (inserts or overwrites) the given tags on the resource, unless
+    /// it would then have more than `max_tags` tags (the ones it has, plus
+    /// the new keys; overwritten keys count once): then nothing is written
+    /// and the inner result is [`TooManyTags`]. The count and the write are
+    /// one transaction, so concurrent callers cannot pass the limit together.
     /// The store does not check that the resource exists.
     fn put_tags(
         &self,
         account_id: &AccountId,
         resource_arn: &str,
         tags: &BTreeMap<String, String>,
-    ) -> Result<()>;
+        max_tags: usize,
+    ) -> Result<Result<(), TooManyTags>>;
     /// The resource's tags (empty map if none).
     fn list_tags(
         &self,

@@ -777,14 +777,18 @@ fn tags_put_list_remove() {
             &a,
             arn,
             &BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]),
+            50,
         )
+        .unwrap()
         .unwrap();
     f.store
         .put_tags(
             &a,
             arn,
             &BTreeMap::from([("b".into(), "two".into()), ("c".into(), "".into())]),
+            50,
         )
+        .unwrap()
         .unwrap();
     assert_eq!(
         f.store.list_tags(&a, arn).unwrap(),
@@ -834,8 +838,14 @@ fn accounts_are_isolated() {
     let mvm = s
         .create_microvm(&a, &new_microvm(&img.arn, &v.version, 4))
         .unwrap();
-    s.put_tags(&a, &img.arn, &BTreeMap::from([("k".into(), "v".into())]))
-        .unwrap();
+    s.put_tags(
+        &a,
+        &img.arn,
+        &BTreeMap::from([("k".into(), "v".into())]),
+        50,
+    )
+    .unwrap()
+    .unwrap();
 
     // Reads.
     assert_not_found(s.get_image(&b, &img.image_id), ResourceKind::Image);
@@ -932,8 +942,14 @@ fn accounts_are_isolated() {
         ResourceKind::ImageVersion,
     );
     s.remove_tags(&b, &img.arn, &["k".into()]).unwrap();
-    s.put_tags(&b, &img.arn, &BTreeMap::from([("k".into(), "evil".into())]))
-        .unwrap();
+    s.put_tags(
+        &b,
+        &img.arn,
+        &BTreeMap::from([("k".into(), "evil".into())]),
+        50,
+    )
+    .unwrap()
+    .unwrap();
     assert_not_found(
         s.delete_build(&b, &img.image_id, "1", &build.build_id),
         ResourceKind::Build,

@@ -20,6 +20,7 @@
 
 mod migrations;
 mod ops;
+mod tags;
 
 use std::fs::{OpenOptions, Permissions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -7,11 +7,11 @@ use rusqlite::types::{FromSql, Value as SqlValue};
 use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row};
 use serde_json::Value;
 
-use super::{now_secs, sql_err, SqliteStore};
+use super::{now_secs, sql_err, tags, SqliteStore};
 use crate::error::{ConflictKind, ResourceKind, Result, StoreError};
 use crate::ids::{self, AccountId, AccountName, SecretAccessKey};
 use crate::model::*;
-use crate::store::Store;
+use crate::store::{Store, TooManyTags};
 
 /// How many times a create retries after a random-id collision.
 const ID_ATTEMPTS: usize = 8;
@@ -666,7 +666,7 @@ impl Store for SqliteStore {
                     sql_err("insert image")(e)
                 }
             })?;
-            put_tags_tx(tx, account_id, &new.arn, &new.tags)?;
+            tags::write(tx, account_id, &new.arn, &new.tags)?;
             Ok(Image {
                 account_id: account_id.clone(),
                 image_id: new.image_id.clone(),
@@ -1234,10 +1234,11 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         resource_arn: &str,
         tags: &BTreeMap<String, String>,
-    ) -> Result<()> {
+        max_tags: usize,
+    ) -> Result<Result<(), TooManyTags>> {
         self.write(|tx| {
             ensure_account(tx, account_id)?;
-            put_tags_tx(tx, account_id, resource_arn, tags)
+            tags::put_limited(tx, account_id, resource_arn, tags, max_tags)
         })
     }
 
@@ -1246,15 +1247,7 @@ impl Store for SqliteStore {
         account_id: &AccountId,
         resource_arn: &str,
     ) -> Result<BTreeMap<String, String>> {
-        self.read(|c| {
-            let pairs = query_all(
-                c,
-                "SELECT key, value FROM tags WHERE account_id = ?1 AND resource_arn = ?2 ORDER BY key",
-                params![account_id.as_str(), resource_arn],
-                |row| Ok((col::<String>(row, 0, "tags")?, col::<String>(row, 1, "tags")?)),
-            )?;
-            Ok(pairs.into_iter().collect())
-        })
+        self.read(|c| tags::list(c, account_id, resource_arn))
     }
 
     fn remove_tags(
@@ -1263,18 +1256,7 @@ impl Store for SqliteStore {
         resource_arn: &str,
         keys: &[String],
     ) -> Result<()> {
-        self.write(|tx| {
-            let mut stmt = tx
-                .prepare_cached(
-                    "DELETE FROM tags WHERE account_id = ?1 AND resource_arn = ?2 AND key = ?3",
-                )
-                .map_err(sql_err("prepare"))?;
-            for key in keys {
-                stmt.execute(params![account_id.as_str(), resource_arn, key])
-                    .map_err(sql_err("remove tag"))?;
-            }
-            Ok(())
-        })
+        self.write(|tx| tags::remove(tx, account_id, resource_arn, keys))
     }
 
     // ------------------------------------------------------- idempotency
@@ -1418,26 +1400,4 @@ impl Store for SqliteStore {
             Ok(n as u64)
         })
     }
-}
-
-fn put_tags_tx(
-    conn: &Connection,
-    account_id: &AccountId,
-    resource_arn: &str,
-    tags: &BTreeMap<String, String>,
-) -> Result<()> {
-    if tags.is_empty() {
-        return Ok(());
-    }
-    let mut stmt = conn
-        .prepare_cached(
-            "INSERT INTO tags (account_id, resource_arn, key, value) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (account_id, resource_arn, key) DO UPDATE SET value = excluded.value",
-        )
-        .map_err(sql_err("prepare"))?;
-    for (key, value) in tags {
-        stmt.execute(params![account_id.as_str(), resource_arn, key, value])
-            .map_err(sql_err("put tag"))?;
-    }
-    Ok(())
 }
