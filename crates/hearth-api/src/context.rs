@@ -1,11 +1,14 @@
 //! What every request handler shares: the server's state, the
-//! authenticated caller, and the way blocking store work is run off the
-//! request task. Plain data and one helper; used on the request tasks.
+//! authenticated caller, the per-request context handed to operation
+//! handlers ([`RequestContext`]), and the way blocking store work is run off
+//! the request task. Plain data and small helpers; used on the request tasks.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hearth_store::{AccountId, Store};
+use hearth_store::{AccountId, Store, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::{store_error, ApiError};
 use crate::paging::TokenSealer;
@@ -34,6 +37,49 @@ pub struct Caller {
     pub account_id: AccountId,
     /// Region of the credential scope; ARNs are minted in it.
     pub region: String,
+}
+
+/// What an operation handler gets besides its input: the server, who is
+/// calling, and which operation runs. Borrowed for one request.
+#[derive(Clone, Copy)]
+pub struct RequestContext<'a> {
+    pub state: &'a Arc<AppState>,
+    pub caller: &'a Caller,
+    /// The operation's model name, e.g. `ListMicrovms`.
+    pub operation: &'static str,
+}
+
+impl RequestContext<'_> {
+    /// The caller's account (every store call takes it).
+    pub fn account(&self) -> AccountId {
+        self.caller.account_id.clone()
+    }
+
+    /// Run blocking store work off the request task; store failures become
+    /// API errors (`what` names the work in the log).
+    pub async fn store<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.state.store.clone();
+        blocking(what, move || f(store.as_ref())).await
+    }
+
+    /// Seal a `nextToken` for this account and operation.
+    pub fn seal_token<C: Serialize>(&self, cursor: &C) -> String {
+        self.state
+            .sealer
+            .seal(self.caller.account_id.as_str(), self.operation, cursor)
+    }
+
+    /// Open a `nextToken` sealed by [`RequestContext::seal_token`] for this
+    /// account and operation (anything else is a ValidationException).
+    pub fn open_token<C: DeserializeOwned>(&self, token: &str) -> Result<C, ApiError> {
+        self.state
+            .sealer
+            .open(self.caller.account_id.as_str(), self.operation, token)
+    }
 }
 
 /// Run blocking store work off the request task; store failures become
