@@ -60,8 +60,8 @@ use hearth_proto::ExecRequest;
 use hearth_vmm::fault::{FaultContext, FaultPoint};
 use hearth_vmm::process::pid_alive;
 use hearth_vmm::{
-    LaunchSpec, MicroVm, QemuBackend, QemuVm, Snapshot, SnapshotMode, SuspendedVm, VmBackend, VmId,
-    VmState,
+    LaunchSpec, Lifetime, MicroVm, QemuBackend, QemuVm, Snapshot, SnapshotMode, SuspendedVm,
+    VmBackend, VmId, VmState,
 };
 use support::*;
 
@@ -1787,6 +1787,46 @@ async fn e2e_faults_in_resume_leave_it_resumable_and_never_moved_on() {
         drop(vm);
     }
 
+    report.finish();
+    rig.backend.delete_snapshot(&base).expect("delete the base");
+    assert!(rig.snapshots().is_empty() && rig.catalog_junk().is_empty());
+    rig.env.assert_no_leftovers();
+}
+
+/// A persistent microVM's resume commits by asking its supervisor to
+/// linger and writing the Running record. A supervisor that does not answer
+/// the linger fails the resume, and the failed resume must leave the
+/// suspended record as it was: the microVM stays resumable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_failed_linger_leaves_a_persistent_microvm_resumable() {
+    let rig = Rig::new();
+    let mut report = Report::new("linger");
+    let (base, counter) = rig.base(DISK_LOOP).await;
+    let mut vm = rig
+        .backend
+        .launch(
+            &base,
+            LaunchSpec {
+                id: rig.id("persist"),
+                lifetime: Lifetime::Persistent,
+            },
+        )
+        .await
+        .expect("launch");
+    let (suspended, t0) = suspend_for_resume(&mut vm).await;
+    drop(vm);
+    let dir = suspended.dir.clone();
+    let (point, fault) = (FaultPoint::ResumeAgentRestored, Fault::Stall);
+    let (r, left) = resume_case(&rig, suspended, counter, t0, point, fault).await;
+    report.add(
+        format!("persistent clone {fault} at {point:?} (the linger fails)"),
+        Expect::Fail,
+        r,
+    );
+    match left {
+        Some(vm) => dispose(vm).await.expect("terminate"),
+        None => discard(&rig, &dir).await,
+    }
     report.finish();
     rig.backend.delete_snapshot(&base).expect("delete the base");
     assert!(rig.snapshots().is_empty() && rig.catalog_junk().is_empty());

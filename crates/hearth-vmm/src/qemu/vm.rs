@@ -218,8 +218,12 @@ impl QemuVm {
             .is_some_and(|p| p.qemu.alive() && !p.supervisor.exited())
     }
 
-    /// Write the Running record and, for a persistent microVM, let its
-    /// supervisor outlive this process. From here on the microVM exists.
+    /// For a persistent microVM, let its supervisor outlive this process;
+    /// then write the Running record. From here on the microVM exists.
+    ///
+    /// The linger comes first so that a failure leaves the previous record
+    /// (a suspended microVM's, on resume) exactly as it was; a record that
+    /// cannot be written takes the linger back.
     pub(super) async fn commit(&mut self) -> Result<(), VmError> {
         let p = self.proc();
         let (state, run) = (
@@ -229,14 +233,22 @@ impl QemuVm {
             },
             p.run.clone(),
         );
-        self.record.state = state;
-        save_json(&self.dir.join(RECORD_FILE), &self.record)?;
-        if self.record.lifetime == Lifetime::Persistent {
+        let persistent = self.record.lifetime == Lifetime::Persistent;
+        if persistent {
             crate::supervise::set_linger(&run, true).map_err(|e| VmError::Supervisor {
                 id: self.id.to_string(),
                 detail: format!("linger: {e}"),
             })?;
         }
+        let mut record = self.record.clone();
+        record.state = state;
+        if let Err(e) = save_json(&self.dir.join(RECORD_FILE), &record) {
+            if persistent {
+                let _ = crate::supervise::set_linger(&run, false);
+            }
+            return Err(e);
+        }
+        self.record = record;
         let _ = std::fs::remove_file(self.dir.join(crate::record::OWNER_FILE));
         self.committed = true;
         Ok(())
