@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::disk::DiskChain;
 use crate::error::VmError;
 use crate::jsonfile::{load_json, save_json};
+use crate::record::{owner_alive, write_owner, OWNER_FILE};
 use crate::spec::MachineConfig;
 use crate::{SnapshotId, VmId};
 
@@ -263,13 +264,19 @@ impl Catalog {
         out
     }
 
-    /// Start a snapshot: a fresh id and an empty staging directory.
+    /// Start a snapshot: a fresh id and a staging directory holding only
+    /// an owner file (this process), so that another Hearth process's
+    /// [`Catalog::remove_leftovers`] leaves it alone while we live.
     pub fn begin(&self) -> Result<(SnapshotId, PathBuf), VmError> {
         let root = self.root();
         fs::create_dir_all(&root).map_err(io_err(&root, "create"))?;
         let id = SnapshotId::random();
         let staging = root.join(format!(".{id}.staging"));
         fs::create_dir(&staging).map_err(io_err(&staging, "create"))?;
+        if let Err(e) = write_owner(&staging) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(io_err(&staging.join(OWNER_FILE), "write")(e));
+        }
         Ok((id, staging))
     }
 
@@ -290,6 +297,9 @@ impl Catalog {
             }
             return Err(e);
         }
+        // Published: nobody removes it as a leftover any more. (Removed only
+        // now: a staging directory without an owner is fair game.)
+        let _ = fs::remove_file(self.dir(&record.id).join(OWNER_FILE));
         Ok(Snapshot {
             id: record.id.clone(),
             record,
@@ -372,16 +382,20 @@ impl Catalog {
         fs::remove_dir_all(&doomed).map_err(io_err(&doomed, "remove"))
     }
 
-    /// Remove staging and half-deleted directories (from crashes).
+    /// Remove staging and half-deleted directories (from crashes). A
+    /// staging directory whose creator still runs (another Hearth process
+    /// sharing the state directory, taking a snapshot) is left alone.
     pub fn remove_leftovers(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
         if let Ok(d) = fs::read_dir(self.root()) {
             for e in d.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.')
-                    && (name.ends_with(".staging") || name.ends_with(".deleting"))
-                    && fs::remove_dir_all(e.path()).is_ok()
-                {
+                if !name.starts_with('.') {
+                    continue;
+                }
+                let leftover = (name.ends_with(".staging") && !owner_alive(&e.path()))
+                    || name.ends_with(".deleting");
+                if leftover && fs::remove_dir_all(e.path()).is_ok() {
                     removed.push(e.path());
                 }
             }
@@ -492,6 +506,42 @@ mod tests {
             cat.add_ref(&base, &Dependent::Vm(VmId::new("x").unwrap())),
             Err(VmError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn staging_directories_of_a_live_hearth_are_not_leftovers() {
+        let state = tempfile::tempdir().unwrap();
+        let cat = Catalog::new(state.path());
+        let (id, ours) = cat.begin().unwrap();
+        let root = cat.root();
+        // A staging directory whose creator is gone, one without an owner
+        // (a crash before it was written), a half-deleted snapshot.
+        let me = crate::record::ProcessIdentity::of(std::process::id()).unwrap();
+        let dead = root.join(".snap-dead.staging");
+        fs::create_dir(&dead).unwrap();
+        fs::write(
+            dead.join(OWNER_FILE),
+            format!("{} {}", me.pid, me.start_ticks + 1),
+        )
+        .unwrap();
+        let unowned = root.join(".snap-unowned.staging");
+        fs::create_dir(&unowned).unwrap();
+        let deleting = root.join(".snap-gone.deleting");
+        fs::create_dir(&deleting).unwrap();
+        let mut removed = cat.remove_leftovers();
+        removed.sort();
+        let mut want = vec![dead, deleting, unowned];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(
+            ours.is_dir(),
+            "a live Hearth's snapshot in the making was removed"
+        );
+        // Published, it carries no owner file.
+        cat.commit(&ours, record(&id, None)).unwrap();
+        assert!(!cat.dir(&id).join(OWNER_FILE).exists());
+        assert!(cat.remove_leftovers().is_empty());
+        assert!(cat.get(&id).is_ok());
     }
 
     #[test]

@@ -82,6 +82,33 @@ impl ProcessIdentity {
     }
 }
 
+/// Mark `dir` as being created by this process: its owner file names this
+/// process's identity. Directories in the state directory (a microVM's
+/// before its commit, a waiting QEMU's, a snapshot's staging directory)
+/// carry one so that another Hearth process sharing the state directory
+/// leaves them alone while their creator lives ([`owner_alive`]).
+pub fn write_owner(dir: &Path) -> std::io::Result<()> {
+    let owner = ProcessIdentity::of(std::process::id())
+        .map(|i| format!("{} {}", i.pid, i.start_ticks))
+        .unwrap_or_default();
+    fs::write(dir.join(OWNER_FILE), owner)
+}
+
+/// Is the process that [`write_owner`] named in `dir` still running? False
+/// without an owner file (or with an unreadable one).
+pub fn owner_alive(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(OWNER_FILE))
+        .ok()
+        .and_then(|s| {
+            let mut w = s.split_whitespace();
+            Some(ProcessIdentity {
+                pid: w.next()?.parse().ok()?,
+                start_ticks: w.next()?.parse().ok()?,
+            })
+        })
+        .is_some_and(|id| id.alive())
+}
+
 /// Where a microVM is, as far as its record knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordedState {
@@ -293,5 +320,22 @@ mod tests {
             ..me
         };
         assert!(!other.alive());
+    }
+
+    #[test]
+    fn owner_files_name_a_live_creator() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!owner_alive(dir.path()), "no owner file");
+        write_owner(dir.path()).unwrap();
+        assert!(owner_alive(dir.path()));
+        let me = ProcessIdentity::of(std::process::id()).unwrap();
+        fs::write(
+            dir.path().join(OWNER_FILE),
+            format!("{} {}", me.pid, me.start_ticks + 1),
+        )
+        .unwrap();
+        assert!(!owner_alive(dir.path()), "a reused pid is not the owner");
+        fs::write(dir.path().join(OWNER_FILE), "garbage").unwrap();
+        assert!(!owner_alive(dir.path()));
     }
 }

@@ -33,7 +33,7 @@ use crate::error::VmError;
 use crate::memory::FileKey;
 use crate::qmp::Qmp;
 use crate::record::{
-    load_vm_record, MemoryBase, ProcessIdentity, RecordedState, SuspendedVm, VmRecord, OWNER_FILE,
+    load_vm_record, owner_alive, MemoryBase, ProcessIdentity, RecordedState, SuspendedVm, VmRecord,
     RUN_DIR,
 };
 use crate::spec::Lifetime;
@@ -76,19 +76,6 @@ enum Found {
     Suspended,
     BeingCreated,
     Orphan,
-}
-
-fn owner_alive(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(OWNER_FILE))
-        .ok()
-        .and_then(|s| {
-            let mut w = s.split_whitespace();
-            Some(ProcessIdentity {
-                pid: w.next()?.parse().ok()?,
-                start_ticks: w.next()?.parse().ok()?,
-            })
-        })
-        .is_some_and(|id| id.alive())
 }
 
 fn classify(dir: &Path) -> Found {

@@ -92,10 +92,7 @@ pub(super) fn create_vm_dir(backend: &QemuBackend, name: &str) -> Result<PathBuf
             })
         }
     }
-    let owner = crate::record::ProcessIdentity::of(std::process::id())
-        .map(|i| format!("{} {}", i.pid, i.start_ticks))
-        .unwrap_or_default();
-    if let Err(source) = std::fs::write(dir.join(OWNER_FILE), owner) {
+    if let Err(source) = crate::record::write_owner(&dir) {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(VmError::Io {
             id: name.to_string(),
