@@ -218,6 +218,30 @@ async fn e2e_clone_suspend_resume_uses_a_memory_diff() {
         sh(&vm, "md5sum -c /run/blob.md5 >/dev/null && echo ok").await,
         "ok"
     );
+    // A third suspend folds the top of its three own disk layers down
+    // (qemu-img commit after the suspend committed): two are left, the
+    // folded one is gone, and the disk holds what the guest wrote.
+    sh(&vm, "echo folded > /root/fold && sync").await;
+    let own = vm.record().disk.clone().unwrap();
+    let own: Vec<String> = own.own_files().iter().map(|s| s.to_string()).collect();
+    assert_eq!(own.len(), 3, "{own:?}");
+    let suspended = {
+        let mut vm = vm;
+        vm.suspend().await.expect("suspend a third time")
+    };
+    let kept = suspended.record.disk.clone().unwrap();
+    assert_eq!(
+        kept.own_files(),
+        own[..2].to_vec(),
+        "the top layer was not folded"
+    );
+    assert!(!suspended.dir.join(&own[2]).exists());
+    let vm = env
+        .backend
+        .resume(suspended)
+        .await
+        .expect("resume a third time");
+    assert_eq!(sh(&vm, "cat /root/fold").await, "folded");
     vm.terminate().await.unwrap();
     env.assert_no_leftovers();
     env.backend.delete_snapshot(&snap).unwrap();

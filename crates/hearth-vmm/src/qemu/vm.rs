@@ -577,32 +577,45 @@ impl QemuVm {
 
     /// After a suspend committed: drop older generations and the run
     /// directory, and fold the top own disk layer down when there are many.
-    fn tidy_after_suspend(&mut self, generation: u32) {
-        if let Ok(d) = std::fs::read_dir(&self.dir) {
-            for e in d.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let old = name
-                    .strip_prefix("gen-")
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|n| n != generation);
-                if old || name == RUN_DIR {
-                    let _ = std::fs::remove_dir_all(e.path());
+    /// The file work (removals, `qemu-img commit`) runs on a blocking
+    /// thread; the record drops the top layer only once it was committed.
+    async fn tidy_after_suspend(&mut self, generation: u32) {
+        let dir = self.dir.clone();
+        let fold = self
+            .record
+            .disk
+            .clone()
+            .filter(|chain| chain.own_files().len() > MAX_OWN_LAYERS)
+            .map(|chain| {
+                let layers = chain.resolve(&self.backend.inner.catalog.root(), &self.dir);
+                (chain, layers, self.backend.inner.cfg.qemu_img.clone())
+            });
+        let folded = tokio::task::spawn_blocking(move || {
+            if let Ok(d) = std::fs::read_dir(&dir) {
+                for e in d.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let old = name
+                        .strip_prefix("gen-")
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .is_some_and(|n| n != generation);
+                    if old || name == RUN_DIR {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
                 }
             }
-        }
-        let Some(chain) = self.record.disk.clone() else {
+            let (mut chain, layers, img) = fold?;
+            // On failure the longer chain is still right.
+            disk::commit_top(&img, &layers).ok()?;
+            chain.layers.pop();
+            let top = layers.last().expect("a chain has layers").path.clone();
+            Some((chain, top))
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((folded, top)) = folded else {
             return;
         };
-        if chain.own_files().len() <= MAX_OWN_LAYERS {
-            return;
-        }
-        let layers = chain.resolve(&self.backend.inner.catalog.root(), &self.dir);
-        let top = layers.last().expect("a chain has layers").path.clone();
-        if disk::commit_top(&self.backend.inner.cfg.qemu_img, &layers).is_err() {
-            return; // the longer chain is still right
-        }
-        let mut folded = chain;
-        folded.layers.pop();
         let mut record = self.record.clone();
         record.disk = Some(folded);
         if save_json(&self.dir.join(RECORD_FILE), &record).is_ok() {
@@ -767,7 +780,7 @@ impl MicroVm for QemuVm {
             Ok(()) => {
                 self.apply(VmEvent::EndSuspend)?;
                 self.proc.take();
-                self.tidy_after_suspend(generation);
+                self.tidy_after_suspend(generation).await;
                 SuspendedVm::load(&self.dir)
             }
             Err(e) => {
