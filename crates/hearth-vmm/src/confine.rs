@@ -78,10 +78,17 @@ pub fn claim_uid(state_dir: &Path, owner: &str) -> io::Result<u32> {
     Err(io::Error::other("every microVM uid is taken"))
 }
 
+/// The claim file of `uid`.
+pub fn uid_claim(state_dir: &Path, uid: u32) -> PathBuf {
+    state_dir.join(UIDS_DIR).join(uid.to_string())
+}
+
 /// Record that the uid now belongs to another directory name (a claimed
-/// pre-started QEMU renamed to its microVM id).
+/// pre-started QEMU renamed to its microVM id). A claim still naming the
+/// old directory would be released by `gc` while the microVM runs as that
+/// uid, so a failure here must fail the handover.
 pub fn move_uid(state_dir: &Path, uid: u32, owner: &str) -> io::Result<()> {
-    fs::write(state_dir.join(UIDS_DIR).join(uid.to_string()), owner)
+    fs::write(uid_claim(state_dir, uid), owner)
 }
 
 /// Give a uid back.

@@ -58,6 +58,41 @@ async fn e2e_snapshots_are_kept_while_used_and_refused_where_they_cannot_restore
     let err = env.backend.delete_snapshot(&snap).unwrap_err().to_string();
     assert!(err.contains("cat-b") && !err.contains("cat-a"), "{err}");
 
+    // A launch through a waiting QEMU hands its uid claim over to the new
+    // microVM: when that cannot be recorded, the launch fails and leaves
+    // nothing (a claim still naming the waiting QEMU's directory would be
+    // released by the next gc while the microVM runs as that uid).
+    env.backend.prestart(&snap, 1).await.unwrap();
+    let uids = env.state.path().join("uids");
+    let pooled_claim = std::fs::read_dir(&uids)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .starts_with("pool-")
+        })
+        .expect("the waiting QEMU's uid claim");
+    std::fs::remove_file(&pooled_claim).unwrap();
+    std::fs::create_dir(&pooled_claim).unwrap(); // unwritable as a file
+    let err = env
+        .backend
+        .launch(&snap, launch_spec("cat-d"))
+        .await
+        .err()
+        .expect("a launch whose uid claim cannot be handed over fails");
+    assert!(err.to_string().contains("uid"), "{err}");
+    assert!(!env.state.path().join("vms/cat-d").exists());
+    assert_eq!(env.backend.pooled(&snap), 0);
+    std::fs::remove_dir(&pooled_claim).unwrap();
+    let left: Vec<String> = std::fs::read_dir(env.state.path().join("vms"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["cat-b"], "the failed launch left files");
+
     // A snapshot recorded for another host is refused with the reason.
     let record = env.backend.catalog().dir(&snap.id).join("snapshot.json");
     let original = std::fs::read(&record).unwrap();

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::pool::{Prestarted, SPARE_LAYER};
+use super::restore::{hand_over_uid, Undo};
 use super::start::{Disk, Ram, StartSpec};
 use super::vm::QemuVm;
 use super::QemuBackend;
 use crate::agent::ChannelStart;
-use crate::confine;
 use crate::disk::{DiskChain, DiskFormat, DiskLayer, LayerLocation};
 use crate::error::VmError;
 use crate::record::{MemoryBase, MemoryRecord, RecordedState, VmRecord};
@@ -178,20 +178,39 @@ impl QemuBackend {
         id: VmId,
     ) -> Result<QemuVm, VmError> {
         let name = id.to_string();
-        let (mut proc, pool_dir, uid, _) = waiting.take();
+        let (proc, pool_dir, uid, _) = waiting.take();
+        let state_dir = self.inner.cfg.state_dir.clone();
+        // Whatever fails from here ends the QEMU and removes its files.
+        let mut undo = Undo::new();
+        undo.proc = Some(proc);
+        undo.uid = Some((state_dir.clone(), uid));
+        undo.paths.push(pool_dir.clone());
         let dir = self.vm_dir(&name);
+        if dir.exists() {
+            return Err(VmError::Exists(name));
+        }
         std::fs::rename(&pool_dir, &dir).map_err(|source| VmError::Io {
             id: name.clone(),
             op: "claim",
             path: pool_dir,
             source,
         })?;
-        let _ = confine::move_uid(&self.inner.cfg.state_dir, uid, &name);
-        let chain = snap.disk.as_ref().map(|c| {
-            let layer = "disk-1.qcow2";
-            let _ = std::fs::rename(dir.join(SPARE_LAYER), dir.join(layer));
-            c.with_own_top(layer)
-        });
+        undo.paths = vec![dir.clone()];
+        hand_over_uid(&state_dir, uid, &name)?;
+        let chain = match &snap.disk {
+            Some(c) => {
+                let layer = "disk-1.qcow2";
+                let spare = dir.join(SPARE_LAYER);
+                std::fs::rename(&spare, dir.join(layer)).map_err(|source| VmError::Io {
+                    id: name.clone(),
+                    op: "rename",
+                    path: spare,
+                    source,
+                })?;
+                Some(c.with_own_top(layer))
+            }
+            None => None,
+        };
         let record = VmRecord {
             version: VmRecord::VERSION,
             id: id.clone(),
@@ -210,11 +229,16 @@ impl QemuBackend {
                 has_diff: false,
             },
         };
-        let restored = self
+        let mut proc = undo.proc.take().expect("set above");
+        if let Err(e) = self
             .complete_restore(&id, &dir, &mut proc, chain.as_ref(), None, &snap.stream)
-            .await;
+            .await
+        {
+            undo.proc = Some(proc);
+            return Err(e);
+        }
+        undo.disarm();
         let mut vm = QemuVm::new(self.clone(), id, dir, record, proc);
-        restored?;
         vm.commit().await?;
         Ok(vm)
     }

@@ -64,16 +64,25 @@ fn next_layer_name(dir: &Path) -> String {
     format!("disk-{}.qcow2", n + 1)
 }
 
+/// Hand the uid claim of a claimed waiting QEMU over to microVM `name`.
+pub(super) fn hand_over_uid(state_dir: &Path, uid: u32, name: &str) -> Result<(), VmError> {
+    confine::move_uid(state_dir, uid, name).map_err(io(
+        name,
+        "hand over the uid claim",
+        &confine::uid_claim(state_dir, uid),
+    ))
+}
+
 /// Removes what a failed bring-up made, unless disarmed.
-struct Undo {
-    paths: Vec<PathBuf>,
-    uid: Option<(PathBuf, u32)>,
-    refs: Vec<(crate::catalog::Catalog, crate::SnapshotId, Dependent)>,
-    proc: Option<Proc>,
+pub(super) struct Undo {
+    pub(super) paths: Vec<PathBuf>,
+    pub(super) uid: Option<(PathBuf, u32)>,
+    pub(super) refs: Vec<(crate::catalog::Catalog, crate::SnapshotId, Dependent)>,
+    pub(super) proc: Option<Proc>,
 }
 
 impl Undo {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             paths: Vec::new(),
             uid: None,
@@ -82,7 +91,7 @@ impl Undo {
         }
     }
 
-    fn disarm(mut self) -> Option<Proc> {
+    pub(super) fn disarm(mut self) -> Option<Proc> {
         self.paths.clear();
         self.uid = None;
         self.refs.clear();
@@ -404,7 +413,10 @@ impl QemuBackend {
         undo.paths = vec![dir.clone()];
         // Its sockets moved with the directory (a socket is found by inode).
         proc.run = crate::supervise::RunDir(dir.join(RUN_DIR));
-        let _ = confine::move_uid(&state_dir, uid, &name);
+        if let Err(e) = hand_over_uid(&state_dir, uid, &name) {
+            undo.proc = Some(proc);
+            return Err(e);
+        }
         let _ = pool_name;
         self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
         let chain = match &snapshot.record.disk {
@@ -593,6 +605,13 @@ impl QemuBackend {
             undo.proc = Some(proc);
             return Err(e);
         }
+        if let Some((_, uid)) = &pooled {
+            // Before the commit: once committed, the claim must name it.
+            if let Err(e) = hand_over_uid(&state_dir, *uid, &name) {
+                undo.proc = Some(proc);
+                return Err(e);
+            }
+        }
         let mut vm = QemuVm::new(self.clone(), id, dir.clone(), record, proc);
         if let Err(e) = vm.commit().await {
             // The suspended microVM keeps its files: only what this resume
@@ -603,9 +622,8 @@ impl QemuBackend {
         undo.disarm();
         // The guest owns its state again; the suspended generation is stale.
         let _ = std::fs::remove_dir_all(&gen_dir);
-        if let Some((pool_dir, uid)) = pooled {
+        if let Some((pool_dir, _)) = pooled {
             confine::release_uid(&state_dir, old_uid);
-            let _ = confine::move_uid(&state_dir, uid, &name);
             let _ = std::fs::remove_dir_all(pool_dir);
         }
         Ok(vm)
