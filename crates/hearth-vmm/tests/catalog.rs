@@ -47,9 +47,15 @@ async fn e2e_snapshots_are_kept_while_used_and_refused_where_they_cannot_restore
         .unwrap();
     let suspended = b.suspend().await.unwrap();
     drop(b);
+    env.backend.prestart(&snap, 1).await.unwrap();
     let err = env.backend.delete_snapshot(&snap).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, VmError::InUse { .. }), "{msg}");
+    assert_eq!(
+        env.backend.pooled(&snap),
+        1,
+        "a refused delete stopped the snapshot's waiting QEMU"
+    );
     assert!(
         msg.contains("microVM cat-a") && msg.contains("microVM cat-b"),
         "{msg}"

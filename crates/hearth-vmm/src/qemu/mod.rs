@@ -273,10 +273,12 @@ impl QemuBackend {
     }
 
     /// Delete a snapshot from the catalog: refused while a microVM or
-    /// another snapshot depends on it. Its pre-started QEMUs go first.
+    /// another snapshot depends on it. Its pre-started QEMUs and its memory
+    /// image go once it is deleted (a refused delete leaves them waiting;
+    /// they hold no reference, and a launch checks the catalog first).
     pub fn delete_snapshot(&self, snapshot: &Snapshot) -> Result<(), VmError> {
-        self.drain_pool(snapshot);
         self.inner.catalog.delete(&snapshot.id)?;
+        self.drain_pool(snapshot);
         self.inner.images.lock().unwrap().remove(&snapshot.id);
         Ok(())
     }
