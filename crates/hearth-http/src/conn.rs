@@ -21,6 +21,10 @@ use crate::reply::{error_response, new_request_id, ConnInfo, RequestId, REQUEST_
 use crate::server::Service;
 use crate::{h2, Response};
 
+/// How long a closing connection keeps reading (and discarding) what the
+/// client is still sending.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// The connection's socket and what was read from it but not yet used.
 pub(crate) struct ConnIo {
     stream: TcpStream,
@@ -159,6 +163,30 @@ impl ConnIo {
         }
     }
 
+    /// Close after an answer while the client may still be sending (a body
+    /// that was not read, a head that was refused): send FIN, then read and
+    /// discard for a moment, so that the client's kernel does not answer our
+    /// close with a reset that destroys the answer before it is read.
+    async fn lingering_close(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; READ_CHUNK_BYTES];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Answer and close (see [`ConnIo::lingering_close`]).
+    async fn refuse(&mut self, resp: Response, rid: &str) {
+        if self.write_response(resp, rid, true, false).await.is_ok() {
+            self.lingering_close().await;
+        }
+    }
+
     /// Read the current request's body (`len_bytes`, all of what is left).
     pub(crate) async fn read_body(&mut self, len_bytes: u64) -> Result<Bytes, BodyError> {
         debug_assert_eq!(len_bytes, self.body_remaining);
@@ -279,11 +307,7 @@ pub(crate) async fn run<S: Service>(
             HeadOutcome::Request(h) => h,
             HeadOutcome::Close => return,
             HeadOutcome::Refuse(resp) => {
-                let _ = io
-                    .lock()
-                    .await
-                    .write_response(resp, &rid, true, false)
-                    .await;
+                io.lock().await.refuse(resp, &rid).await;
                 return;
             }
             HeadOutcome::Http2 => {
@@ -295,11 +319,7 @@ pub(crate) async fn run<S: Service>(
         let (req, keep_alive) = match request(head, &io, peer, &rid).await {
             Ok(r) => r,
             Err(resp) => {
-                let _ = io
-                    .lock()
-                    .await
-                    .write_response(resp, &rid, true, false)
-                    .await;
+                io.lock().await.refuse(resp, &rid).await;
                 return;
             }
         };
@@ -312,12 +332,18 @@ pub(crate) async fn run<S: Service>(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         // A body the service did not read is not drained: the connection
         // ends after the answer instead.
-        let close = !keep_alive || wants_close || g.body_remaining > 0 || *shutdown.borrow();
+        let unread = g.body_remaining > 0;
+        let close = !keep_alive || wants_close || unread || *shutdown.borrow();
         if g.write_response(resp, &rid, close, head_only)
             .await
             .is_err()
-            || close
         {
+            return;
+        }
+        if close {
+            if unread {
+                g.lingering_close().await;
+            }
             return;
         }
     }

@@ -459,3 +459,22 @@ fn a_body_dripped_below_the_minimum_rate_is_cut_off() {
     let a = answers(&answer);
     a[0].assert_aws_error(408, "RequestTimeoutException");
 }
+
+#[test]
+fn a_client_still_sending_a_refused_body_reads_the_refusal_not_a_reset() {
+    let addr = start(limits());
+    for _ in 0..5 {
+        let mut s = connect(addr);
+        s.write_all(b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 16777216\r\n\r\n")
+            .unwrap();
+        // Keep sending the body the server will never read, as clients
+        // without Expect: 100-continue do.
+        let chunk = vec![b'x'; 64 * 1024];
+        for i in 0..256 {
+            s.write_all(&chunk)
+                .unwrap_or_else(|e| panic!("sending chunk {i} of the body: {e}"));
+        }
+        let a = answers(&read_to_close(&mut s));
+        a[0].assert_aws_error(403, "AccessDeniedException");
+    }
+}
