@@ -37,6 +37,17 @@ pub use store::Store;
 
 use sha2::{Digest, Sha256};
 
+/// How long a client token is remembered: a retry within this time gets the
+/// first answer again; after it, the token is free and its record is purged
+/// ([`Store::purge_idempotency`], which `hearth serve` runs every hour).
+pub const IDEMPOTENCY_RECORD_TTL_SECS: i64 = 24 * 60 * 60;
+
+/// A started request whose record is still "in progress" after this long
+/// was abandoned (its server died mid-request: a live server runs every
+/// request to its end and completes or releases its token); the next
+/// request with the token runs the operation again.
+pub const IDEMPOTENCY_IN_PROGRESS_TTL_SECS: i64 = 5 * 60;
+
 /// The idempotency fingerprint of a request: lowercase hex SHA-256 of the
 /// bytes given. Pass a canonical form of the request (e.g. the parsed body
 /// re-serialised with sorted keys and without the `clientToken` member), so

@@ -225,7 +225,10 @@ pub trait Store: Send + Sync {
     // ------------------------------------------------------- idempotency
 
     /// Atomically inserts a record for `(account, operation, client_token)`
-    /// unless one exists, and says what was there. `request_fingerprint` is
+    /// unless one exists, and says what was there. A record older than
+    /// [`crate::IDEMPOTENCY_RECORD_TTL_SECS`], or still in progress after
+    /// [`crate::IDEMPOTENCY_IN_PROGRESS_TTL_SECS`], counts as absent and is
+    /// replaced. `request_fingerprint` is
     /// the hex SHA-256 of the canonical request (see
     /// [`crate::request_fingerprint`]).
     fn idempotency_begin(

@@ -1176,6 +1176,72 @@ fn cursor_serde_round_trip() {
 // --------------------------------------------------------------- idempotency
 
 #[test]
+fn idempotency_records_expire_and_abandoned_ones_are_taken_over() {
+    use hearth_store::{IDEMPOTENCY_IN_PROGRESS_TTL_SECS, IDEMPOTENCY_RECORD_TTL_SECS};
+    let f = fixture();
+    let a = account(&f.store, "alice");
+    let fp = request_fingerprint(b"a");
+    let other = request_fingerprint(b"b");
+    let t0 = 1_000_000;
+    // In progress: still so just before its lifetime, taken over after it.
+    assert_eq!(
+        f.store
+            .idempotency_begin(&a, "RunMicrovm", "t", &fp, t0)
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    assert_eq!(
+        f.store
+            .idempotency_begin(
+                &a,
+                "RunMicrovm",
+                "t",
+                &fp,
+                t0 + IDEMPOTENCY_IN_PROGRESS_TTL_SECS
+            )
+            .unwrap(),
+        IdempotencyBegin::InProgress {
+            created_at_secs: t0
+        }
+    );
+    let t1 = t0 + IDEMPOTENCY_IN_PROGRESS_TTL_SECS + 1;
+    assert_eq!(
+        f.store
+            .idempotency_begin(&a, "RunMicrovm", "t", &fp, t1)
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+    // Completed: replayed (and a different request refused) for 24 hours,
+    // then the token is free again, whatever the request.
+    let resp = StoredResponse {
+        status: 200,
+        body: b"{}".to_vec(),
+    };
+    f.store
+        .idempotency_complete(&a, "RunMicrovm", "t", &resp)
+        .unwrap();
+    let last = t1 + IDEMPOTENCY_RECORD_TTL_SECS;
+    assert_eq!(
+        f.store
+            .idempotency_begin(&a, "RunMicrovm", "t", &fp, last)
+            .unwrap(),
+        IdempotencyBegin::Completed(resp)
+    );
+    assert!(matches!(
+        f.store
+            .idempotency_begin(&a, "RunMicrovm", "t", &other, last)
+            .unwrap(),
+        IdempotencyBegin::Mismatch { .. }
+    ));
+    assert_eq!(
+        f.store
+            .idempotency_begin(&a, "RunMicrovm", "t", &other, last + 1)
+            .unwrap(),
+        IdempotencyBegin::Started
+    );
+}
+
+#[test]
 fn idempotency_begin_complete_replay_conflict() {
     let f = fixture();
     let a = account(&f.store, "alice");

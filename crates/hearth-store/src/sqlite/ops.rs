@@ -1287,6 +1287,24 @@ impl Store for SqliteStore {
                     ))
                 },
             )?;
+            // A record past its lifetime, or abandoned in progress, is as
+            // good as absent.
+            let existing = match existing {
+                Some((_, status, _, created_at))
+                    if created_at < now_secs - crate::IDEMPOTENCY_RECORD_TTL_SECS
+                        || (status.is_none()
+                            && created_at < now_secs - crate::IDEMPOTENCY_IN_PROGRESS_TTL_SECS) =>
+                {
+                    tx.execute(
+                        "DELETE FROM idempotency_records \
+                         WHERE account_id = ?1 AND operation = ?2 AND client_token = ?3",
+                        params![account_id.as_str(), operation, client_token],
+                    )
+                    .map_err(sql_err("delete an expired idempotency record"))?;
+                    None
+                }
+                other => other,
+            };
             match existing {
                 None => {
                     ensure_account(tx, account_id)?;
