@@ -5,9 +5,9 @@
 //! `x-amzn-errortype` header, a JSON body with `message` plus the modelled
 //! members. Built on the request task; no I/O.
 
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use hearth_store::{ResourceKind, StoreError};
+use http::{HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 
 /// One API failure, as the client will see it.
@@ -53,6 +53,18 @@ pub enum ApiError {
     /// 402.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// 413: the body is larger than the API accepts (refused from its
+    /// `Content-Length`, before it is read).
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The body could not be read (too slow, cut off): the front end's
+    /// status and error type.
+    #[error("{message}")]
+    Body {
+        status: StatusCode,
+        shape: &'static str,
+        message: String,
+    },
     /// 429.
     #[error("rate exceeded")]
     Throttling { retry_after_secs: u32 },
@@ -94,6 +106,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowedException",
             ApiError::Conflict { .. } => "ConflictException",
             ApiError::QuotaExceeded(_) => "ServiceQuotaExceededException",
+            ApiError::PayloadTooLarge(_) => "RequestEntityTooLargeException",
+            ApiError::Body { shape, .. } => shape,
             ApiError::Throttling { .. } => "ThrottlingException",
             ApiError::NotImplemented(_) => "NotImplementedException",
             ApiError::Internal(_) => "InternalServerException",
@@ -108,6 +122,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::QuotaExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Body { status, .. } => *status,
             ApiError::Throttling { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,12 +164,17 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+impl ApiError {
+    /// The whole answer: status, `x-amzn-errortype`, the JSON body, and
+    /// `retry-after` or `allow` where they apply.
+    pub fn to_response(&self) -> hearth_http::Response {
+        let body = serde_json::to_vec(&self.body()).expect("a JSON object serializes");
+        let mut resp = http::Response::new(Bytes::from(body));
+        *resp.status_mut() = self.status();
         let h = resp.headers_mut();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert("x-amzn-errortype", HeaderValue::from_static(self.shape()));
-        match &self {
+        match self {
             ApiError::Throttling { retry_after_secs } => {
                 h.insert("retry-after", HeaderValue::from(*retry_after_secs));
             }
@@ -259,7 +280,7 @@ mod tests {
         let t = ApiError::Throttling {
             retry_after_secs: 3,
         };
-        let r = t.into_response();
+        let r = t.to_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "3");
         assert_eq!(r.headers()["x-amzn-errortype"], "ThrottlingException");
@@ -276,10 +297,10 @@ mod tests {
             message: "no".into(),
             allowed: vec!["GET".into(), "DELETE".into()],
         }
-        .into_response();
+        .to_response();
         assert_eq!(r.status(), 405);
         assert_eq!(r.headers()["allow"], "GET, DELETE");
-        let r = ApiError::Serialization("not JSON".into()).into_response();
+        let r = ApiError::Serialization("not JSON".into()).to_response();
         assert_eq!(r.status(), 400);
         assert_eq!(r.headers()["x-amzn-errortype"], "SerializationException");
     }

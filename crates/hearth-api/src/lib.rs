@@ -18,4 +18,4 @@ pub mod server;
 
 pub use context::{AppState, Caller, ManagedImage};
 pub use datadir::DataDir;
-pub use server::router;
+pub use server::Api;

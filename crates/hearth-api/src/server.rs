@@ -1,24 +1,28 @@
 //! The request pipeline.
 //!
-//! Owns what happens to every HTTP request, in order: request id, body limit,
-//! SigV4 authentication, model routing, input validation, idempotency, the
-//! handler, and the AWS-shaped response. One axum fallback handler runs it on
-//! the connection's Tokio task; store calls go through `spawn_blocking`.
+//! Owns what happens to every API request, in order: authentication from the
+//! headers alone (the `Authorization` header's form, its date, region and
+//! service, and the access key) before a byte of the body is read; a body
+//! budget that bounds what requests not yet authenticated may hold at once;
+//! the body read and the signature verified over it; model routing and
+//! input validation; idempotency; the handler; and the AWS-shaped answer.
+//! [`Api`] is the [`hearth_http::Service`] of the API listener: each request
+//! runs on its connection's Tokio task, to its end even if the client goes
+//! away; store calls go through `spawn_blocking`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use axum::Router;
+use bytes::Bytes;
 use hearth_api_model::{InputError, Model, RouteError};
+use hearth_http::{Body, RequestId};
 use hearth_sigv4::SecretKey;
 use hearth_store::{IdempotencyBegin, StoredResponse};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::context::{blocking, unix_secs, AppState, Caller};
 use crate::error::ApiError;
@@ -27,263 +31,346 @@ use crate::handlers;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
-/// Build the router. `/hearth/v1/ping` answers without authentication (the
-/// ceiling `hearth bench api` compares against); everything else is the API.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/hearth/v1/ping", axum::routing::get(|| async { "pong" }))
-        .fallback(handle)
-        .with_state(state)
+/// Body bytes that requests not yet authenticated (their headers passed,
+/// their signature not yet checked) may hold at once, server-wide.
+pub const UNVERIFIED_BODY_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a request waits for room in that budget before it is answered
+/// `ThrottlingException` (which the AWS clients retry).
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+
+/// The budget is counted in KiB.
+const BUDGET_UNIT_BYTES: usize = 1024;
+
+/// The API listener's service.
+pub struct Api {
+    state: Arc<AppState>,
+    unverified_budget: Semaphore,
 }
 
-fn request_id() -> String {
-    let b: [u8; 16] = rand::random();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-async fn handle(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let rid = request_id();
-    let result = pipeline(&state, &method, &uri, &headers, body).await;
-    let mut resp = match result {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(request_id = %rid, path = uri.path(), error = e.shape(), "{e}");
-            e.into_response()
+impl Api {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Api {
+            state,
+            unverified_budget: Semaphore::new(UNVERIFIED_BODY_BUDGET_BYTES / BUDGET_UNIT_BYTES),
         }
-    };
-    resp.headers_mut().insert(
-        "x-amzn-requestid",
-        HeaderValue::from_str(&rid).expect("hex id"),
-    );
-    resp
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
 }
 
-async fn pipeline(
-    state: &Arc<AppState>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    // 1. Body: at most MAX_BODY_BYTES are ever buffered. The body is read
-    // up to the limit rather than refused on Content-Length alone, so that
-    // the client, still sending, reliably gets the 400 instead of a reset.
-    let body: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| too_large())?;
-    if !body.is_empty() {
-        let ct = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mime = ct.split(';').next().unwrap_or("").trim();
-        if !mime.eq_ignore_ascii_case("application/json")
-            && !mime.eq_ignore_ascii_case("application/x-amz-json-1.1")
-        {
-            return Err(ApiError::Validation(format!(
-                "Content-Type must be application/json for a request with a body (got {:?})",
-                ct.chars().take(64).collect::<String>()
+impl hearth_http::Service for Api {
+    async fn call(&self, req: hearth_http::Request) -> hearth_http::Response {
+        let rid = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(hearth_http::new_request_id);
+        let path = req.uri().path().to_string();
+        let mut resp = match self.pipeline(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(request_id = %rid, path = %path, error = e.shape(), "{e}");
+                e.to_response()
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert(hearth_http::REQUEST_ID_HEADER, v);
+        }
+        resp
+    }
+}
+
+/// The unauthenticated ceiling `hearth bench api` compares against.
+const PING_PATH: &str = "/hearth/v1/ping";
+
+impl Api {
+    async fn pipeline(&self, req: hearth_http::Request) -> Result<hearth_http::Response, ApiError> {
+        let state = &self.state;
+        let (parts, body) = req.into_parts();
+        let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
+        if uri.path() == PING_PATH && method == Method::GET {
+            let mut r = http::Response::new(Bytes::from_static(b"pong"));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+            return Ok(r);
+        }
+
+        // 1. Authentication from the headers alone: nothing of the body is
+        // read for a request that cannot be from a known key.
+        let (account_id, keys) = self.authenticate_head(method, uri, headers).await?;
+
+        // 2. The body, within its limit and the server-wide budget for
+        // bodies whose signature is not yet checked.
+        if body.len_bytes() > MAX_BODY_BYTES as u64 {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "The request body is {} bytes; the limit is {MAX_BODY_BYTES} bytes",
+                body.len_bytes()
             )));
         }
-    }
+        let body = self.read_body(body).await?;
 
-    // 2. Authentication.
-    let raw_path = uri.path();
-    let raw_query = uri.query().unwrap_or("");
-    let header_pairs: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("\u{fffd}")))
-        .collect();
-    let Some(auth_value) = headers.get("authorization") else {
-        return Err(ApiError::Auth {
-            code: "MissingAuthenticationTokenException",
-            message: "Missing Authentication Token".into(),
-        });
-    };
-    let auth_value = auth_value.to_str().unwrap_or("");
-    let akid = match hearth_sigv4::parse_authorization(auth_value) {
-        Ok(a) => a.access_key_id.to_string(),
-        Err(e) => return Err(auth_err(e)),
-    };
-    let store = state.store.clone();
-    let lookup_key = akid.clone();
-    let found = blocking("looking up an access key", move || {
-        store.secret_for(&lookup_key)
-    })
-    .await?;
-    let (account_id, secret) = match found {
-        Some((acct, secret)) => (acct, SecretKey::new(secret.expose().to_string())),
-        None => {
-            return Err(ApiError::Auth {
-                code: "UnrecognizedClientException",
-                message: "The security token included in the request is invalid.".into(),
-            })
-        }
-    };
-    let mut keys = HashMap::new();
-    keys.insert(akid, secret);
-    let req = hearth_sigv4::Request {
-        method: method.as_str(),
-        raw_path,
-        raw_query,
-        headers: &header_pairs,
-        body: &body,
-    };
-    let verified =
-        hearth_sigv4::verify(&req, &keys, SystemTime::now(), "lambda").map_err(auth_err)?;
-    if verified.session_token.is_some() {
-        // Hearth issues no temporary credentials, so no session token is valid.
-        return Err(ApiError::Auth {
-            code: "UnrecognizedClientException",
-            message: "The security token included in the request is invalid.".into(),
-        });
-    }
-    let caller = Caller {
-        account_id,
-        region: verified.region.clone(),
-    };
-
-    // 3. Route and validate.
-    let model = Model::get();
-    let route = model
-        .route(method.as_str(), raw_path)
-        .map_err(|e| match e {
-            RouteError::NotFound => {
-                ApiError::UnknownOperation(format!("No operation matches {} {}", method, raw_path))
-            }
-            RouteError::MethodNotAllowed { allowed } => ApiError::MethodNotAllowed {
-                message: format!(
-                    "{method} is not allowed here; allowed: {}",
-                    allowed.join(", ")
-                ),
-                allowed,
-            },
-        })?;
-    let op = route.operation;
-    let owned_headers: Vec<(String, String)> = header_pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let input = model
-        .parse_input(op, &route.labels, raw_query, &owned_headers, &body)
-        .map_err(|e| match e {
-            InputError::Validation(v) => ApiError::Validation(v.to_string()),
-            InputError::BodyNotJson { detail } => {
-                ApiError::Serialization(format!("Request body is not a JSON object: {detail}"))
-            }
-        })?;
-
-    // 4. Idempotency (create/update image, run).
-    let token = model.idempotency_token(op, &input).map(str::to_owned);
-    if let Some(token) = &token {
-        let fingerprint = fingerprint(
-            &op.name,
-            &input,
-            model.op_idempotency_member(op).unwrap_or(""),
-        );
-        let (store, acct, opn, tok) = (
-            state.store.clone(),
-            caller.account_id.clone(),
-            op.name.clone(),
-            token.clone(),
-        );
-        let now = unix_secs();
-        let begun = blocking("checking the client token", move || {
-            store.idempotency_begin(&acct, &opn, &tok, &fingerprint, now)
-        })
-        .await?;
-        match begun {
-            IdempotencyBegin::Started => {}
-            IdempotencyBegin::Completed(stored) => return Ok(stored_response(stored)),
-            IdempotencyBegin::InProgress { .. } => {
-                return Err(ApiError::Conflict {
-                    message: "A request with this clientToken is still in progress".into(),
-                    resource_id: None,
-                    resource_type: None,
-                })
-            }
-            _ => {
-                return Err(ApiError::Conflict {
-                    message: "The clientToken was already used with a different request".into(),
-                    resource_id: None,
-                    resource_type: None,
-                })
-            }
-        }
-    }
-
-    // 5. The operation.
-    let outcome = handlers::dispatch(state, &caller, &op.name, input).await;
-
-    // 6. Respond (and remember the response for the client token).
-    let (status, body) = match outcome {
-        Ok(v) => (
-            StatusCode::from_u16(op.response_code).unwrap_or(StatusCode::OK),
-            v,
-        ),
-        Err(e) => {
-            if let Some(tok) = token {
-                let (store, acct, opn) = (
-                    state.store.clone(),
-                    caller.account_id.clone(),
-                    op.name.clone(),
-                );
-                let _ = blocking("releasing the client token", move || {
-                    store.idempotency_abort(&acct, &opn, &tok)
-                })
-                .await;
-            }
-            return Err(e);
-        }
-    };
-    let bytes = if status == StatusCode::NO_CONTENT {
-        Vec::new()
-    } else {
-        serde_json::to_vec(&body).expect("serialize")
-    };
-    if let Some(tok) = token {
-        let stored = StoredResponse {
-            status: status.as_u16(),
-            body: bytes.clone(),
+        // 3. The signature, over the body.
+        let header_pairs = header_pairs(headers);
+        let req = hearth_sigv4::Request {
+            method: method.as_str(),
+            raw_path: uri.path(),
+            raw_query: uri.query().unwrap_or(""),
+            headers: &header_pairs,
+            body: &body,
         };
-        let (store, acct, opn) = (
-            state.store.clone(),
-            caller.account_id.clone(),
-            op.name.clone(),
-        );
-        blocking("recording the client token", move || {
-            store.idempotency_complete(&acct, &opn, &tok, &stored)
+        let verified = hearth_sigv4::verify(&req, &keys, SystemTime::now(), self.verify_options())
+            .map_err(auth_err)?;
+        if verified.session_token.is_some() {
+            // Hearth issues no temporary credentials, so no session token is valid.
+            return Err(unrecognized_client());
+        }
+        let caller = Caller {
+            account_id,
+            region: state.region.clone(),
+        };
+        self.operation(method, uri, headers, &caller, body).await
+    }
+
+    /// What can be known from the headers: the `Authorization` header is
+    /// well formed and fresh, scoped to this service and region, and names
+    /// an active key. Returns its account and the key for verification.
+    async fn authenticate_head(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<(hearth_store::AccountId, HashMap<String, SecretKey>), ApiError> {
+        let header_pairs = header_pairs(headers);
+        let auth = hearth_sigv4::precheck(
+            method.as_str(),
+            uri.path(),
+            uri.query().unwrap_or(""),
+            &header_pairs,
+            SystemTime::now(),
+            self.verify_options(),
+        )
+        .map_err(auth_err)?;
+        let akid = auth.access_key_id.to_string();
+        let store = self.state.store.clone();
+        let lookup_key = akid.clone();
+        let found = blocking("looking up an access key", move || {
+            store.secret_for(&lookup_key)
         })
         .await?;
+        let Some((account_id, secret)) = found else {
+            return Err(unrecognized_client());
+        };
+        let mut keys = HashMap::new();
+        keys.insert(akid, SecretKey::new(secret.expose().to_string()));
+        Ok((account_id, keys))
     }
-    Ok(json_response(status, bytes))
+
+    /// Requests are signed for the `lambda` service in this server's region.
+    fn verify_options(&self) -> hearth_sigv4::VerifyOptions<'_> {
+        hearth_sigv4::VerifyOptions {
+            service: "lambda",
+            region: Some(&self.state.region),
+        }
+    }
+
+    /// Read the body while holding its share of the unverified-body budget.
+    async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
+        let len = usize::try_from(body.len_bytes()).unwrap_or(usize::MAX);
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let units = u32::try_from(len.div_ceil(BUDGET_UNIT_BYTES)).unwrap_or(u32::MAX);
+        let _permit =
+            match tokio::time::timeout(BUDGET_WAIT, self.unverified_budget.acquire_many(units))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                _ => {
+                    return Err(ApiError::Throttling {
+                        retry_after_secs: 1,
+                    })
+                }
+            };
+        body.read_all(MAX_BODY_BYTES)
+            .await
+            .map_err(|e| ApiError::Body {
+                status: e.status(),
+                shape: e.error_type(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Route, validate, run the operation (with its client token), answer.
+    async fn operation(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        caller: &Caller,
+        body: Bytes,
+    ) -> Result<hearth_http::Response, ApiError> {
+        let state = &self.state;
+        if !body.is_empty() {
+            let ct = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/json")
+                && !mime.eq_ignore_ascii_case("application/x-amz-json-1.1")
+            {
+                return Err(ApiError::Validation(format!(
+                    "Content-Type must be application/json for a request with a body (got {:?})",
+                    ct.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        let raw_path = uri.path();
+        let raw_query = uri.query().unwrap_or("");
+        let model = Model::get();
+        let route = model
+            .route(method.as_str(), raw_path)
+            .map_err(|e| route_error(e, method, raw_path))?;
+        let op = route.operation;
+        let owned_headers: Vec<(String, String)> = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let input = model
+            .parse_input(op, &route.labels, raw_query, &owned_headers, &body)
+            .map_err(|e| match e {
+                InputError::Validation(v) => ApiError::Validation(v.to_string()),
+                InputError::BodyNotJson { detail } => {
+                    ApiError::Serialization(format!("Request body is not a JSON object: {detail}"))
+                }
+                e @ InputError::TooManyQueryParameters { .. } => {
+                    ApiError::Validation(e.to_string())
+                }
+            })?;
+
+        // Idempotency (create/update image, run).
+        let token = model.idempotency_token(op, &input).map(str::to_owned);
+        if let Some(token) = &token {
+            let fingerprint = fingerprint(
+                &op.name,
+                &input,
+                model.op_idempotency_member(op).unwrap_or(""),
+            );
+            let (store, acct, opn, tok) = (
+                state.store.clone(),
+                caller.account_id.clone(),
+                op.name.clone(),
+                token.clone(),
+            );
+            let now = unix_secs();
+            let begun = blocking("checking the client token", move || {
+                store.idempotency_begin(&acct, &opn, &tok, &fingerprint, now)
+            })
+            .await?;
+            match begun {
+                IdempotencyBegin::Started => {}
+                IdempotencyBegin::Completed(stored) => return Ok(stored_response(stored)),
+                IdempotencyBegin::InProgress { .. } => {
+                    return Err(ApiError::Conflict {
+                        message: "A request with this clientToken is still in progress".into(),
+                        resource_id: None,
+                        resource_type: None,
+                    })
+                }
+                _ => {
+                    return Err(ApiError::Conflict {
+                        message: "The clientToken was already used with a different request".into(),
+                        resource_id: None,
+                        resource_type: None,
+                    })
+                }
+            }
+        }
+
+        let outcome = handlers::dispatch(state, caller, &op.name, input).await;
+
+        let (status, body) = match outcome {
+            Ok(v) => (
+                StatusCode::from_u16(op.response_code).unwrap_or(StatusCode::OK),
+                v,
+            ),
+            Err(e) => {
+                if let Some(tok) = token {
+                    let (store, acct, opn) = (
+                        state.store.clone(),
+                        caller.account_id.clone(),
+                        op.name.clone(),
+                    );
+                    let _ = blocking("releasing the client token", move || {
+                        store.idempotency_abort(&acct, &opn, &tok)
+                    })
+                    .await;
+                }
+                return Err(e);
+            }
+        };
+        let bytes = if status == StatusCode::NO_CONTENT {
+            Vec::new()
+        } else {
+            serde_json::to_vec(&body).expect("serialize")
+        };
+        if let Some(tok) = token {
+            let stored = StoredResponse {
+                status: status.as_u16(),
+                body: bytes.clone(),
+            };
+            let (store, acct, opn) = (
+                state.store.clone(),
+                caller.account_id.clone(),
+                op.name.clone(),
+            );
+            blocking("recording the client token", move || {
+                store.idempotency_complete(&acct, &opn, &tok, &stored)
+            })
+            .await?;
+        }
+        Ok(json_response(status, bytes))
+    }
 }
 
-fn json_response(status: StatusCode, bytes: Vec<u8>) -> Response {
-    let mut r = Response::new(Body::from(bytes));
+fn header_pairs(headers: &HeaderMap) -> Vec<(&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect()
+}
+
+fn route_error(e: RouteError, method: &Method, raw_path: &str) -> ApiError {
+    match e {
+        RouteError::NotFound => {
+            ApiError::UnknownOperation(format!("No operation matches {method} {raw_path}"))
+        }
+        RouteError::MethodNotAllowed { allowed } => ApiError::MethodNotAllowed {
+            message: format!(
+                "{method} is not allowed here; allowed: {}",
+                allowed.join(", ")
+            ),
+            allowed,
+        },
+        other => ApiError::Validation(other.to_string()),
+    }
+}
+
+fn json_response(status: StatusCode, bytes: Vec<u8>) -> hearth_http::Response {
+    let no_content = status == StatusCode::NO_CONTENT;
+    let mut r = http::Response::new(Bytes::from(bytes));
     *r.status_mut() = status;
-    if status != StatusCode::NO_CONTENT {
+    if !no_content {
         r.headers_mut()
             .insert("content-type", HeaderValue::from_static("application/json"));
     }
     r
 }
 
-fn stored_response(s: StoredResponse) -> Response {
+fn stored_response(s: StoredResponse) -> hearth_http::Response {
     json_response(
         StatusCode::from_u16(s.status).unwrap_or(StatusCode::OK),
         s.body,
@@ -304,10 +391,11 @@ fn fingerprint(op: &str, input: &Value, token_member: &str) -> String {
     hex::encode(h.finalize())
 }
 
-fn too_large() -> ApiError {
-    ApiError::Validation(format!(
-        "Request body exceeds the {MAX_BODY_BYTES}-byte limit"
-    ))
+fn unrecognized_client() -> ApiError {
+    ApiError::Auth {
+        code: "UnrecognizedClientException",
+        message: "The security token included in the request is invalid.".into(),
+    }
 }
 
 fn auth_err(e: hearth_sigv4::SigV4Error) -> ApiError {

@@ -2,7 +2,8 @@
 //! concurrent clients, next to an unauthenticated trivial handler on the
 //! same server (the ceiling). Runs an in-process server on a loopback port
 //! with a throw-away data directory; clients are keep-alive HTTP/1.1
-//! connections on the same Tokio runtime.
+//! connections on the same Tokio runtime. Then GetMicrovm again while 100
+//! slow clients hold connections open (the slowloris case).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,7 +82,7 @@ fn signed(host: &str, path: &str, query: &str, akid: &str, secret: &SecretKey) -
         .unwrap()
         .as_secs() as i64;
     let date = hearth_sigv4::format_amz_date(now);
-    let headers = [("host", host), ("x-amz-date", date.as_str())];
+    let headers = [("host", host.as_bytes()), ("x-amz-date", date.as_bytes())];
     let req = hearth_sigv4::Request {
         method: "GET",
         raw_path: path,
@@ -104,6 +105,85 @@ fn signed(host: &str, path: &str, query: &str, akid: &str, secret: &SecretKey) -
         format!("{path}?{query}")
     };
     format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {date}\r\nauthorization: {auth}\r\n\r\n")
+}
+
+/// How many slow clients `hearth bench api` keeps connected.
+const SLOW_CLIENTS: usize = 100;
+
+/// Keep `n` slow clients connected until `stop`: a third send nothing, a
+/// third drip a request head, a third drip a 6 MiB body after a head that
+/// names a real access key. Returns how many connections they opened.
+fn spawn_slow_clients(
+    addr: std::net::SocketAddr,
+    host: &str,
+    akid: &str,
+    n: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
+    let date = hearth_sigv4::format_amz_date(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    );
+    let body_head = format!(
+        "POST /2025-09-09/microvms HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {date}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\
+         authorization: AWS4-HMAC-SHA256 Credential={akid}/{}/us-east-1/lambda/aws4_request, \
+         SignedHeaders=host;x-amz-date, Signature={}\r\n\r\n",
+        6 * 1024 * 1024,
+        &date[..8],
+        "0".repeat(64)
+    );
+    let head_start = format!("GET /2025-09-09/microvms HTTP/1.1\r\nhost: {host}\r\n");
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (stop, body_head, head_start) =
+                (stop.clone(), body_head.clone(), head_start.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut opened = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(addr).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    opened += 1;
+                    let first: &[u8] = match i % 3 {
+                        0 => b"",
+                        1 => head_start.as_bytes(),
+                        _ => body_head.as_bytes(),
+                    };
+                    if s.write_all(first).await.is_err() {
+                        continue;
+                    }
+                    // Drip one byte every 200 ms until the server closes.
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return opened;
+                        }
+                        let drip: &[u8] = if i % 3 == 1 { b"x" } else { b"{" };
+                        if i % 3 != 0 && s.write_all(drip).await.is_err() {
+                            break;
+                        }
+                        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf))
+                            .await
+                        {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            _ => {}
+                        }
+                    }
+                }
+                opened
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap_or(0);
+        }
+        total
+    })
 }
 
 struct Level {
@@ -183,7 +263,12 @@ pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, hearth_api::router(state)).await });
+    tokio::spawn(hearth_http::serve(
+        listener,
+        hearth_http::Limits::default(),
+        Arc::new(hearth_api::Api::new(state)),
+        std::future::pending(),
+    ));
     let host = addr.to_string();
     let akid = key.key.access_key_id.clone();
     let secret = SecretKey::new(key.secret_access_key.expose().to_string());
@@ -219,22 +304,40 @@ pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
         })
     };
     let mut rows = Vec::new();
+    let per = |clients: usize| {
+        if clients == 1 {
+            a.requests * 4
+        } else {
+            a.requests
+        }
+    };
     for (name, head) in [
         ("unauthenticated ping (ceiling)", ping),
-        ("GetMicrovm (signed)", get),
+        ("GetMicrovm (signed)", get.clone()),
         ("ListMicrovms (signed, 10 items)", list),
     ] {
         for clients in [1usize, 64] {
-            let per = if clients == 1 {
-                a.requests * 4
-            } else {
-                a.requests
-            };
             eprintln!("[bench api] {name}, {clients} client(s)");
-            let l = measure(addr, clients, per, head.clone()).await?;
+            let l = measure(addr, clients, per(clients), head.clone()).await?;
             rows.push((name, l));
         }
     }
+    // The same signed GetMicrovm while 100 slow clients hold connections:
+    // silent ones, heads dripped a byte at a time, and bodies dripped after
+    // a head that names a real key (so they pass the header checks and take
+    // their share of the unverified-body budget). Each reconnects as soon
+    // as the server cuts it off.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow = spawn_slow_clients(addr, &host, &akid, SLOW_CLIENTS, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for clients in [1usize, 64] {
+        eprintln!("[bench api] GetMicrovm with {SLOW_CLIENTS} slow clients, {clients} client(s)");
+        let l = measure(addr, clients, per(clients), get.clone()).await?;
+        rows.push(("GetMicrovm (signed), 100 slow clients connected", l));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let held = slow.await?;
+    eprintln!("[bench api] slow clients: {held} connections opened, all cut off by the server");
     let mut table = String::from(
         "| request | clients | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
     );
@@ -255,7 +358,11 @@ pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
             "## API\n\nWritten by `hearth bench api`. In-process server on loopback, SQLite store, keep-alive HTTP/1.1 \
              clients on the same {}-core host (clients and server share the CPU). Each signed request is signed \
              fresh by the client (SigV4, as the AWS SDKs do) and fully verified, routed, validated and answered \
-             from the store by the server; the ceiling is an unauthenticated handler that returns a constant.\n\n{table}",
+             from the store by the server; the ceiling is an unauthenticated handler that returns a constant. \
+             The last rows repeat GetMicrovm while 100 slow clients (in the same process) hold connections: \
+             a third silent, a third dripping a request head, a third dripping a 6 MiB body after a head that \
+             names a real access key; the server cuts each off (408) within its limits and they reconnect at \
+             once. Target: p99 with them within 2x of the p99 without.\n\n{table}",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
         );
         crate::bench::update_markdown_section(&a.markdown, "## API", &section)?;

@@ -25,7 +25,8 @@ pub struct ServeArgs {
     /// Data-plane proxy listen address.
     #[arg(long, default_value = "127.0.0.1:9801")]
     proxy_listen: SocketAddr,
-    /// Region used in ARNs when a request's credential scope names none.
+    /// The server's region: requests must be signed for it (the credential
+    /// scope's region), and ARNs are minted in it.
     #[arg(long, default_value = "us-east-1")]
     region: String,
     /// Directories `file://` code artifacts may come from (repeatable).
@@ -75,6 +76,12 @@ fn managed_images(g: &Global) -> Vec<ManagedImage> {
 }
 
 pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
+    if !hearth_sigv4::is_valid_region(&a.region) {
+        bail!(
+            "--region {:?} is not a region name (like us-east-1 or eu-central-2)",
+            a.region
+        );
+    }
     for root in &a.artifact_roots {
         if !root.is_dir() {
             bail!("--artifact-root {} is not a directory", root.display());
@@ -110,11 +117,6 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         "API on http://{api_addr}; AWS_SHARED_CREDENTIALS_FILE={}",
         dd.credentials_path().display()
     );
-    let proxy_app = axum::Router::new().fallback(|| async {
-        hearth_api::error::ApiError::NotImplemented(
-            "the microVM proxy arrives with RunMicrovm; no microVM can be reached yet".into(),
-        )
-    });
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -124,12 +126,60 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
-    let api_srv = axum::serve(api, hearth_api::router(state)).with_graceful_shutdown(shutdown);
-    tokio::select! {
-        r = api_srv => r.context("API server")?,
-        r = axum::serve(proxy, proxy_app) => r.context("proxy server")?,
-    }
+    let limits = hearth_http::Limits::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api_srv = hearth_http::serve(
+        api,
+        limits.clone(),
+        Arc::new(hearth_api::Api::new(state.clone())),
+        stopped(stop_rx.clone()),
+    );
+    let proxy_srv = hearth_http::serve(proxy, limits, Arc::new(NoProxyYet), stopped(stop_rx));
+    let purge = purge_idempotency_records(state.store.clone());
+    let until_shutdown = async {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = purge => {}
+        }
+        let _ = stop_tx.send(true);
+    };
+    let (a, p, ()) = tokio::join!(api_srv, proxy_srv, until_shutdown);
+    a.context("API server")?;
+    p.context("proxy server")?;
     Ok(())
+}
+
+/// The proxy listener until microVMs can be reached: every request is
+/// answered, in the AWS error shape, that there is nothing to reach yet.
+struct NoProxyYet;
+
+impl hearth_http::Service for NoProxyYet {
+    async fn call(&self, _req: hearth_http::Request) -> hearth_http::Response {
+        hearth_api::error::ApiError::NotImplemented(
+            "the microVM proxy arrives with RunMicrovm; no microVM can be reached yet".into(),
+        )
+        .to_response()
+    }
+}
+
+/// Idempotency records live 24 hours (`hearth_store::IDEMPOTENCY_RECORD_TTL_SECS`):
+/// purge older ones at start and every hour. Never returns.
+async fn purge_idempotency_records(store: Arc<dyn Store>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let s = store.clone();
+        let cutoff = hearth_api::context::unix_secs() - hearth_store::IDEMPOTENCY_RECORD_TTL_SECS;
+        match tokio::task::spawn_blocking(move || s.purge_idempotency(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!("purged {n} expired idempotency records"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("purging idempotency records: {e}"),
+            Err(e) => tracing::warn!("purging idempotency records: {e}"),
+        }
+    }
 }
 
 fn open_store(g: &Global) -> Result<Arc<dyn Store>> {

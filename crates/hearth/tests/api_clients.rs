@@ -462,3 +462,23 @@ fn capo_suite() {
     let out = python(&s, "capo_suite.py", &[("IMAGE_ARN", &arn)]);
     assert!(out.contains("capo suite: ok"), "{out}");
 }
+
+/// The outside attack on the API, kept: unauthenticated memory and slow
+/// clients, unsigned parts of a request, region, tags, error shapes and
+/// client tokens, each as the probe found it (clients/attack_suite.py).
+#[test]
+fn attack_suite() {
+    let s = Server::start();
+    let arn = s.seed_image(&s.admin, "attack");
+    let pid = s.child.id().to_string();
+    let out = python(
+        &s,
+        "attack_suite.py",
+        &[
+            ("IMAGE_ARN", &arn),
+            ("HEARTH_PROXY", &s.proxy),
+            ("HEARTH_PID", &pid),
+        ],
+    );
+    assert!(out.contains("attack suite: ok"), "{out}");
+}

@@ -125,10 +125,11 @@ for name, data, hdrs, want in [
     ("malformed JSON", b'{"Tags": {"a": ', JSON, "SerializationException"),
     ("JSON array", b"[1,2]", JSON, "SerializationException"),
     ("wrong content type", json.dumps({"Tags": {"a": "b"}}).encode(), {"Content-Type": "text/plain"}, "ValidationException"),
-    ("over 6 MiB", b'{"Tags": {"a": "' + b"x" * (6 * 1024 * 1024) + b'"}}', JSON, "ValidationException"),
+    ("over 6 MiB", b'{"Tags": {"a": "' + b"x" * (6 * 1024 * 1024) + b'"}}', JSON, "RequestEntityTooLargeException"),
 ]:
     status, etype, resp = send("POST", tags_path, body=data, headers=hdrs)
-    check(status == 400 and etype == want, f"{name}: {status} {etype} {resp[:200]!r}")
+    want_status = 413 if want == "RequestEntityTooLargeException" else 400
+    check(status == want_status and etype == want, f"{name}: {status} {etype} {resp[:200]!r}")
 check(lam.list_tags(Resource=ARN)["Tags"] == {}, "malformed input changed tags")
 
 # Unknown path and wrong method.

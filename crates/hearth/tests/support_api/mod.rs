@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 pub struct Server {
     pub child: Child,
     pub api: String,
+    pub proxy: String,
     pub data: tempfile::TempDir,
     pub admin: Creds,
 }
@@ -83,6 +84,7 @@ impl Server {
         Server {
             child,
             api: info["api"].as_str().unwrap().to_string(),
+            proxy: info["proxy"].as_str().unwrap().to_string(),
             data,
             admin,
         }
