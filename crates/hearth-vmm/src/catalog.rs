@@ -297,6 +297,8 @@ impl Catalog {
             }
             return Err(e);
         }
+        // The rename reaches the disk (as a record's does in jsonfile).
+        let _ = fs::File::open(self.root()).and_then(|d| d.sync_all());
         // Published: nobody removes it as a leftover any more. (Removed only
         // now: a staging directory without an owner is fair game.)
         let _ = fs::remove_file(self.dir(&record.id).join(OWNER_FILE));

@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::VmError;
+
 /// Host page size assumed for pagemap arithmetic (x86_64).
 pub const PAGE_SIZE_BYTES: u64 = 4096;
 /// Largest single copy buffer.
@@ -252,17 +254,31 @@ impl MemoryDiff {
         Ok(())
     }
 
+    /// Write the run list atomically and durably (as every record:
+    /// [`crate::jsonfile`], which also fsyncs the generation directory).
     pub fn save(&self, path: &Path) -> Result<(), MemoryError> {
-        let json = serde_json::to_vec(self).expect("serialize memory diff");
-        write_atomic(path, &json)
+        crate::jsonfile::save_json(path, self).map_err(|e| match e {
+            VmError::Io {
+                op, path, source, ..
+            } => MemoryError::Io { op, path, source },
+            other => MemoryError::InvalidDiff {
+                path: path.into(),
+                reason: other.to_string(),
+            },
+        })
     }
 
+    /// Read a run list: its version checked first, then its runs.
     pub fn load(path: &Path) -> Result<Self, MemoryError> {
-        let bytes = std::fs::read(path).map_err(io_err("read", path))?;
-        let diff: Self = serde_json::from_slice(&bytes).map_err(|e| MemoryError::InvalidDiff {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+        let diff: Self =
+            crate::jsonfile::load_json(path, "memory diff", Self::VERSION, |d: &Self| d.version)
+                .map_err(|e| MemoryError::InvalidDiff {
+                    path: path.into(),
+                    reason: match e {
+                        VmError::Record { reason, .. } => reason,
+                        other => other.to_string(),
+                    },
+                })?;
         diff.validate(path)?;
         Ok(diff)
     }
@@ -469,16 +485,6 @@ pub fn allocated_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Write a file via a temporary sibling and rename, so readers never see half of it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MemoryError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,6 +504,17 @@ mod tests {
         d.save(&p).unwrap();
         assert_eq!(MemoryDiff::load(&p).unwrap(), d);
         assert_eq!(d.dirty_bytes(), 5 * 4096);
+        assert!(
+            !dir.path().join("d.json.tmp").exists(),
+            "a temporary file left"
+        );
+        // Another version is refused by name, before its shape.
+        let mut v = serde_json::to_value(&d).unwrap();
+        v["version"] = 9.into();
+        v["runs"] = "not runs".into();
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = MemoryDiff::load(&p).unwrap_err().to_string();
+        assert!(e.contains("version 9"), "{e}");
         for runs in [vec![(0, 2), (1, 1)], vec![(255, 2)], vec![(3, 0)]] {
             let bad = MemoryDiff { runs, ..d.clone() };
             bad.save(&p).unwrap();

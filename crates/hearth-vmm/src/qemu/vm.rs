@@ -458,6 +458,30 @@ impl QemuVm {
                 }
             }
         }
+        // Everything the record will name reaches the disk before it (the
+        // device state was synced as it was saved; the staging directory is
+        // synced with the record, before it is published).
+        let mut durable = vec![mem_dst.clone()];
+        if self.record.disk.is_some() {
+            durable.push(disk_dst.clone());
+        }
+        let t_sync = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || {
+            for path in durable {
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| (path, e))?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("sync task")
+        .map_err(|(path, e)| self.err_io("sync", &path)(e))?;
+        tracing::debug!(
+            vm = %self.id,
+            sync_ms = t_sync.elapsed().as_secs_f64() * 1e3,
+            "snapshot files synced"
+        );
         self.fault(FaultPoint::SnapshotStaged);
         let meta = |p: &Path| memory::allocated_bytes(p);
         Ok(SnapshotRecord {
@@ -549,6 +573,10 @@ impl QemuVm {
         if let MemoryBase::Own { file } = &self.record.memory.base {
             durable.push(self.dir.join(file));
         }
+        // And the generation's directory entries (its files were synced as
+        // they were written), and its own entry in the microVM directory.
+        durable.push(gen_dir.to_path_buf());
+        durable.push(self.dir.clone());
         for path in durable {
             std::fs::File::open(&path)
                 .and_then(|f| f.sync_all())
