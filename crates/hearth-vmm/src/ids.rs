@@ -150,4 +150,14 @@ mod tests {
         let id: SnapshotId = serde_json::from_str("\"snap-1\"").unwrap();
         assert_eq!(serde_json::to_string(&id).unwrap(), "\"snap-1\"");
     }
+
+    #[test]
+    fn random_ids_are_valid_and_round_trip() {
+        let vm = VmId::random("vm");
+        assert!(VmId::new(vm.as_str()).is_ok());
+        let json = serde_json::to_string(&vm).unwrap();
+        assert_eq!(serde_json::from_str::<VmId>(&json).unwrap(), vm);
+        let snap = SnapshotId::random();
+        assert!(SnapshotId::new(snap.as_str()).is_ok());
+    }
 }

@@ -85,21 +85,3 @@ pub trait MicroVm: Send {
     /// End the process and delete the microVM's files.
     async fn terminate(self) -> Result<(), VmError>;
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vm_ids() {
-        assert!(VmId::new("vm-abc123").is_ok());
-        assert!(VmId::new("Vm").is_err());
-        assert!(VmId::new("a/b").is_err());
-        assert!(VmId::new("").is_err());
-        let r = VmId::random("vm");
-        assert!(VmId::new(r.as_str()).is_ok());
-        let json = serde_json::to_string(&r).unwrap();
-        assert_eq!(serde_json::from_str::<VmId>(&json).unwrap(), r);
-        assert!(serde_json::from_str::<VmId>("\"../x\"").is_err());
-    }
-}

@@ -221,6 +221,7 @@ pub struct MemoryDiff {
 impl MemoryDiff {
     pub const VERSION: u32 = 1;
 
+    #[cfg(test)]
     pub fn dirty_bytes(&self) -> u64 {
         self.runs
             .iter()

@@ -111,7 +111,8 @@ fn spawn_here(req: SpawnRequest) -> io::Result<Child> {
     child
 }
 
-/// A connected UNIX stream socket pair (both ends CLOEXEC).
+/// A connected UNIX stream socket pair (both ends CLOEXEC; tests).
+#[cfg(test)]
 pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid two-element array for socketpair to fill.
@@ -140,20 +141,6 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded, so both fds are fresh and owned by us.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Is a process with this pid alive (and not a zombie)?
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state letter follows the parenthesised command name.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .map(|s| s != "Z" && s != "X")
-                .unwrap_or(false)
-        }
-        Err(_) => false,
-    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ async fn e2e_boot_and_run_uname() {
     );
     let pid = vm.pid();
     vm.terminate().await.unwrap();
-    assert!(!hearth_vmm::process::pid_alive(pid));
+    assert!(!pid_alive(pid));
     env.assert_no_leftovers();
 }
 
@@ -406,7 +406,7 @@ async fn e2e_pty_attach_and_power_off_in_a_real_guest() {
     // A clean power-off ends QEMU on its own.
     let pid = clone.pid();
     clone.power_off(T).await.expect("power off");
-    assert!(!hearth_vmm::process::pid_alive(pid));
+    assert!(!pid_alive(pid));
     env.backend.delete_snapshot(&snap).unwrap();
     env.assert_no_leftovers();
 }

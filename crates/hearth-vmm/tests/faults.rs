@@ -58,7 +58,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hearth_proto::ExecRequest;
 use hearth_vmm::fault::{FaultContext, FaultPoint};
-use hearth_vmm::process::pid_alive;
 use hearth_vmm::{
     LaunchSpec, Lifetime, MicroVm, QemuBackend, QemuVm, Snapshot, SnapshotMode, SuspendedVm,
     VmBackend, VmId, VmState,

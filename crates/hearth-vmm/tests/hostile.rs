@@ -155,7 +155,7 @@ async fn e2e_hostile_guest_is_isolated_and_marked_failed() {
         assert_eq!(out.stdout_str().trim(), "healthy");
         let pid = vm.pid();
         vm.terminate().await.unwrap();
-        assert!(!hearth_vmm::process::pid_alive(pid));
+        assert!(!pid_alive(pid));
     }
 
     // Garbage before any hello: the boot itself fails, cleanly.

@@ -27,7 +27,7 @@ use crate::catalog::{Dependent, Snapshot, SnapshotRecord};
 use crate::disk::{self, DiskChain, DiskFormat, DiskLayer, LayerLocation};
 use crate::error::VmError;
 use crate::fault::{FaultContext, FaultPoint};
-use crate::memory::{self, FileKey, MemoryDiff, MemoryError};
+use crate::memory::{self, FileKey, MemoryError};
 use crate::record::{
     save_json, MemoryBase, RecordedState, SuspendedVm, VmRecord, RECORD_FILE, RUN_DIR,
 };
@@ -861,19 +861,5 @@ impl QemuVm {
         self.remove_files();
         self.apply(VmEvent::Terminate)?;
         r
-    }
-
-    /// Look up the RAM mapping of a running QEMU (benchmarks, tests).
-    pub async fn ram_dirty_bytes(&self) -> Result<u64, VmError> {
-        let (_, key) = self.memory_base()?;
-        let map = memory::find_ram_mapping(self.pid(), key, self.mem_len_bytes())
-            .map_err(self.err_mem())?;
-        let runs = memory::dirty_pages(&map).map_err(self.err_mem())?;
-        Ok(runs.iter().map(|(_, n)| n * memory::PAGE_SIZE_BYTES).sum())
-    }
-
-    /// The memory diff a suspend of this microVM would save (tests).
-    pub fn memory_diff(dir: &Path, generation: u32) -> Result<MemoryDiff, MemoryError> {
-        MemoryDiff::load(&VmRecord::generation_dir(dir, generation).join("memory.diff.json"))
     }
 }

@@ -155,3 +155,8 @@ pub async fn wait_counter_above(vm: &QemuVm, floor: u64) -> u64 {
     }
     panic!("counter of {} never went above {floor}", vm.id());
 }
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn pid_alive(pid: u32) -> bool {
+    hearth_vmm::record::ProcessIdentity::of(pid).is_some()
+}
