@@ -34,11 +34,15 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTROL_FD: RawFd = 4;
 const FIRST_CHILD_FD: RawFd = 5;
 
-/// A supervisor process.
+/// A supervisor process. Dropping the handle kills it (and with it its
+/// QEMU) unless it was [`Supervisor::release`]d: every path that gives up
+/// a microVM ends its process without having to remember to.
 pub struct Supervisor {
     pub identity: ProcessIdentity,
     /// Ours to reap when this process started it.
     child: Option<Child>,
+    /// Left running when dropped (a lingering supervisor).
+    released: bool,
 }
 
 impl Supervisor {
@@ -47,6 +51,7 @@ impl Supervisor {
         Self {
             identity,
             child: None,
+            released: false,
         }
     }
 
@@ -100,6 +105,15 @@ impl Supervisor {
     pub fn release(mut self) {
         // Dropping a std Child neither kills nor waits.
         self.child = None;
+        self.released = true;
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if !self.released {
+            self.kill();
+        }
     }
 }
 
@@ -190,6 +204,7 @@ pub fn spawn(
     Ok(Supervisor {
         identity,
         child: Some(child),
+        released: false,
     })
 }
 
@@ -273,4 +288,59 @@ pub fn set_linger(run: &RunDir, linger: bool) -> io::Result<SupervisorStatus> {
             linger,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for `hearth-supervisor` that just waits.
+    fn fake(dir: &Path) -> (PathBuf, SupervisorConfig) {
+        let prog = dir.join("fake-supervisor");
+        fs::write(&prog, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        fs::set_permissions(&prog, fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = SupervisorConfig {
+            version: hearth_supervisor::CONFIG_VERSION,
+            dir: dir.to_path_buf(),
+            program: "/bin/true".into(),
+            args: Vec::new(),
+            child_fds: Vec::new(),
+            agent_fd: 0,
+            console_fd: 0,
+            control_fd: 0,
+            console_log_cap_bytes: 0,
+            stderr_cap_bytes: 0,
+            jail: None,
+            cgroup: None,
+            linger: false,
+        };
+        (prog, cfg)
+    }
+
+    fn start(dir: &Path, n: u32) -> Supervisor {
+        let (prog, cfg) = fake(dir);
+        let control = sockets::listen(&dir.join(format!("control-{n}.sock"))).unwrap();
+        spawn(&prog, cfg, control.into(), Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn a_dropped_supervisor_is_killed_unless_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = start(dir.path(), 1);
+        let id = sup.identity;
+        assert!(id.alive());
+        drop(sup);
+        assert!(!id.alive(), "a dropped supervisor (and its QEMU) lives on");
+
+        let sup = start(dir.path(), 2);
+        let id = sup.identity;
+        sup.release();
+        assert!(id.alive(), "a released supervisor was killed");
+        // SAFETY: kill and waitpid take integers; the pid is our child.
+        unsafe {
+            libc::kill(id.pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(id.pid as libc::pid_t, std::ptr::null_mut(), 0);
+        }
+    }
 }

@@ -178,7 +178,7 @@ impl QemuBackend {
         id: VmId,
     ) -> Result<QemuVm, VmError> {
         let name = id.to_string();
-        let (proc, pool_dir, uid, _) = waiting.take();
+        let (proc, pool_dir, uid) = waiting.take();
         let state_dir = self.inner.cfg.state_dir.clone();
         // Whatever fails from here ends the QEMU and removes its files.
         let mut undo = Undo::new();

@@ -47,12 +47,11 @@ impl Prestarted {
         }
     }
 
-    /// Take the process; the entry's files are the caller's from now on.
-    pub(super) fn take(mut self) -> (Proc, PathBuf, u32, String) {
+    /// Take the process, its directory and its uid; they are the caller's
+    /// from now on.
+    pub(super) fn take(mut self) -> (Proc, PathBuf, u32) {
         let proc = self.proc.take().expect("an unclaimed entry has a process");
-        let out = (proc, self.dir.clone(), self.uid, self.name.clone());
-        self.dir = PathBuf::new();
-        out
+        (proc, std::mem::take(&mut self.dir), self.uid)
     }
 }
 

@@ -395,7 +395,7 @@ impl QemuBackend {
                 .push((catalog.clone(), s, Dependent::Vm(id.clone())));
         }
         let entry = self.claim(&snapshot).await?;
-        let (mut proc, pool_dir, uid, pool_name) = entry.take();
+        let (mut proc, pool_dir, uid) = entry.take();
         let state_dir = self.inner.cfg.state_dir.clone();
         undo.uid = Some((state_dir.clone(), uid));
         undo.paths.push(pool_dir.clone());
@@ -417,16 +417,15 @@ impl QemuBackend {
             undo.proc = Some(proc);
             return Err(e);
         }
-        let _ = pool_name;
         self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
         let chain = match &snapshot.record.disk {
             Some(c) => {
                 let layer = next_layer_name(&dir);
-                std::fs::rename(dir.join(SPARE_LAYER), dir.join(&layer)).map_err(io(
-                    &name,
-                    "rename",
-                    &dir.join(SPARE_LAYER),
-                ))?;
+                let spare = dir.join(SPARE_LAYER);
+                if let Err(e) = std::fs::rename(&spare, dir.join(&layer)) {
+                    undo.proc = Some(proc);
+                    return Err(io(&name, "rename", &spare)(e));
+                }
                 Some(c.with_own_top(&layer))
             }
             None => None,
@@ -489,7 +488,7 @@ impl QemuBackend {
             MemoryBase::Snapshot(sid) => {
                 let snap = self.inner.catalog.get(sid)?;
                 let entry = self.claim(&snap).await?;
-                let (proc, pool_dir, uid, pool_name) = entry.take();
+                let (proc, pool_dir, uid) = entry.take();
                 undo.paths.push(pool_dir.clone());
                 undo.uid = Some((state_dir.clone(), uid));
                 let run = dir.join(RUN_DIR);
@@ -501,7 +500,6 @@ impl QemuBackend {
                 proc.run = crate::supervise::RunDir(run.clone());
                 undo.paths.push(run);
                 let spare = record.disk.as_ref().map(|_| pool_dir.join(SPARE_LAYER));
-                let _ = pool_name;
                 (proc, spare, Some((pool_dir, uid)))
             }
             MemoryBase::Own { file } => {
