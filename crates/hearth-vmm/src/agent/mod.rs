@@ -328,7 +328,12 @@ impl AgentClient {
         }
     }
 
-    async fn send(&self, msg: &HostMessage) -> Result<(), AgentClientError> {
+    /// Write one message. A `gated` one (everything but the requests that
+    /// quiesce, thaw, restore or reattach) waits while the quiesce gate is
+    /// closed, and the gate is checked again under the writer lock: the
+    /// `Quiesce` frame is written under that lock after the gate closed, so
+    /// nothing gated can follow it before the gate opens again.
+    async fn send(&self, msg: &HostMessage, gated: bool) -> Result<(), AgentClientError> {
         let codec = self.codec().await?;
         let frame = match codec.encode(msg) {
             Ok(Some(f)) => f,
@@ -341,8 +346,16 @@ impl AgentClient {
                 })
             }
         };
-        self.check_health()?;
-        let mut w = self.shared.writer.lock().await;
+        let mut w = loop {
+            if gated {
+                self.wait_gate_open().await?;
+            }
+            self.check_health()?;
+            let w = self.shared.writer.lock().await;
+            if !gated || *self.shared.gate.borrow() == Gate::Open {
+                break w;
+            }
+        };
         w.write_all(&frame).await.map_err(|e| {
             let reason = format!("write error: {e}");
             self.shared.fail_all(ChannelHealth::Failed(reason.clone()));
@@ -383,7 +396,10 @@ impl AgentClient {
                 self.shared.forget(id);
                 return Err(e);
             }
-            if let Err(e) = self.send(&HostMessage::Request { id, body }).await {
+            if let Err(e) = self
+                .send(&HostMessage::Request { id, body }, !bypass_gate)
+                .await
+            {
                 self.shared.forget(id);
                 return Err(e);
             }
@@ -718,11 +734,13 @@ impl AgentClient {
                 };
                 permit.forget();
             }
-            self.wait_gate_open().await?;
-            self.send(&HostMessage::StreamData {
-                stream,
-                data: chunk.to_vec(),
-            })
+            self.send(
+                &HostMessage::StreamData {
+                    stream,
+                    data: chunk.to_vec(),
+                },
+                true,
+            )
             .await?;
         }
         Ok(())
@@ -730,8 +748,7 @@ impl AgentClient {
 
     /// Half-close a stream from the host side.
     pub(crate) async fn stream_eof(&self, stream: u64) -> Result<(), AgentClientError> {
-        self.wait_gate_open().await?;
-        self.send(&HostMessage::StreamEof { stream }).await
+        self.send(&HostMessage::StreamEof { stream }, true).await
     }
 
     /// The consumer took `bytes` of output: let the guest send that much more.
@@ -743,11 +760,9 @@ impl AgentClient {
                 None => return,
             }
         }
-        if self.wait_gate_open().await.is_ok() {
-            let _ = self
-                .send(&HostMessage::StreamCredit { stream, bytes })
-                .await;
-        }
+        let _ = self
+            .send(&HostMessage::StreamCredit { stream, bytes }, true)
+            .await;
     }
 
     /// The consumer is gone: drain the stream from now on.
@@ -773,21 +788,22 @@ impl AgentClient {
         let client = self.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if client.wait_gate_open().await.is_ok() {
-                    let _ = client
-                        .send(&HostMessage::StreamCredit { stream, bytes })
-                        .await;
-                }
+                let _ = client
+                    .send(&HostMessage::StreamCredit { stream, bytes }, true)
+                    .await;
             });
         }
     }
 
-    /// The consumer of a TCP stream is gone: tell the guest to close it.
+    /// The consumer of a TCP stream is gone: tell the guest to close it
+    /// (after the quiesce gate, like every stream message).
     pub(crate) fn abandon_stream(&self, stream: u64) {
         let client = self.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = client.send(&HostMessage::StreamClose { stream }).await;
+                let _ = client
+                    .send(&HostMessage::StreamClose { stream }, true)
+                    .await;
             });
         }
     }

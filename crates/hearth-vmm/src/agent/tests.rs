@@ -556,3 +556,72 @@ async fn closing_streams_tells_their_consumers_why() {
         "{err}"
     );
 }
+
+/// Answer a quiesce the host sends.
+async fn quiesced(client: &AgentClient, guest: &mut FakeGuest) {
+    let c = client.clone();
+    let q = tokio::spawn(async move { c.quiesce(false, T).await });
+    let HostMessage::Request {
+        id,
+        body: Request::Quiesce { .. },
+    } = guest.recv().await
+    else {
+        panic!("expected quiesce")
+    };
+    guest
+        .send(&GuestMessage::Response {
+            id,
+            body: Ok(Response::Quiesced),
+        })
+        .await;
+    q.await.unwrap().unwrap();
+}
+
+/// Answer the next request, which must be a thaw.
+async fn thawed(guest: &mut FakeGuest) {
+    let HostMessage::Request {
+        id,
+        body: Request::Thaw,
+    } = guest.recv().await
+    else {
+        panic!("the first message after quiesce must be the thaw")
+    };
+    guest
+        .send(&GuestMessage::Response {
+            id,
+            body: Ok(Response::Thawed),
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn closing_an_abandoned_stream_waits_for_the_gate() {
+    let (client, mut guest) = booted().await;
+    let c = client.clone();
+    let t = tokio::spawn(async move { c.tcp_connect(80, T).await });
+    let HostMessage::Request {
+        id,
+        body: Request::TcpConnect { .. },
+    } = guest.recv().await
+    else {
+        panic!("expected tcp_connect")
+    };
+    guest
+        .send(&GuestMessage::Response {
+            id,
+            body: Ok(Response::TcpConnect),
+        })
+        .await;
+    let tcp = t.await.unwrap().unwrap();
+    quiesced(&client, &mut guest).await;
+    drop(tcp);
+    assert!(
+        guest.silent_for(150).await,
+        "a stream was closed through the quiesce gate"
+    );
+    let c = client.clone();
+    let thaw = tokio::spawn(async move { c.thaw(T).await });
+    thawed(&mut guest).await;
+    thaw.await.unwrap().unwrap();
+    assert_eq!(guest.recv().await, HostMessage::StreamClose { stream: id });
+}
