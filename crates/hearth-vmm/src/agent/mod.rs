@@ -751,8 +751,10 @@ impl AgentClient {
         self.send(&HostMessage::StreamEof { stream }, true).await
     }
 
-    /// The consumer took `bytes` of output: let the guest send that much more.
-    pub(crate) async fn return_credit(&self, stream: u64, bytes: u32) {
+    /// The consumer took `bytes` of output: let the guest send that much
+    /// more. Never waits (the credit goes out from a task of its own, after
+    /// the gate), so a receive that returns credit stays cancel-safe.
+    pub(crate) fn credit_taken(&self, stream: u64, bytes: u32) {
         {
             let mut streams = self.shared.streams.lock().unwrap();
             match streams.get_mut(&stream) {
@@ -760,9 +762,7 @@ impl AgentClient {
                 None => return,
             }
         }
-        let _ = self
-            .send(&HostMessage::StreamCredit { stream, bytes }, true)
-            .await;
+        self.credit_later(stream, bytes);
     }
 
     /// The consumer is gone: drain the stream from now on.

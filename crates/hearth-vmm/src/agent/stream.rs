@@ -68,6 +68,8 @@ impl StreamReceiver {
     }
 
     /// The next event, or `None` once the stream is over and drained.
+    /// Cancel-safe: the only await is the queue's, and credit earned by
+    /// the event is handed to a task of its own.
     pub async fn recv(&mut self) -> Option<StreamEvent> {
         let ev = self.rx.recv().await?;
         let n = ev.data_len() as u32;
@@ -75,7 +77,7 @@ impl StreamReceiver {
             self.uncredited_bytes += n;
             if self.uncredited_bytes >= hearth_proto::STREAM_WINDOW_BYTES / 4 {
                 let bytes = std::mem::take(&mut self.uncredited_bytes);
-                self.client.return_credit(self.stream, bytes).await;
+                self.client.credit_taken(self.stream, bytes);
             }
         }
         Some(ev)

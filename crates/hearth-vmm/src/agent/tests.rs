@@ -625,3 +625,33 @@ async fn closing_an_abandoned_stream_waits_for_the_gate() {
     thaw.await.unwrap().unwrap();
     assert_eq!(guest.recv().await, HostMessage::StreamClose { stream: id });
 }
+
+#[tokio::test]
+async fn a_receive_never_waits_for_the_gate_and_its_credit_follows_the_thaw() {
+    let (client, mut guest) = booted().await;
+    let c = client.clone();
+    let p = tokio::spawn(async move { c.exec(ExecRequest::default(), T).await });
+    let id = guest.accept_exec().await;
+    let mut p = p.await.unwrap().unwrap();
+    quiesced(&client, &mut guest).await;
+    // Output that earns the guest credit arrives while the gate is closed:
+    // the consumer gets it at once (a receive that waited for the gate to
+    // send the credit could be cancelled there, losing event and credit).
+    guest.output(id, WINDOW / 4).await;
+    match tokio::time::timeout(Duration::from_millis(500), p.events.recv()).await {
+        Ok(Some(StreamEvent::Output { data, .. })) => assert_eq!(data.len(), WINDOW / 4),
+        other => panic!("the receive did not return its event: {other:?}"),
+    }
+    assert!(guest.silent_for(150).await, "credit went through the gate");
+    let c = client.clone();
+    let thaw = tokio::spawn(async move { c.thaw(T).await });
+    thawed(&mut guest).await;
+    thaw.await.unwrap().unwrap();
+    assert_eq!(
+        guest.recv().await,
+        HostMessage::StreamCredit {
+            stream: id,
+            bytes: STREAM_WINDOW_BYTES / 4
+        }
+    );
+}
