@@ -212,60 +212,6 @@ fn resource_name(kind: ResourceKind) -> &'static str {
     }
 }
 
-// ------------------------------------------------------------ domain errors
-//
-// The handlers' own refusals are typed (`crate::handlers`); this is the one
-// place they become AWS errors.
-
-impl From<crate::handlers::NotYet> for ApiError {
-    fn from(e: crate::handlers::NotYet) -> Self {
-        ApiError::NotImplemented(e.to_string())
-    }
-}
-
-impl From<crate::handlers::EdgeError> for ApiError {
-    fn from(e: crate::handlers::EdgeError) -> Self {
-        use crate::handlers::EdgeError::*;
-        let context = match &e {
-            NoHandler(_) => "dispatching",
-            Input { .. } => "decoding an input",
-            Output { .. } => "encoding an output",
-            Document { .. } => "reading a stored document",
-        };
-        ApiError::internal(context, e)
-    }
-}
-
-impl From<crate::handlers::ImageError> for ApiError {
-    fn from(e: crate::handlers::ImageError) -> Self {
-        use crate::handlers::ImageError::*;
-        match e {
-            NotFound { identifier } => ApiError::not_found("MicroVM image", identifier),
-            InUse { ref arn } => ApiError::Conflict {
-                message: e.to_string(),
-                resource_id: Some(arn.clone()),
-                resource_type: Some("MicroVM image"),
-            },
-        }
-    }
-}
-
-impl From<crate::handlers::ManagedImageError> for ApiError {
-    fn from(e: crate::handlers::ManagedImageError) -> Self {
-        use crate::handlers::ManagedImageError::*;
-        match e {
-            NotFound { identifier } => ApiError::not_found("Managed MicroVM image", identifier),
-            NoSecondPage => ApiError::Validation(e.to_string()),
-        }
-    }
-}
-
-impl From<crate::handlers::TagError> for ApiError {
-    fn from(e: crate::handlers::TagError) -> Self {
-        ApiError::Validation(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::StatusCode;
 use tokio::sync::Mutex;
+use tokio::time::{timeout, Instant};
 
-use crate::conn::ConnIo;
+use crate::io::ConnIo;
 
 /// The body of one request: bytes in memory (tests, in-process callers) or
 /// `Content-Length` bytes still on the connection.
@@ -116,5 +117,52 @@ impl Body {
             Inner::Full(b) => Ok(b),
             Inner::Conn { io, len_bytes } => io.lock().await.read_body(len_bytes).await,
         }
+    }
+}
+
+impl ConnIo {
+    /// Read the current request's body (`len_bytes`, all of what is left).
+    pub(crate) async fn read_body(&mut self, len_bytes: u64) -> Result<Bytes, BodyError> {
+        debug_assert_eq!(len_bytes, self.body_remaining);
+        if self.continue_pending {
+            self.continue_pending = false;
+            self.write_timed(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let limits = self.limits.clone();
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(len_bytes.min(64 * 1024) as usize);
+        while self.body_remaining > 0 {
+            if !self.buf.is_empty() {
+                let n = (self.body_remaining.min(self.buf.len() as u64)) as usize;
+                out.extend_from_slice(&self.buf[..n]);
+                self.buf.advance(n);
+                self.body_remaining -= n as u64;
+                continue;
+            }
+            let (received_bytes, declared_bytes) = (out.len() as u64, len_bytes);
+            // The minimum rate holds all along, not only at the end: the
+            // next byte is due by `body_deadline(received + 1)`.
+            let due = start + limits.body_deadline(received_bytes + 1);
+            let wait = limits
+                .body_idle_timeout
+                .min(due.saturating_duration_since(Instant::now()));
+            match timeout(wait, self.read_more()).await {
+                Err(_) => {
+                    return Err(BodyError::Timeout {
+                        received_bytes,
+                        declared_bytes,
+                    })
+                }
+                Ok(Ok(0)) => {
+                    return Err(BodyError::Closed {
+                        received_bytes,
+                        declared_bytes,
+                    })
+                }
+                Ok(Err(e)) => return Err(BodyError::Io(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        Ok(Bytes::from(out))
     }
 }

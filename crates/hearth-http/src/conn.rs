@@ -1,40 +1,25 @@
 //! One connection, on its own task: wait for a request head within the
 //! limits, hand the request to the service, write its answer, and go on
 //! while the connection may be kept alive. The front end's own refusals
-//! (malformed or oversized heads, slow clients, HTTP/2) are answered here.
+//! (malformed or oversized heads, slow clients, HTTP/2) are decided here.
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Buf;
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex};
 use tokio::time::{timeout, Instant};
 
-use crate::body::{Body, BodyError};
-use crate::limits::{Limits, READ_CHUNK_BYTES};
+use crate::body::Body;
+use crate::io::ConnIo;
+use crate::limits::Limits;
 use crate::reply::{error_response, new_request_id, ConnInfo, RequestId, REQUEST_ID_HEADER};
-use crate::server::Service;
+use crate::service::Service;
 use crate::{h2, Response};
-
-/// How long a closing connection keeps reading (and discarding) what the
-/// client is still sending.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// The connection's socket and what was read from it but not yet used.
-pub(crate) struct ConnIo {
-    stream: TcpStream,
-    buf: BytesMut,
-    limits: Arc<Limits>,
-    /// The client sent `Expect: 100-continue` and has not been told to go on.
-    continue_pending: bool,
-    /// Bytes of the current request's body not yet read.
-    body_remaining: u64,
-}
 
 /// A request head, copied out of the read buffer.
 struct Head {
@@ -54,29 +39,6 @@ enum HeadOutcome {
 }
 
 impl ConnIo {
-    /// Read once more (at most one chunk).
-    async fn read_more(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK_BYTES];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    async fn write_timed(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match timeout(self.limits.write_timeout, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "writing the answer timed out",
-            )),
-        }
-    }
-
     async fn read_head(
         &mut self,
         first: bool,
@@ -162,125 +124,6 @@ impl ConnIo {
             }
         }
     }
-
-    /// Close after an answer while the client may still be sending (a body
-    /// that was not read, a head that was refused): send FIN, then read and
-    /// discard for a moment, so that the client's kernel does not answer our
-    /// close with a reset that destroys the answer before it is read.
-    async fn lingering_close(&mut self) {
-        let _ = self.stream.shutdown().await;
-        let deadline = Instant::now() + LINGER;
-        let mut sink = [0u8; READ_CHUNK_BYTES];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.stream.read(&mut sink)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-        }
-    }
-
-    /// Answer and close (see [`ConnIo::lingering_close`]).
-    async fn refuse(&mut self, resp: Response, rid: &str) {
-        if self.write_response(resp, rid, true, false).await.is_ok() {
-            self.lingering_close().await;
-        }
-    }
-
-    /// Read the current request's body (`len_bytes`, all of what is left).
-    pub(crate) async fn read_body(&mut self, len_bytes: u64) -> Result<Bytes, BodyError> {
-        debug_assert_eq!(len_bytes, self.body_remaining);
-        if self.continue_pending {
-            self.continue_pending = false;
-            self.write_timed(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-        }
-        let limits = self.limits.clone();
-        let start = Instant::now();
-        let mut out = Vec::with_capacity(len_bytes.min(64 * 1024) as usize);
-        while self.body_remaining > 0 {
-            if !self.buf.is_empty() {
-                let n = (self.body_remaining.min(self.buf.len() as u64)) as usize;
-                out.extend_from_slice(&self.buf[..n]);
-                self.buf.advance(n);
-                self.body_remaining -= n as u64;
-                continue;
-            }
-            let (received_bytes, declared_bytes) = (out.len() as u64, len_bytes);
-            // The minimum rate holds all along, not only at the end: the
-            // next byte is due by `body_deadline(received + 1)`.
-            let due = start + limits.body_deadline(received_bytes + 1);
-            let wait = limits
-                .body_idle_timeout
-                .min(due.saturating_duration_since(Instant::now()));
-            match timeout(wait, self.read_more()).await {
-                Err(_) => {
-                    return Err(BodyError::Timeout {
-                        received_bytes,
-                        declared_bytes,
-                    })
-                }
-                Ok(Ok(0)) => {
-                    return Err(BodyError::Closed {
-                        received_bytes,
-                        declared_bytes,
-                    })
-                }
-                Ok(Err(e)) => return Err(BodyError::Io(e)),
-                Ok(Ok(_)) => {}
-            }
-        }
-        Ok(Bytes::from(out))
-    }
-
-    /// Write `resp` for the request `rid`; `close` adds `connection: close`.
-    async fn write_response(
-        &mut self,
-        resp: Response,
-        rid: &str,
-        close: bool,
-        head_only: bool,
-    ) -> io::Result<()> {
-        let (parts, body) = resp.into_parts();
-        let status = parts.status;
-        let mut out = Vec::with_capacity(256 + body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\n",
-                status.as_str(),
-                status.canonical_reason().unwrap_or("")
-            )
-            .as_bytes(),
-        );
-        for (k, v) in &parts.headers {
-            if k == http::header::CONTENT_LENGTH
-                || k == http::header::CONNECTION
-                || k == http::header::TRANSFER_ENCODING
-            {
-                continue;
-            }
-            out.extend_from_slice(k.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !parts.headers.contains_key(REQUEST_ID_HEADER) {
-            out.extend_from_slice(format!("{REQUEST_ID_HEADER}: {rid}\r\n").as_bytes());
-        }
-        let no_body = status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status.is_informational();
-        if !no_body {
-            out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-        }
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if !no_body && !head_only {
-            out.extend_from_slice(&body);
-        }
-        self.write_timed(&out).await
-    }
 }
 
 /// Serve one connection until it closes.
@@ -291,13 +134,7 @@ pub(crate) async fn run<S: Service>(
     service: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let io = Arc::new(Mutex::new(ConnIo {
-        stream,
-        buf: BytesMut::new(),
-        limits,
-        continue_pending: false,
-        body_remaining: 0,
-    }));
+    let io = Arc::new(Mutex::new(ConnIo::new(stream, limits)));
     let mut first = true;
     loop {
         let outcome = io.lock().await.read_head(first, &mut shutdown).await;

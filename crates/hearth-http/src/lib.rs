@@ -24,14 +24,17 @@
 mod body;
 mod conn;
 mod h2;
+mod io;
 mod limits;
 mod reply;
 mod server;
+mod service;
 
 pub use body::{Body, BodyError};
 pub use limits::Limits;
 pub use reply::{error_response, new_request_id, ConnInfo, RequestId, REQUEST_ID_HEADER};
-pub use server::{serve, Service};
+pub use server::serve;
+pub use service::Service;
 
 /// A response as services build it: the body is always in memory.
 pub type Response = http::Response<bytes::Bytes>;

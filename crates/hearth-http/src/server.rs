@@ -9,13 +9,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::{conn, Limits, Request, Response};
-
-/// What answers requests. The future runs on the connection's task, to its
-/// end even if the client leaves.
-pub trait Service: Send + Sync + 'static {
-    fn call(&self, req: Request) -> impl Future<Output = Response> + Send;
-}
+use crate::service::Service;
+use crate::{conn, Limits};
 
 /// Most connections beyond the cap that are answered 503 at once; beyond
 /// that they are closed unanswered.

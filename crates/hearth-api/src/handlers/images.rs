@@ -4,10 +4,11 @@
 //! finding an image by ARN, id or name in the caller's account, which the
 //! version, microVM and tag handlers share. Runs on the request task.
 
-use hearth_store::{Image, ImageFilter, MicrovmFilter, PageRequest, StoreError};
+use hearth_store::{Image, ImageFilter, MicrovmFilter, PageRequest};
 use serde::Deserialize;
 
-use super::{from_doc, handler, microvms, page_items, page_request, tags, NotYet, Registration};
+use super::lookup::{find, live_states, ImageError};
+use super::{from_doc, handler, page_items, page_request, tags, NotYet, Registration};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::ops::{self, images::*};
@@ -20,51 +21,12 @@ pub(super) const OPERATIONS: &[Registration] = &[
     handler!(ops::DeleteMicrovmImage => delete),
 ];
 
-/// The image handlers' own refusals.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ImageError {
-    /// No image with this ARN, id or name in the caller's account (404).
-    #[error("MicroVM image {identifier} not found")]
-    NotFound { identifier: String },
-    /// The image still has live microVMs (409).
-    #[error("MicroVM image {arn} still has running microVMs")]
-    InUse { arn: String },
-}
-
 /// What an image row's `doc` holds besides its columns.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ImageDoc {
     latest_active_image_version: Option<String>,
     latest_failed_image_version: Option<String>,
-}
-
-/// Find an image by ARN, id or name in the caller's account.
-pub(super) async fn find(ctx: &RequestContext<'_>, identifier: &str) -> Result<Image, ApiError> {
-    let (acct, ident) = (ctx.account(), identifier.to_string());
-    let found = ctx
-        .store("reading an image", move |st| {
-            let r = if ident.starts_with("arn:") {
-                st.get_image_by_arn(&acct, &ident)
-            } else {
-                st.get_image(&acct, &ident).or_else(|e| match e {
-                    StoreError::NotFound { .. } => st.get_image_by_name(&acct, &ident),
-                    e => Err(e),
-                })
-            };
-            match r {
-                Ok(i) => Ok(Some(i)),
-                Err(StoreError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await?;
-    found.ok_or_else(|| {
-        ImageError::NotFound {
-            identifier: identifier.to_string(),
-        }
-        .into()
-    })
 }
 
 fn summary(image: &Image) -> Result<MicrovmImageSummary, ApiError> {
@@ -155,7 +117,7 @@ async fn delete(
             let f = MicrovmFilter {
                 image_arn: Some(arn),
                 image_version: None,
-                states: microvms::live_states(),
+                states: live_states(),
             };
             st.list_microvms(&acct, &f, &PageRequest::first(1))
         })

@@ -7,7 +7,8 @@
 use hearth_store::{Microvm as MicrovmRow, MicrovmFilter};
 use serde::Deserialize;
 
-use super::{from_doc, handler, images, page_items, page_request, NotYet, Registration};
+use super::lookup;
+use super::{from_doc, handler, page_items, page_request, NotYet, Registration};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::ops::{self, microvms::*, shapes::*};
@@ -20,20 +21,6 @@ pub(super) const OPERATIONS: &[Registration] = &[
     handler!(ops::ResumeMicrovm => resume),
     handler!(ops::TerminateMicrovm => terminate),
 ];
-
-/// States in which a microVM holds on to its image.
-pub(super) fn live_states() -> Vec<String> {
-    [
-        "PENDING",
-        "RUNNING",
-        "SUSPENDING",
-        "SUSPENDED",
-        "TERMINATING",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
 
 /// What a microVM row's `doc` holds besides its columns.
 #[derive(Deserialize)]
@@ -113,7 +100,7 @@ async fn list(
 ) -> Result<ListMicrovmsOutput, ApiError> {
     let page = page_request(ctx, input.max_results, input.next_token.as_deref())?;
     let image_arn = match &input.image_identifier {
-        Some(ident) => Some(images::find(ctx, ident).await?.arn),
+        Some(ident) => Some(lookup::find(ctx, ident).await?.arn),
         None => None,
     };
     let filter = MicrovmFilter {

@@ -17,7 +17,7 @@
 //!
 //! Failures of the handlers' own (not found, in use, tag limits, not
 //! implemented yet, bad stored documents) are domain error types of these
-//! modules; `crate::error` maps each to its AWS error in one place.
+//! modules; the end of this file maps each to its AWS error, in one place.
 //!
 //! Operations whose engine work lands in later issues (image builds,
 //! running microVMs) answer `NotImplementedException` ([`NotYet`]) and change
@@ -38,12 +38,13 @@ use crate::ops::Operation;
 
 mod auth_tokens;
 mod images;
+mod lookup;
 mod managed;
 mod microvms;
 mod tags;
 mod versions;
 
-pub(crate) use images::ImageError;
+pub(crate) use lookup::ImageError;
 pub(crate) use managed::ManagedImageError;
 pub(crate) use tags::TagError;
 
@@ -235,6 +236,60 @@ pub(crate) fn page_items<T, U>(
     let next = page.next.map(|c| ctx.seal_token(&c));
     let items = page.items.into_iter().map(item).collect::<Result<_, _>>()?;
     Ok((items, next))
+}
+
+// ------------------------------------------------------------ domain errors
+//
+// The handlers' own refusals are typed (this module and its children);
+// this is the one place they become AWS errors.
+
+impl From<NotYet> for ApiError {
+    fn from(e: NotYet) -> Self {
+        ApiError::NotImplemented(e.to_string())
+    }
+}
+
+impl From<EdgeError> for ApiError {
+    fn from(e: EdgeError) -> Self {
+        use EdgeError::*;
+        let context = match &e {
+            NoHandler(_) => "dispatching",
+            Input { .. } => "decoding an input",
+            Output { .. } => "encoding an output",
+            Document { .. } => "reading a stored document",
+        };
+        ApiError::internal(context, e)
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        use ImageError::*;
+        match e {
+            NotFound { identifier } => ApiError::not_found("MicroVM image", identifier),
+            InUse { ref arn } => ApiError::Conflict {
+                message: e.to_string(),
+                resource_id: Some(arn.clone()),
+                resource_type: Some("MicroVM image"),
+            },
+        }
+    }
+}
+
+impl From<ManagedImageError> for ApiError {
+    fn from(e: ManagedImageError) -> Self {
+        use ManagedImageError::*;
+        match e {
+            NotFound { identifier } => ApiError::not_found("Managed MicroVM image", identifier),
+            NoSecondPage => ApiError::Validation(e.to_string()),
+        }
+    }
+}
+
+impl From<TagError> for ApiError {
+    fn from(e: TagError) -> Self {
+        ApiError::Validation(e.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{handler, images, Registration};
+use super::{handler, lookup, Registration};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::ops::{self, shapes::Empty, tags::*};
@@ -140,7 +140,7 @@ fn check_removed(keys: &[String]) -> Result<(), TagError> {
 
 /// Tags apply to image ARNs of the caller's own account.
 async fn target(ctx: &RequestContext<'_>, resource: &str) -> Result<String, ApiError> {
-    Ok(images::find(ctx, resource).await?.arn)
+    Ok(lookup::find(ctx, resource).await?.arn)
 }
 
 async fn tag(ctx: &RequestContext<'_>, input: TagResourceInput) -> Result<Empty, ApiError> {

@@ -8,7 +8,7 @@
 use hearth_store::{BuildFilter, Image, VersionUpdate};
 use serde::Deserialize;
 
-use super::{from_doc, handler, images, page_items, page_request, Registration};
+use super::{from_doc, handler, lookup, page_items, page_request, Registration};
 use crate::context::{unix_secs, RequestContext};
 use crate::error::ApiError;
 use crate::ops::{self, shapes::*, versions::*};
@@ -108,7 +108,7 @@ async fn find_version(
     identifier: &str,
     version: &str,
 ) -> Result<(Image, hearth_store::ImageVersion), ApiError> {
-    let image = images::find(ctx, identifier).await?;
+    let image = lookup::find(ctx, identifier).await?;
     let (acct, id, ver) = (ctx.account(), image.image_id.clone(), version.to_string());
     let v = ctx
         .store("reading an image version", move |st| {
@@ -138,7 +138,7 @@ async fn list(
     ctx: &RequestContext<'_>,
     input: ListMicrovmImageVersionsInput,
 ) -> Result<ListMicrovmImageVersionsOutput, ApiError> {
-    let image = images::find(ctx, &input.image_identifier).await?;
+    let image = lookup::find(ctx, &input.image_identifier).await?;
     let page = page_request(ctx, input.max_results, input.next_token.as_deref())?;
     let (acct, id) = (ctx.account(), image.image_id.clone());
     let p = ctx
@@ -192,7 +192,7 @@ async fn get_build(
     ctx: &RequestContext<'_>,
     input: GetMicrovmImageBuildInput,
 ) -> Result<GetMicrovmImageBuildOutput, ApiError> {
-    let image = images::find(ctx, &input.image_identifier).await?;
+    let image = lookup::find(ctx, &input.image_identifier).await?;
     let (acct, id, ver, build) = (
         ctx.account(),
         image.image_id.clone(),
@@ -211,7 +211,7 @@ async fn list_builds(
     ctx: &RequestContext<'_>,
     input: ListMicrovmImageBuildsInput,
 ) -> Result<ListMicrovmImageBuildsOutput, ApiError> {
-    let image = images::find(ctx, &input.image_identifier).await?;
+    let image = lookup::find(ctx, &input.image_identifier).await?;
     let page = page_request(ctx, input.max_results, input.next_token.as_deref())?;
     let filter = BuildFilter {
         architecture: input.architecture,
