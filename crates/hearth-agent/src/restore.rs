@@ -26,7 +26,7 @@ const POWER_OFF_TERM_WAIT_MS: u64 = 3000;
 /// How long power-off waits for processes to die after SIGKILL.
 const POWER_OFF_KILL_WAIT_MS: u64 = 1000;
 /// How often power-off checks whether processes are left.
-const POWER_OFF_POLL_MS: u64 = 50;
+const POWER_OFF_POLL_MS: u64 = 20;
 
 /// Whole-system effects used by the agent.
 pub trait SystemOps: Send + Sync {
@@ -203,11 +203,11 @@ impl SystemOps for RealSystem {
         // kill(-1) signals every process but PID 1; the reaper reaps them.
         // SAFETY: kill takes plain integers and has no memory effects.
         unsafe { libc::kill(-1, libc::SIGTERM) };
-        if !wait_for_no_processes(POWER_OFF_TERM_WAIT_MS) {
+        if !wait_for_no_children(POWER_OFF_TERM_WAIT_MS) {
             agent_log!("power-off: processes left after SIGTERM; killing them");
             // SAFETY: as above.
             unsafe { libc::kill(-1, libc::SIGKILL) };
-            wait_for_no_processes(POWER_OFF_KILL_WAIT_MS);
+            wait_for_no_children(POWER_OFF_KILL_WAIT_MS);
         }
         // SAFETY: sync has no arguments and no memory effects.
         unsafe { libc::sync() };
@@ -236,14 +236,33 @@ impl SystemOps for RealSystem {
     }
 }
 
-/// Wait up to `timeout_ms` until no process but PID 1 is left.
-fn wait_for_no_processes(timeout_ms: u64) -> bool {
+/// Wait up to `timeout_ms` until this process has no child left, zombies
+/// included. As PID 1 every process of the guest is its child, directly or
+/// as an orphan re-parented to init, so `ECHILD` means none is left.
+/// (`kill(-1, 0)` cannot tell: it also finds the kernel's threads, which
+/// are kthreadd's children, not ours.) `WNOWAIT` leaves every exit status
+/// to the reaper thread, which reaps the zombies meanwhile.
+fn wait_for_no_children(timeout_ms: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
     loop {
-        // SAFETY: signal 0 only checks whether any process can be signalled.
-        let any = unsafe { libc::kill(-1, 0) } == 0;
-        if !any {
-            return true;
+        // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only into the siginfo_t we pass; WNOHANG
+        // makes it return at once and WNOWAIT leaves the child waitable.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r != 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ECHILD) => return true,
+                Some(libc::EINTR) => continue,
+                _ => {}
+            }
         }
         if std::time::Instant::now() >= deadline {
             return false;
@@ -335,6 +354,26 @@ mod tests {
     #[test]
     fn only_pid_1_may_power_off() {
         assert!(!RealSystem.can_power_off());
+    }
+
+    /// The wait ends as soon as the last child is gone, and only then.
+    #[test]
+    fn power_off_waits_for_the_last_child_only() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        // Alive (and, once it exits, a zombie until reaped): it counts.
+        assert!(!wait_for_no_children(100));
+        let reaper = std::thread::spawn(move || child.wait());
+        let t0 = std::time::Instant::now();
+        assert!(wait_for_no_children(5000));
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
+        reaper.join().unwrap().unwrap();
     }
 
     #[test]

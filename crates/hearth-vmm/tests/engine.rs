@@ -403,10 +403,17 @@ async fn e2e_pty_attach_and_power_off_in_a_real_guest() {
     assert!(text.contains("43 132"), "{text:?}");
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert_eq!(out.status.code, Some(7));
-    // A clean power-off ends QEMU on its own.
+    // A clean power-off ends QEMU on its own, as soon as the guest's
+    // processes are gone (the app and the shell end on SIGTERM at once).
     let pid = clone.pid();
+    let t0 = std::time::Instant::now();
     clone.power_off(T).await.expect("power off");
     assert!(!pid_alive(pid));
+    let took = t0.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "the power-off took {took:?}: the agent waited out its SIGTERM grace period"
+    );
     env.backend.delete_snapshot(&snap).unwrap();
     env.assert_no_leftovers();
 }
