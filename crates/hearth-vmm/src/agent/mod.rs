@@ -34,7 +34,7 @@ pub mod codec;
 pub mod stream;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ struct Slot {
     tx: Option<mpsc::Sender<StreamEvent>>,
     /// Output bytes queued or taken but not yet credited back.
     outstanding_bytes: u32,
+    /// Messages without data queued and not yet taken (version 2).
+    unread_control: Arc<AtomicUsize>,
     /// Bytes the host may still send (version 2).
     send_credit: Arc<Semaphore>,
 }
@@ -370,7 +372,7 @@ impl AgentClient {
         body: Request,
         timeout: Duration,
         bypass_gate: bool,
-        stream: Option<mpsc::Sender<StreamEvent>>,
+        stream: Option<(mpsc::Sender<StreamEvent>, Arc<AtomicUsize>)>,
     ) -> Result<(u64, Response), AgentClientError> {
         let what = request_name(&body);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -381,12 +383,13 @@ impl AgentClient {
             self.codec().await?.supports(&body)?;
             let (tx, rx) = oneshot::channel();
             self.shared.pending.lock().unwrap().insert(id, tx);
-            if let Some(tx) = stream {
+            if let Some((tx, unread_control)) = stream {
                 self.shared.streams.lock().unwrap().insert(
                     id,
                     Slot {
                         tx: Some(tx),
                         outstanding_bytes: 0,
+                        unread_control,
                         send_credit: Arc::new(Semaphore::new(STREAM_WINDOW_BYTES as usize)),
                     },
                 );
@@ -445,8 +448,11 @@ impl AgentClient {
     ) -> Result<(Response, StreamReceiver), AgentClientError> {
         let credit = self.codec().await?.has_credit();
         let (tx, rx) = stream::channel(credit);
-        let (id, resp) = self.request_full(body, timeout, false, Some(tx)).await?;
-        Ok((resp, StreamReceiver::new(id, rx, self.clone())))
+        let unread = Arc::new(AtomicUsize::new(0));
+        let (id, resp) = self
+            .request_full(body, timeout, false, Some((tx, unread.clone())))
+            .await?;
+        Ok((resp, StreamReceiver::new(id, rx, unread, self.clone())))
     }
 
     /// Round trip a ping.
@@ -887,6 +893,11 @@ async fn dispatch(
             if data.len() > MAX_CHUNK_BYTES {
                 return Err("output chunk over the size limit".into());
             }
+            // An empty chunk costs no credit: refused, so that a stream's
+            // queued data messages are bounded by its window.
+            if credit && data.is_empty() {
+                return Err("empty output chunk".into());
+            }
             (stream, StreamEvent::Output { fd, data }, false)
         }
         GuestMessage::Started { stream, pid } => (stream, StreamEvent::Started { pid }, false),
@@ -902,6 +913,9 @@ async fn dispatch(
         GuestMessage::StreamData { stream, data } => {
             if data.len() > MAX_CHUNK_BYTES {
                 return Err("stream chunk over the size limit".into());
+            }
+            if credit && data.is_empty() {
+                return Err("empty stream chunk".into());
             }
             (stream, StreamEvent::Data(data), false)
         }
@@ -929,6 +943,17 @@ async fn dispatch(
             slot.outstanding_bytes = total;
         }
         let tx = slot.tx.clone();
+        if credit && len == 0 && tx.is_some() {
+            // Messages without data cost no credit: their number is
+            // bounded instead (the receiver counts them back down).
+            let unread = slot.unread_control.fetch_add(1, Ordering::SeqCst);
+            if unread >= stream::MAX_QUEUED_CONTROL_EVENTS {
+                return Err(format!(
+                    "stream {stream} has more than {} unread messages without data",
+                    stream::MAX_QUEUED_CONTROL_EVENTS
+                ));
+            }
+        }
         if terminal {
             if let Some(s) = streams.remove(&stream) {
                 s.send_credit.close();
@@ -952,9 +977,11 @@ async fn dispatch(
     if credit {
         match tx.try_send(ev) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(format!(
-                "stream {stream} has too many unread messages for its window"
-            )),
+            // Cannot happen: the queue holds a window of data messages
+            // (each holds a byte or more) plus the bounded others.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(format!("stream {stream} has too many unread messages"))
+            }
         }
     } else {
         // Protocol 1: back-pressure; a slow consumer slows the guest.

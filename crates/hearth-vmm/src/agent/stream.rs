@@ -8,6 +8,8 @@
 //! in host memory. Sending: [`super::AgentClient`] waits for credit before
 //! each chunk of stdin or socket data. Both run on the caller's task.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hearth_proto::{CloseReason, ExitStatus, OutputFd, PtySize, Request, Response};
@@ -55,15 +57,23 @@ pub struct StreamReceiver {
     pub(super) client: AgentClient,
     /// Output bytes taken by the caller and not yet credited back.
     uncredited_bytes: u32,
+    /// Messages without data queued by the reader and not yet taken.
+    unread_control: Arc<AtomicUsize>,
 }
 
 impl StreamReceiver {
-    pub(super) fn new(stream: u64, rx: mpsc::Receiver<StreamEvent>, client: AgentClient) -> Self {
+    pub(super) fn new(
+        stream: u64,
+        rx: mpsc::Receiver<StreamEvent>,
+        unread_control: Arc<AtomicUsize>,
+        client: AgentClient,
+    ) -> Self {
         Self {
             stream,
             rx,
             client,
             uncredited_bytes: 0,
+            unread_control,
         }
     }
 
@@ -73,7 +83,12 @@ impl StreamReceiver {
     pub async fn recv(&mut self) -> Option<StreamEvent> {
         let ev = self.rx.recv().await?;
         let n = ev.data_len() as u32;
-        if n > 0 {
+        if n == 0 {
+            // (Events the host queues itself, a `Closed`, were not counted.)
+            let _ = self
+                .unread_control
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1));
+        } else {
             self.uncredited_bytes += n;
             if self.uncredited_bytes >= hearth_proto::STREAM_WINDOW_BYTES / 4 {
                 let bytes = std::mem::take(&mut self.uncredited_bytes);
@@ -272,12 +287,27 @@ impl Drop for TcpStream {
     }
 }
 
-/// What a caller consuming several kinds of stream needs.
+/// Unread messages without data (a restarting process's `Started` and
+/// `Exited`, an `Eof`) a stream may queue besides its data. A supervised
+/// process restarts at most once a second (then less often), so a stream
+/// read by nobody for many minutes reaches this; past it the guest is
+/// taken to break the protocol.
+pub const MAX_QUEUED_CONTROL_EVENTS: usize = 1024;
+
+/// The queue of one stream's events.
 pub(super) fn channel(
     codec_has_credit: bool,
 ) -> (mpsc::Sender<StreamEvent>, mpsc::Receiver<StreamEvent>) {
-    // With credit the guest cannot queue more than a window of bytes, so
-    // the queue may hold many small messages; without (protocol 1) the
-    // reader waits on a short queue instead.
-    mpsc::channel(if codec_has_credit { 65_536 } else { 64 })
+    // With credit the queue is bounded by bytes: a stream's unread output
+    // never exceeds its window (the reader checks), and every data message
+    // holds at least a byte (empty ones are refused), so at most a window
+    // of data messages queue, whatever their size, plus the messages
+    // without data, which the reader counts. (Tokio allocates the queue as
+    // it fills.) Without credit (protocol 1) the reader waits on a short
+    // queue instead.
+    mpsc::channel(if codec_has_credit {
+        hearth_proto::STREAM_WINDOW_BYTES as usize + MAX_QUEUED_CONTROL_EVENTS
+    } else {
+        64
+    })
 }

@@ -655,3 +655,103 @@ async fn a_receive_never_waits_for_the_gate_and_its_credit_follows_the_thaw() {
         }
     );
 }
+
+/// Open an exec stream the guest answers; returns its handle and id.
+async fn opened(client: &AgentClient, guest: &mut FakeGuest) -> (Process, u64) {
+    let c = client.clone();
+    let p = tokio::spawn(async move { c.exec(ExecRequest::default(), T).await });
+    let id = guest.accept_exec().await;
+    (p.await.unwrap().unwrap(), id)
+}
+
+#[tokio::test]
+async fn an_empty_data_frame_is_a_protocol_violation() {
+    for fd_output in [true, false] {
+        let (client, mut guest) = booted().await;
+        let (_p, id) = opened(&client, &mut guest).await;
+        let empty = if fd_output {
+            GuestMessage::Output {
+                stream: id,
+                fd: OutputFd::Stdout,
+                data: Vec::new(),
+            }
+        } else {
+            GuestMessage::StreamData {
+                stream: id,
+                data: Vec::new(),
+            }
+        };
+        guest.send(&empty).await;
+        let h = tokio::time::timeout(T, client.wait_unhealthy())
+            .await
+            .expect("an empty data frame was accepted");
+        assert!(
+            matches!(h, ChannelHealth::Failed(ref r) if r.contains("empty")),
+            "{h:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn many_small_chunks_within_the_window_are_queued() {
+    let (client, mut guest) = booted().await;
+    let (mut p, id) = opened(&client, &mut guest).await;
+    // More one-byte chunks than any fixed message count would hold, all
+    // within the window: the consumer reads nothing meanwhile.
+    const CHUNKS: usize = 70_000;
+    let mut frames = Vec::new();
+    for _ in 0..CHUNKS {
+        frames.extend(
+            encode_frame(&GuestMessage::Output {
+                stream: id,
+                fd: OutputFd::Stdout,
+                data: vec![b'x'],
+            })
+            .unwrap(),
+        );
+    }
+    guest.stream.write_all(&frames).await.unwrap();
+    let c = client.clone();
+    let ping = tokio::spawn(async move { c.ping(T).await });
+    let HostMessage::Request {
+        id: ping_id,
+        body: Request::Ping { nonce },
+    } = guest.recv().await
+    else {
+        panic!("expected ping")
+    };
+    guest
+        .send(&GuestMessage::Response {
+            id: ping_id,
+            body: Ok(Response::Pong { nonce }),
+        })
+        .await;
+    ping.await.unwrap().unwrap();
+    assert_eq!(client.health(), ChannelHealth::Up);
+    let mut got = 0;
+    while got < CHUNKS {
+        match tokio::time::timeout(T, p.events.recv()).await.unwrap() {
+            Some(StreamEvent::Output { data, .. }) => got += data.len(),
+            other => panic!("{other:?} after {got} bytes"),
+        }
+    }
+    assert_eq!(client.health(), ChannelHealth::Up);
+}
+
+#[tokio::test]
+async fn unread_events_without_data_are_bounded() {
+    let (client, mut guest) = booted().await;
+    let (_p, id) = opened(&client, &mut guest).await;
+    let mut frames = Vec::new();
+    for pid in 0..(stream::MAX_QUEUED_CONTROL_EVENTS + 1) as u32 {
+        frames.extend(encode_frame(&GuestMessage::Started { stream: id, pid }).unwrap());
+    }
+    guest.stream.write_all(&frames).await.unwrap();
+    let h = tokio::time::timeout(T, client.wait_unhealthy())
+        .await
+        .expect("unbounded messages without data were accepted");
+    assert!(
+        matches!(h, ChannelHealth::Failed(ref r) if r.contains("unread")),
+        "{h:?}"
+    );
+}
