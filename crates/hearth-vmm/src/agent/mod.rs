@@ -649,20 +649,20 @@ impl AgentClient {
     }
 
     /// First request on a new connection to a running guest (the host
-    /// process restarted): release a quiesce the old host may have left
-    /// behind, then end the old connection's streams. A version-1 guest
-    /// has no such request: its old streams are simply no longer read.
+    /// process restarted): `Reattach` releases a quiesce the old host may
+    /// have left behind and ends the old connection's streams. A version-1
+    /// guest has no such request: it gets a `Thaw` (harmless when nothing
+    /// is paused), and its old streams are simply no longer read.
     pub async fn reattach(&self, timeout: Duration) -> Result<AgentInfo, AgentClientError> {
-        // Thaw first: harmless when nothing is paused.
-        match self
-            .request_full(Request::Thaw, timeout, true, None)
-            .await?
-        {
-            (_, Response::Thawed) => {}
-            (_, other) => return Err(unexpected("thaw", &other)),
-        }
         let codec = self.codec().await?;
         if codec.supports(&Request::Reattach).is_err() {
+            match self
+                .request_full(Request::Thaw, timeout, true, None)
+                .await?
+            {
+                (_, Response::Thawed) => {}
+                (_, other) => return Err(unexpected("thaw", &other)),
+            }
             self.shared.gate.send_replace(Gate::Open);
             return Ok(codec::v1_agent_info());
         }

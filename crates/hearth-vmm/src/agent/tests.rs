@@ -755,3 +755,80 @@ async fn unread_events_without_data_are_bounded() {
         "{h:?}"
     );
 }
+
+#[tokio::test]
+async fn reattach_to_a_version_2_agent_sends_only_reattach() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let client = AgentClient::start(a, ChannelStart::Reattach { version: 2 }).unwrap();
+    let mut guest = FakeGuest::new(b, 2);
+    let c = client.clone();
+    let reattach = tokio::spawn(async move { c.reattach(T).await });
+    // Reattach releases a quiesce itself: no Thaw first.
+    let HostMessage::Request {
+        id,
+        body: Request::Reattach,
+    } = guest.recv().await
+    else {
+        panic!("the first request to a version-2 agent must be Reattach")
+    };
+    guest
+        .send(&GuestMessage::Response {
+            id,
+            body: Ok(Response::Reattached(AgentInfo {
+                proto_version: 2,
+                agent_version: "test".into(),
+                capabilities: hearth_proto::capabilities(),
+                closed_streams: Vec::new(),
+            })),
+        })
+        .await;
+    assert_eq!(reattach.await.unwrap().unwrap().proto_version, 2);
+    // The gate is open.
+    let c = client.clone();
+    let ping = tokio::spawn(async move { c.ping(T).await });
+    let HostMessage::Request {
+        id,
+        body: Request::Ping { nonce },
+    } = guest.recv().await
+    else {
+        panic!()
+    };
+    guest
+        .send(&GuestMessage::Response {
+            id,
+            body: Ok(Response::Pong { nonce }),
+        })
+        .await;
+    ping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn reattach_to_a_version_1_agent_thaws() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let client = AgentClient::start(a, ChannelStart::Reattach { version: 1 }).unwrap();
+    let mut guest = FakeGuest::new(b, 1);
+    let c = client.clone();
+    let reattach = tokio::spawn(async move { c.reattach(T).await });
+    let v1::HostMessage::Request {
+        id,
+        body: v1::Request::Thaw,
+    } = guest.recv_v1().await
+    else {
+        panic!("a version-1 agent has no Reattach: it gets a Thaw")
+    };
+    guest
+        .stream
+        .write_all(
+            &encode_frame_version(
+                1,
+                &v1::GuestMessage::Response {
+                    id,
+                    body: Ok(v1::Response::Thawed),
+                },
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reattach.await.unwrap().unwrap().proto_version, 1);
+}
