@@ -20,7 +20,7 @@ use crate::agent_log;
 use crate::errors::agent_error;
 use crate::restore;
 use crate::session::Session;
-use crate::stream::End;
+use crate::stream::{End, Stream};
 
 /// How long `PowerOff` waits for its answer to be written before it stops
 /// everything anyway.
@@ -73,20 +73,46 @@ fn uptime_ms() -> u64 {
     (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
 }
 
-/// End every open stream; returns them (by id).
-pub(crate) fn end_all_streams(session: &Session, why: End) -> Vec<ClosedStream> {
-    session
+/// Every open stream, taken out of the table (no host message reaches
+/// them any more) but not yet ended, and the list an answer gives of them.
+pub(crate) struct TakenStreams {
+    streams: Vec<Arc<dyn Stream>>,
+    pub closed: Vec<ClosedStream>,
+}
+
+/// Take every open stream out of the table; [`TakenStreams::end`] them.
+pub(crate) fn take_all_streams(session: &Session) -> TakenStreams {
+    let (closed, streams) = session
         .streams
         .take_all()
         .into_iter()
         .map(|(stream, s)| {
-            s.end(why);
-            ClosedStream {
+            let closed = ClosedStream {
                 stream,
                 kind: s.kind(),
-            }
+            };
+            (closed, s)
         })
-        .collect()
+        .unzip();
+    TakenStreams { streams, closed }
+}
+
+impl TakenStreams {
+    /// End them: sockets shut down, terminals hung up, stdin closed,
+    /// named processes detached.
+    pub(crate) fn end(self, why: End) {
+        for s in self.streams {
+            s.end(why);
+        }
+    }
+}
+
+/// End every open stream; returns them (by id).
+pub(crate) fn end_all_streams(session: &Session, why: End) -> Vec<ClosedStream> {
+    let taken = take_all_streams(session);
+    let closed = taken.closed.clone();
+    taken.end(why);
+    closed
 }
 
 /// `Quiesce`: sync, then make the answer the last frame written.
@@ -105,18 +131,21 @@ pub(crate) fn thaw(session: &Session, id: u64) {
     session.outbox.respond(id, Ok(Response::Thawed));
 }
 
-/// `Restore`: validate and apply clock, entropy and hostname; end the old
-/// connection's streams; answer; then persist the identity files before
-/// the next request is read.
+/// `Restore`: validate and apply clock, entropy and hostname; take the old
+/// connection's streams out; answer; then end those streams and persist
+/// the identity files, before the next request is read. (Ending streams
+/// hangs up terminals and shuts sockets down: off the ready path, and
+/// nothing they send reaches the new connection.)
 pub(crate) fn restore(session: &Session, id: u64, req: &RestoreRequest) {
     match restore::apply(session.system.as_ref(), req) {
         Ok(()) => {
-            let closed = end_all_streams(session, End::Restored);
+            let taken = take_all_streams(session);
             session.outbox.new_connection();
             session.outbox.release();
             session
                 .outbox
-                .respond(id, Ok(Response::Restored(agent_info(closed))));
+                .respond(id, Ok(Response::Restored(agent_info(taken.closed.clone()))));
+            taken.end(End::Restored);
             restore::persist_identity(session.system.as_ref(), req);
         }
         Err(e) => {
@@ -127,14 +156,17 @@ pub(crate) fn restore(session: &Session, id: u64, req: &RestoreRequest) {
     }
 }
 
-/// `Reattach`: a new host connection to this running agent.
+/// `Reattach`: a new host connection to this running agent; the old
+/// connection's streams are taken out before the answer and ended after.
 pub(crate) fn reattach(session: &Session, id: u64) {
-    let closed = end_all_streams(session, End::Reattached);
+    let taken = take_all_streams(session);
     session.outbox.new_connection();
     session.outbox.release();
-    session
-        .outbox
-        .respond(id, Ok(Response::Reattached(agent_info(closed))));
+    session.outbox.respond(
+        id,
+        Ok(Response::Reattached(agent_info(taken.closed.clone()))),
+    );
+    taken.end(End::Reattached);
 }
 
 /// `PowerOff`: answer (and see the answer written), stop supervising, then
