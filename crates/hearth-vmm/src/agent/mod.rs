@@ -376,6 +376,7 @@ impl AgentClient {
     ) -> Result<(u64, Response), AgentClientError> {
         let what = request_name(&body);
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let opens_stream = stream.is_some();
         let fut = async {
             if !bypass_gate {
                 self.wait_gate_open().await?;
@@ -406,7 +407,16 @@ impl AgentClient {
                 self.shared.forget(id);
                 return Err(e);
             }
-            match rx.await {
+            // From here a stream the guest may open is closed again if this
+            // request gives up (times out or is cancelled) before its answer:
+            // nobody would read it, and an exec's process would run on.
+            let abandon = opens_stream.then(|| CloseOnDrop {
+                client: self,
+                stream: id,
+            });
+            let answer = rx.await;
+            std::mem::forget(abandon); // answered: the stream is the caller's
+            match answer {
                 Ok(Ok(resp)) => Ok((id, resp)),
                 Ok(Err(source)) => {
                     self.shared.forget(id);
@@ -446,13 +456,20 @@ impl AgentClient {
         body: Request,
         timeout: Duration,
     ) -> Result<(Response, StreamReceiver), AgentClientError> {
+        let on_drop = match body {
+            Request::Exec(_) => stream::OnDrop::Drain,
+            _ => stream::OnDrop::Close,
+        };
         let credit = self.codec().await?.has_credit();
         let (tx, rx) = stream::channel(credit);
         let unread = Arc::new(AtomicUsize::new(0));
         let (id, resp) = self
             .request_full(body, timeout, false, Some((tx, unread.clone())))
             .await?;
-        Ok((resp, StreamReceiver::new(id, rx, unread, self.clone())))
+        Ok((
+            resp,
+            StreamReceiver::new(id, rx, unread, self.clone(), on_drop),
+        ))
     }
 
     /// Round trip a ping.
@@ -480,7 +497,8 @@ impl AgentClient {
         }
     }
 
-    /// Run a command to completion and collect its output (capped).
+    /// Run a command to completion and collect its output (capped). A run
+    /// that times out kills its process (its stream is closed).
     pub async fn run(&self, argv: &[&str], timeout: Duration) -> Result<Output, AgentClientError> {
         let req = ExecRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -489,6 +507,7 @@ impl AgentClient {
         let what = format!("run {}", argv.first().unwrap_or(&""));
         with_timeout(&what, timeout, async {
             let mut p = self.exec(req, timeout).await?;
+            p.events.close_on_drop();
             p.wait_output().await
         })
         .await
@@ -801,9 +820,15 @@ impl AgentClient {
         }
     }
 
-    /// The consumer of a TCP stream is gone: tell the guest to close it
-    /// (after the quiesce gate, like every stream message).
-    pub(crate) fn abandon_stream(&self, stream: u64) {
+    /// The stream is not wanted any more: forget it now and tell the guest
+    /// to close it (from a task of its own, after the quiesce gate). The
+    /// guest says nothing more about a stream the host closed, so keeping
+    /// its slot until the guest ends it would keep it forever.
+    pub(crate) fn close_stream(&self, stream: u64) {
+        let Some(slot) = self.shared.streams.lock().unwrap().remove(&stream) else {
+            return; // it ended already
+        };
+        slot.send_credit.close();
         let client = self.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -812,6 +837,19 @@ impl AgentClient {
                     .await;
             });
         }
+    }
+}
+
+/// Closes the stream a request opens if the request is dropped before its
+/// answer (see [`AgentClient::close_stream`]); forgotten once answered.
+struct CloseOnDrop<'a> {
+    client: &'a AgentClient,
+    stream: u64,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.client.close_stream(self.stream);
     }
 }
 

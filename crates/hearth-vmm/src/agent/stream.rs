@@ -50,6 +50,18 @@ impl StreamEvent {
     }
 }
 
+/// What dropping a stream's receiver does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnDrop {
+    /// Keep the stream, drained: its output dropped and credited back at
+    /// once, so the process of a dropped [`Process`] keeps running.
+    Drain,
+    /// Tell the guest to close it (a TCP connection is shut, a named
+    /// process detached, an exec's process killed) and forget it at once:
+    /// the guest says nothing more about a stream the host closed.
+    Close,
+}
+
 /// The receiving end of one stream.
 pub struct StreamReceiver {
     pub(super) stream: u64,
@@ -59,6 +71,7 @@ pub struct StreamReceiver {
     uncredited_bytes: u32,
     /// Messages without data queued by the reader and not yet taken.
     unread_control: Arc<AtomicUsize>,
+    on_drop: OnDrop,
 }
 
 impl StreamReceiver {
@@ -67,6 +80,7 @@ impl StreamReceiver {
         rx: mpsc::Receiver<StreamEvent>,
         unread_control: Arc<AtomicUsize>,
         client: AgentClient,
+        on_drop: OnDrop,
     ) -> Self {
         Self {
             stream,
@@ -74,7 +88,13 @@ impl StreamReceiver {
             client,
             uncredited_bytes: 0,
             unread_control,
+            on_drop,
         }
+    }
+
+    /// Close the stream when dropped instead of draining it.
+    pub(super) fn close_on_drop(&mut self) {
+        self.on_drop = OnDrop::Close;
     }
 
     /// The next event, or `None` once the stream is over and drained.
@@ -101,11 +121,15 @@ impl StreamReceiver {
 
 impl Drop for StreamReceiver {
     fn drop(&mut self) {
-        self.client.forget_stream(self.stream);
+        match self.on_drop {
+            OnDrop::Drain => self.client.forget_stream(self.stream),
+            OnDrop::Close => self.client.close_stream(self.stream),
+        }
     }
 }
 
-/// A process started with [`AgentClient::exec`].
+/// A process started with [`AgentClient::exec`]. Dropping it leaves the
+/// process running (its output is drained).
 pub struct Process {
     pub pid: u32,
     pub stream: u64,
@@ -234,6 +258,7 @@ async fn collect_output(events: &mut StreamReceiver) -> Result<Output, AgentClie
 }
 
 /// A stream on the output of a named process ([`AgentClient::attach`]).
+/// Dropping it detaches the process again (its output goes to its ring).
 pub struct Attachment {
     /// The running incarnation, `None` when the process has ended.
     pub pid: Option<u32>,
@@ -248,7 +273,7 @@ impl Attachment {
     }
 }
 
-/// A TCP connection to a guest port.
+/// A TCP connection to a guest port; dropping it closes the connection.
 pub struct TcpStream {
     pub stream: u64,
     pub events: StreamReceiver,
@@ -278,12 +303,6 @@ impl TcpStream {
         }
         self.events.client.check_health()?;
         Ok(out)
-    }
-}
-
-impl Drop for TcpStream {
-    fn drop(&mut self) {
-        self.events.client.abandon_stream(self.stream);
     }
 }
 

@@ -832,3 +832,105 @@ async fn reattach_to_a_version_1_agent_thaws() {
         .unwrap();
     assert_eq!(reattach.await.unwrap().unwrap().proto_version, 1);
 }
+
+/// The next host message, which must come within [`T`].
+async fn next(guest: &mut FakeGuest) -> HostMessage {
+    tokio::time::timeout(T, guest.recv())
+        .await
+        .expect("the host sent nothing")
+}
+
+/// Stream slots the host still holds.
+fn slots(client: &AgentClient) -> usize {
+    client.shared.streams.lock().unwrap().len()
+}
+
+/// Answer the next request, which must open a stream with `resp`.
+async fn accept(guest: &mut FakeGuest, resp: Response) -> u64 {
+    let HostMessage::Request { id, .. } = guest.recv().await else {
+        panic!("expected a request")
+    };
+    guest
+        .send(&GuestMessage::Response { id, body: Ok(resp) })
+        .await;
+    id
+}
+
+#[tokio::test]
+async fn dropped_tcp_streams_and_attachments_are_closed_and_forgotten() {
+    let (client, mut guest) = booted().await;
+    let c = client.clone();
+    let t = tokio::spawn(async move { c.tcp_connect(80, T).await });
+    let tcp_id = accept(&mut guest, Response::TcpConnect).await;
+    let tcp = t.await.unwrap().unwrap();
+    let c = client.clone();
+    let a = tokio::spawn(async move { c.attach("app", T).await });
+    let attach_id = accept(&mut guest, Response::Attached { pid: Some(9) }).await;
+    let attachment = a.await.unwrap().unwrap();
+    assert_eq!(slots(&client), 2);
+    // The guest side never ends them on its own: the host must let go.
+    drop(tcp);
+    assert_eq!(
+        guest.recv().await,
+        HostMessage::StreamClose { stream: tcp_id }
+    );
+    drop(attachment);
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamClose { stream: attach_id }
+    );
+    assert_eq!(slots(&client), 0, "a dropped stream's slot is kept");
+    // Their late output is dropped like any unknown stream's.
+    guest.output(attach_id, 10).await;
+    assert!(guest.silent_for(100).await, "credit for a forgotten stream");
+    assert_eq!(client.health(), ChannelHealth::Up);
+}
+
+#[tokio::test]
+async fn a_timed_out_exec_is_cancelled_in_the_guest() {
+    let (client, mut guest) = booted().await;
+    let c = client.clone();
+    let p = tokio::spawn(async move {
+        c.exec(ExecRequest::default(), Duration::from_millis(200))
+            .await
+    });
+    let HostMessage::Request {
+        id,
+        body: Request::Exec(_),
+    } = guest.recv().await
+    else {
+        panic!("expected exec")
+    };
+    // The guest answers too late.
+    let err = p.await.unwrap().err().expect("timed out");
+    assert!(matches!(err, AgentClientError::Timeout { .. }), "{err}");
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamClose { stream: id }
+    );
+    assert_eq!(slots(&client), 0);
+    guest
+        .send(&GuestMessage::Response {
+            id,
+            body: Ok(Response::Exec { pid: 7 }),
+        })
+        .await;
+    guest.output(id, 10).await;
+    assert!(guest.silent_for(100).await);
+    assert_eq!(client.health(), ChannelHealth::Up);
+}
+
+#[tokio::test]
+async fn a_timed_out_run_kills_its_process() {
+    let (client, mut guest) = booted().await;
+    let c = client.clone();
+    let run = tokio::spawn(async move { c.run(&["sleep", "9"], Duration::from_millis(300)).await });
+    let id = guest.accept_exec().await;
+    let err = run.await.unwrap().unwrap_err();
+    assert!(matches!(err, AgentClientError::Timeout { .. }), "{err}");
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamClose { stream: id }
+    );
+    assert_eq!(slots(&client), 0);
+}
