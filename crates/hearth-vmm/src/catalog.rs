@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::disk::DiskChain;
 use crate::error::VmError;
 use crate::jsonfile::{load_json, save_json};
-use crate::record::{owner_alive, write_owner, OWNER_FILE};
+use crate::owner::{owner_alive, write_owner, OWNER_FILE};
 use crate::spec::MachineConfig;
 use crate::{SnapshotId, VmId};
 
@@ -287,10 +287,12 @@ impl Catalog {
         for p in &parents {
             self.add_ref(p, &Dependent::Snapshot(record.id.clone()))?;
         }
-        let publish = save_json(&staging.join(RECORD_FILE), &record).and_then(|()| {
-            let dir = self.dir(&record.id);
-            fs::rename(staging, &dir).map_err(io_err(&dir, "publish"))
-        });
+        let publish = save_json(&staging.join(RECORD_FILE), &record)
+            .map_err(VmError::from)
+            .and_then(|()| {
+                let dir = self.dir(&record.id);
+                fs::rename(staging, &dir).map_err(io_err(&dir, "publish"))
+            });
         if let Err(e) = publish {
             for p in &parents {
                 self.remove_ref(p, &Dependent::Snapshot(record.id.clone()));

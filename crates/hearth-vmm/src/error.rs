@@ -91,3 +91,18 @@ pub enum VmError {
         dependents: Vec<String>,
     },
 }
+
+impl From<crate::jsonfile::JsonFileError> for VmError {
+    fn from(e: crate::jsonfile::JsonFileError) -> Self {
+        use crate::jsonfile::JsonFileError::*;
+        match e {
+            Invalid { what, path, reason } => VmError::Record { what, path, reason },
+            Io { op, path, source } => VmError::Io {
+                id: "record".into(),
+                op,
+                path,
+                source,
+            },
+        }
+    }
+}

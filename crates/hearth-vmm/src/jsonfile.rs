@@ -9,7 +9,26 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::VmError;
+/// Why a record could not be read or written. Becomes
+/// [`crate::VmError::Record`] or [`crate::VmError::Io`].
+#[derive(Debug, thiserror::Error)]
+pub enum JsonFileError {
+    /// The record is missing, unreadable, malformed or of another version.
+    #[error("{what} {}: {reason}", path.display())]
+    Invalid {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// Writing it failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Read a versioned JSON record and refuse versions this build does not know.
 pub fn load_json<T: for<'de> Deserialize<'de>>(
@@ -17,8 +36,8 @@ pub fn load_json<T: for<'de> Deserialize<'de>>(
     what: &'static str,
     version: u32,
     version_of: impl Fn(&T) -> u32,
-) -> Result<T, VmError> {
-    let bad = |reason: String| VmError::Record {
+) -> Result<T, JsonFileError> {
+    let bad = |reason: String| JsonFileError::Invalid {
         what,
         path: path.to_path_buf(),
         reason,
@@ -47,22 +66,20 @@ pub fn load_json<T: for<'de> Deserialize<'de>>(
 }
 
 /// Write a record atomically and durably.
-pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), VmError> {
+pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), JsonFileError> {
     let tmp = prepare_json(path, value)?;
     publish_json(&tmp, path)
 }
 
 /// Write `value` durably beside `path` (not yet in its place); returns the
 /// temporary file. Removed again on failure.
-pub fn prepare_json<T: Serialize>(path: &Path, value: &T) -> Result<std::path::PathBuf, VmError> {
+pub fn prepare_json<T: Serialize>(
+    path: &Path,
+    value: &T,
+) -> Result<std::path::PathBuf, JsonFileError> {
     let io = |op: &'static str| {
         let path = path.to_path_buf();
-        move |source| VmError::Io {
-            id: "record".into(),
-            op,
-            path,
-            source,
-        }
+        move |source| JsonFileError::Io { op, path, source }
     };
     let tmp = path.with_extension("json.tmp");
     let r = fs::File::create(&tmp)
@@ -80,9 +97,8 @@ pub fn prepare_json<T: Serialize>(path: &Path, value: &T) -> Result<std::path::P
 }
 
 /// Put a prepared record in place (a rename: needs no space).
-pub fn publish_json(tmp: &Path, path: &Path) -> Result<(), VmError> {
-    fs::rename(tmp, path).map_err(|source| VmError::Io {
-        id: "record".into(),
+pub fn publish_json(tmp: &Path, path: &Path) -> Result<(), JsonFileError> {
+    fs::rename(tmp, path).map_err(|source| JsonFileError::Io {
         op: "rename",
         path: path.to_path_buf(),
         source,

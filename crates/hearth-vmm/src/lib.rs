@@ -33,6 +33,7 @@ pub mod fault;
 pub mod ids;
 pub mod jsonfile;
 pub mod memory;
+pub mod owner;
 pub mod process;
 pub mod qemu;
 pub mod qmp;

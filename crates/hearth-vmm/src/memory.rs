@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::VmError;
+use crate::jsonfile::JsonFileError;
 
 /// Host page size assumed for pagemap arithmetic (x86_64).
 pub const PAGE_SIZE_BYTES: u64 = 4096;
@@ -259,12 +259,10 @@ impl MemoryDiff {
     /// [`crate::jsonfile`], which also fsyncs the generation directory).
     pub fn save(&self, path: &Path) -> Result<(), MemoryError> {
         crate::jsonfile::save_json(path, self).map_err(|e| match e {
-            VmError::Io {
-                op, path, source, ..
-            } => MemoryError::Io { op, path, source },
-            other => MemoryError::InvalidDiff {
+            JsonFileError::Io { op, path, source } => MemoryError::Io { op, path, source },
+            JsonFileError::Invalid { reason, .. } => MemoryError::InvalidDiff {
                 path: path.into(),
-                reason: other.to_string(),
+                reason,
             },
         })
     }
@@ -276,7 +274,7 @@ impl MemoryDiff {
                 .map_err(|e| MemoryError::InvalidDiff {
                     path: path.into(),
                     reason: match e {
-                        VmError::Record { reason, .. } => reason,
+                        JsonFileError::Invalid { reason, .. } => reason,
                         other => other.to_string(),
                     },
                 })?;

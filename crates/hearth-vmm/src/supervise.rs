@@ -21,8 +21,8 @@ use hearth_supervisor::{
     CONTROL_VERSION, EXIT_FILE,
 };
 
+use crate::owner::ProcessIdentity;
 use crate::process::{self, PassFd, SpawnRequest};
-use crate::record::ProcessIdentity;
 use crate::sockets;
 
 /// The supervisor's own log in the run directory.

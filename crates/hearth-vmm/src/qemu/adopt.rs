@@ -31,10 +31,10 @@ use crate::catalog::Catalog;
 use crate::confine;
 use crate::error::VmError;
 use crate::memory::FileKey;
+use crate::owner::owner_alive;
 use crate::qmp::Qmp;
 use crate::record::{
-    load_vm_record, owner_alive, MemoryBase, ProcessIdentity, RecordedState, SuspendedVm, VmRecord,
-    RUN_DIR,
+    load_vm_record, MemoryBase, ProcessIdentity, RecordedState, SuspendedVm, VmRecord, RUN_DIR,
 };
 use crate::spec::Lifetime;
 use crate::state::VmState;

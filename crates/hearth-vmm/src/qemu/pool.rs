@@ -19,7 +19,7 @@ use crate::confine;
 use crate::disk;
 use crate::disk::DiskChain;
 use crate::error::VmError;
-use crate::record::OWNER_FILE;
+use crate::owner::OWNER_FILE;
 use crate::SnapshotId;
 use crate::VmId;
 
@@ -91,7 +91,7 @@ pub(super) fn create_vm_dir(backend: &QemuBackend, name: &str) -> Result<PathBuf
             })
         }
     }
-    if let Err(source) = crate::record::write_owner(&dir) {
+    if let Err(source) = crate::owner::write_owner(&dir) {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(VmError::Io {
             id: name.to_string(),

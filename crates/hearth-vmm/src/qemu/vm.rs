@@ -246,10 +246,10 @@ impl QemuVm {
             if persistent {
                 let _ = crate::supervise::set_linger(&run, false);
             }
-            return Err(e);
+            return Err(e.into());
         }
         self.record = record;
-        let _ = std::fs::remove_file(self.dir.join(crate::record::OWNER_FILE));
+        let _ = std::fs::remove_file(self.dir.join(crate::owner::OWNER_FILE));
         self.committed = true;
         Ok(())
     }
@@ -597,7 +597,7 @@ impl QemuVm {
         self.fault(FaultPoint::SuspendProcessGone);
         if let Err(e) = crate::jsonfile::publish_json(&prepared, &self.dir.join(RECORD_FILE)) {
             let _ = std::fs::remove_file(&prepared);
-            return Err(e);
+            return Err(e.into());
         }
         self.record = record;
         Ok(())
