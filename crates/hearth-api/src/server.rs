@@ -42,10 +42,57 @@ const BUDGET_WAIT: Duration = Duration::from_secs(2);
 /// The budget is counted in KiB.
 const BUDGET_UNIT_BYTES: usize = 1024;
 
+/// Body bytes the requests of one access key may hold before their
+/// signature is checked: room for one largest body and some small ones, so
+/// that whoever knows a key id (they are not secret) cannot take the whole
+/// budget alone. Beyond it: `ThrottlingException` at once.
+pub const UNVERIFIED_BODY_BYTES_PER_KEY: usize = MAX_BODY_BYTES + 2 * 1024 * 1024;
+
 /// The API listener's service.
 pub struct Api {
     state: Arc<AppState>,
     unverified_budget: Semaphore,
+    /// Unverified body bytes held, by access key id.
+    unverified_by_key: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+}
+
+/// One request's bytes in [`Api::unverified_by_key`], given back on drop.
+struct KeyShare {
+    map: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    key: String,
+    bytes: usize,
+}
+
+impl KeyShare {
+    fn take(
+        map: &Arc<std::sync::Mutex<HashMap<String, usize>>>,
+        key: &str,
+        bytes: usize,
+    ) -> Option<KeyShare> {
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        let held = m.entry(key.to_string()).or_insert(0);
+        if *held + bytes > UNVERIFIED_BODY_BYTES_PER_KEY {
+            return None;
+        }
+        *held += bytes;
+        Some(KeyShare {
+            map: map.clone(),
+            key: key.to_string(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for KeyShare {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = m.get_mut(&self.key) {
+            *held -= self.bytes;
+            if *held == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Api {
@@ -53,6 +100,7 @@ impl Api {
         Api {
             state,
             unverified_budget: Semaphore::new(UNVERIFIED_BODY_BUDGET_BYTES / BUDGET_UNIT_BYTES),
+            unverified_by_key: Arc::default(),
         }
     }
 
@@ -110,7 +158,8 @@ impl Api {
                 body.len_bytes()
             )));
         }
-        let body = self.read_body(body).await?;
+        let key_id = keys.keys().next().cloned().unwrap_or_default();
+        let body = self.read_body(body, &key_id).await?;
 
         // 3. The signature, over the body.
         let header_pairs = header_pairs(headers);
@@ -176,12 +225,18 @@ impl Api {
         }
     }
 
-    /// Read the body while holding its share of the unverified-body budget.
-    async fn read_body(&self, body: Body) -> Result<Bytes, ApiError> {
+    /// Read the body while holding its share of the unverified-body budget,
+    /// within the share of its access key.
+    async fn read_body(&self, body: Body, key_id: &str) -> Result<Bytes, ApiError> {
         let len = usize::try_from(body.len_bytes()).unwrap_or(usize::MAX);
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let Some(_share) = KeyShare::take(&self.unverified_by_key, key_id, len) else {
+            return Err(ApiError::Throttling {
+                retry_after_secs: 1,
+            });
+        };
         let units = u32::try_from(len.div_ceil(BUDGET_UNIT_BYTES)).unwrap_or(u32::MAX);
         let _permit =
             match tokio::time::timeout(BUDGET_WAIT, self.unverified_budget.acquire_many(units))
@@ -402,5 +457,29 @@ fn auth_err(e: hearth_sigv4::SigV4Error) -> ApiError {
     ApiError::Auth {
         code: e.error_code(),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_key_cannot_hold_more_than_its_share_of_unverified_bodies() {
+        let map = Arc::default();
+        let a = KeyShare::take(&map, "AKIAONE", MAX_BODY_BYTES).expect("a largest body");
+        let b = KeyShare::take(&map, "AKIAONE", 2 * 1024 * 1024).expect("and 2 MiB more");
+        assert!(
+            KeyShare::take(&map, "AKIAONE", 1).is_none(),
+            "the key's share is full"
+        );
+        let other = KeyShare::take(&map, "AKIATWO", MAX_BODY_BYTES).expect("another key");
+        drop(a);
+        assert!(KeyShare::take(&map, "AKIAONE", MAX_BODY_BYTES).is_some());
+        drop((b, other));
+        assert!(
+            map.lock().unwrap().is_empty(),
+            "released shares leave nothing"
+        );
     }
 }

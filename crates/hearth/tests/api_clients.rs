@@ -471,6 +471,7 @@ fn attack_suite() {
     let s = Server::start();
     let arn = s.seed_image(&s.admin, "attack");
     let pid = s.child.id().to_string();
+    let other = s.create_account("other");
     let out = python(
         &s,
         "attack_suite.py",
@@ -478,6 +479,8 @@ fn attack_suite() {
             ("IMAGE_ARN", &arn),
             ("HEARTH_PROXY", &s.proxy),
             ("HEARTH_PID", &pid),
+            ("OTHER_AK", &other.access_key_id),
+            ("OTHER_SK", &other.secret),
         ],
     );
     assert!(out.contains("attack suite: ok"), "{out}");
