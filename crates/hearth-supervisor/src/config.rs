@@ -47,6 +47,12 @@ pub struct SupervisorConfig {
     /// Keep running (and keep the child) when the attached `hearth`
     /// connection ends. Off until `hearth` commits the microVM.
     pub linger: bool,
+    /// Let the child use transparent huge pages. Off for Hearth's microVMs
+    /// (their RAM is a file mapping, and THP only inflates QEMU's TCG
+    /// translation buffer); on for anonymous guest RAM (the benchmarks'
+    /// stock-QEMU baseline), which a stock QEMU backs with huge pages.
+    #[serde(default)]
+    pub transparent_huge_pages: bool,
 }
 
 /// How the child is confined (applied in the child, before `execve`).
@@ -163,6 +169,7 @@ mod tests {
                 pids_max: 128,
             }),
             linger: false,
+            transparent_huge_pages: false,
         }
     }
 

@@ -679,16 +679,19 @@ fn child_main(cfg: &SupervisorConfig, fds: &ChildFds, cgroups: Option<&Cgroups>)
         libc::sigemptyset(&mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
-    // No transparent huge pages: QEMU asks for them on its 64 MiB TCG
-    // translation buffer, and an idle microVM then holds whole 2 MiB pages
-    // of which it uses a few kilobytes (the guest's RAM is a shared or
-    // private file mapping either way). Inherited across execve.
-    // SAFETY: PR_SET_THP_DISABLE takes integers only.
-    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        fail(
-            "disable transparent huge pages",
-            &io::Error::last_os_error(),
-        );
+    // No transparent huge pages unless asked for: QEMU asks for them on its
+    // 64 MiB TCG translation buffer, and an idle microVM then holds whole
+    // 2 MiB pages of which it uses a few kilobytes (a Hearth microVM's RAM
+    // is a shared or private file mapping, which THP does not back).
+    // Inherited across execve.
+    if !cfg.transparent_huge_pages {
+        // SAFETY: PR_SET_THP_DISABLE takes integers only.
+        if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+            fail(
+                "disable transparent huge pages",
+                &io::Error::last_os_error(),
+            );
+        }
     }
     if let Some(cg) = cgroups {
         if let Err(e) = cg.join_self() {

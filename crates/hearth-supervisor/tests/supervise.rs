@@ -49,6 +49,7 @@ fn config(
         jail,
         cgroup,
         linger: false,
+        transparent_huge_pages: false,
     }
 }
 
@@ -369,4 +370,20 @@ fn requests_of_another_version_are_refused() {
     assert!(k.ok);
     let exit = wait_exit(&mut r);
     assert_eq!(exit.signal, Some(libc::SIGKILL));
+}
+
+/// Transparent huge pages are off for the child unless its config asks for
+/// them (anonymous guest RAM, as a stock QEMU would back it).
+#[test]
+fn transparent_huge_pages_are_off_unless_asked_for() {
+    for (allowed, want) in [(false, "THP_enabled:\t0"), (true, "THP_enabled:\t1")] {
+        let mut r = start(|d| {
+            let mut c = config(d, "grep THP_enabled /proc/self/status >&2", None, None);
+            c.transparent_huge_pages = allowed;
+            c
+        });
+        let exit = wait_exit(&mut r);
+        let tail = exit.stderr_tail;
+        assert!(tail.contains(want), "allowed={allowed}: {tail:?}");
+    }
 }

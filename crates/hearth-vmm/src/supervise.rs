@@ -314,6 +314,7 @@ mod tests {
             jail: None,
             cgroup: None,
             linger: false,
+            transparent_huge_pages: false,
         };
         (prog, cfg)
     }

@@ -4,8 +4,9 @@
 //! Like is compared with like: every figure and every baseline runs through
 //! the same supervisor, confinement and QMP code; a baseline restore gets a
 //! QEMU started ahead of time exactly when the Hearth figure beside it
-//! does, and the table says so. Each figure is at least 20 runs, reported
-//! as min / p50 / p90 / max. Runs sequentially on the CLI's Tokio runtime,
+//! does, and the table says so. Each timed figure is `--runs` runs (at
+//! least 20), reported as min / p50 / p90 / max with its n; the memory
+//! figure is one measurement over `--clones` clones. Runs sequentially on the CLI's Tokio runtime,
 //! one microVM at a time except for the memory measurement; run it with
 //! nothing else busy on the host.
 
@@ -520,7 +521,9 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
              through the same supervisor, confinement and QMP code in the same invocation; a baseline \
              restore is given a pre-started QEMU exactly when the Hearth figure beside it is. The \
              cold-cache resume drops the host page cache before each resume; the snapshot's memory image \
-             stays resident as a sealed memfd (as in production).{}\n\n{}\n\
+             stays resident as a sealed memfd (as in production). Hearth's QEMUs run without transparent \
+             huge pages (their RAM is a file mapping); a baseline with anonymous RAM keeps them, as a stock \
+             QEMU would.{}\n\n{}\n\
              Raw JSON (`hearth bench engine --json`):\n\n```json\n{}\n```\n",
             host["cpu"].as_str().unwrap_or(""),
             host["cores"],
@@ -539,13 +542,14 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     Ok(())
 }
 
-/// Where a launch's time goes under TCG (profiled with `perf` on this
-/// project's hosts), so the figures read right.
+/// Where a launch's time goes under TCG, from a one-off `perf` profile (not
+/// re-measured by this command), so the figures read right.
 const TCG_NOTE: &str = " Under TCG, a restored guest's code is translated afresh in each new \
-QEMU process: during a clone launch the QEMU vCPU thread is busy for about 95% of the wall time, \
-and about 80% of its profile samples are in QEMU's translator (`tcg_gen_code`, `tcg_optimize`, \
-the x86 front end), 3% in translated code. The host-side work of a launch (disk handover, device \
-state) is about 5 ms of it. KVM hosts do not pay the translation.";
+QEMU process. A one-off `perf` profile of clone launches on this host (2026-12-01, QEMU 7.2.22; \
+not re-measured by this command) found the QEMU vCPU thread busy for about 95% of a launch's wall \
+time, about 80% of its samples in QEMU's translator (`tcg_gen_code`, `tcg_optimize`, the x86 front \
+end) and 3% in translated code; the host-side work of a launch (disk handover, device state, logged \
+by the engine) is about 5 ms. KVM hosts do not pay the translation.";
 
 /// Replace (or append) the section that starts with `heading` in a Markdown
 /// file, leaving the other benchmarks' sections as they are.

@@ -168,6 +168,7 @@ impl QemuBackend {
             }
             Ram::Anonymous => (RamArg::Anonymous, None),
         };
+        let anonymous_ram = matches!(ram, RamArg::Anonymous);
         let mut boot_cmdline = None;
         if let Some((kernel, initrd, line)) = s.boot {
             fds.push((kernel.into(), cmdline::KERNEL_FD));
@@ -253,6 +254,9 @@ impl QemuBackend {
             jail,
             cgroup,
             linger: false,
+            // Anonymous guest RAM (the stock-QEMU baseline) gets huge pages
+            // as a stock QEMU would; file-backed RAM gains nothing from them.
+            transparent_huge_pages: anonymous_ram,
         };
         let mut supervisor = supervise::spawn(&cfg.supervisor_binary, sup_cfg, control.into(), fds)
             .map_err(|source| VmError::Spawn {
