@@ -22,7 +22,7 @@ use hearth_store::{IdempotencyBegin, StoredResponse};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::{blocking, unix_secs, AppState, Caller};
 use crate::error::ApiError;
@@ -45,53 +45,64 @@ const BUDGET_UNIT_BYTES: usize = 1024;
 /// Body bytes the requests of one access key may hold before their
 /// signature is checked: room for one largest body and some small ones, so
 /// that whoever knows a key id (they are not secret) cannot take the whole
-/// budget alone. Beyond it: `ThrottlingException` at once.
+/// budget alone. A request waits for room as for the server-wide budget.
 pub const UNVERIFIED_BODY_BYTES_PER_KEY: usize = MAX_BODY_BYTES + 2 * 1024 * 1024;
 
 /// The API listener's service.
 pub struct Api {
     state: Arc<AppState>,
-    unverified_budget: Semaphore,
-    /// Unverified body bytes held, by access key id.
-    unverified_by_key: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    unverified: BodyBudget,
 }
 
-/// One request's bytes in [`Api::unverified_by_key`], given back on drop.
-struct KeyShare {
-    map: Arc<std::sync::Mutex<HashMap<String, usize>>>,
-    key: String,
-    bytes: usize,
+/// The unverified-body budget: server-wide, and per access key. Counted in
+/// [`BUDGET_UNIT_BYTES`].
+struct BodyBudget {
+    all: Arc<Semaphore>,
+    /// One semaphore per access key that has sent a body (keys passed the
+    /// header checks, so they exist in the store: the map is bounded by the
+    /// keys there are).
+    by_key: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-impl KeyShare {
-    fn take(
-        map: &Arc<std::sync::Mutex<HashMap<String, usize>>>,
+impl BodyBudget {
+    fn new() -> Self {
+        BodyBudget {
+            all: Arc::new(Semaphore::new(
+                UNVERIFIED_BODY_BUDGET_BYTES / BUDGET_UNIT_BYTES,
+            )),
+            by_key: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Room for `bytes` of `key`'s, within the key's share and the whole
+    /// budget, waiting at most `wait`; `None` if there is none by then.
+    async fn reserve(
+        &self,
         key: &str,
         bytes: usize,
-    ) -> Option<KeyShare> {
-        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
-        let held = m.entry(key.to_string()).or_insert(0);
-        if *held + bytes > UNVERIFIED_BODY_BYTES_PER_KEY {
-            return None;
-        }
-        *held += bytes;
-        Some(KeyShare {
-            map: map.clone(),
-            key: key.to_string(),
-            bytes,
-        })
-    }
-}
-
-impl Drop for KeyShare {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = m.get_mut(&self.key) {
-            *held -= self.bytes;
-            if *held == 0 {
-                m.remove(&self.key);
-            }
-        }
+        wait: Duration,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT_BYTES)).ok()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let per_key = {
+            let mut m = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(key.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(
+                        UNVERIFIED_BODY_BYTES_PER_KEY / BUDGET_UNIT_BYTES,
+                    ))
+                })
+                .clone()
+        };
+        let mine = tokio::time::timeout_at(deadline, per_key.acquire_many_owned(units))
+            .await
+            .ok()?
+            .ok()?;
+        let all = tokio::time::timeout_at(deadline, self.all.clone().acquire_many_owned(units))
+            .await
+            .ok()?
+            .ok()?;
+        Some((mine, all))
     }
 }
 
@@ -99,8 +110,7 @@ impl Api {
     pub fn new(state: Arc<AppState>) -> Self {
         Api {
             state,
-            unverified_budget: Semaphore::new(UNVERIFIED_BODY_BUDGET_BYTES / BUDGET_UNIT_BYTES),
-            unverified_by_key: Arc::default(),
+            unverified: BodyBudget::new(),
         }
     }
 
@@ -232,23 +242,11 @@ impl Api {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let Some(_share) = KeyShare::take(&self.unverified_by_key, key_id, len) else {
+        let Some(_room) = self.unverified.reserve(key_id, len, BUDGET_WAIT).await else {
             return Err(ApiError::Throttling {
                 retry_after_secs: 1,
             });
         };
-        let units = u32::try_from(len.div_ceil(BUDGET_UNIT_BYTES)).unwrap_or(u32::MAX);
-        let _permit =
-            match tokio::time::timeout(BUDGET_WAIT, self.unverified_budget.acquire_many(units))
-                .await
-            {
-                Ok(Ok(p)) => p,
-                _ => {
-                    return Err(ApiError::Throttling {
-                        retry_after_secs: 1,
-                    })
-                }
-            };
         body.read_all(MAX_BODY_BYTES)
             .await
             .map_err(|e| ApiError::Body {
@@ -464,22 +462,30 @@ fn auth_err(e: hearth_sigv4::SigV4Error) -> ApiError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_key_cannot_hold_more_than_its_share_of_unverified_bodies() {
-        let map = Arc::default();
-        let a = KeyShare::take(&map, "AKIAONE", MAX_BODY_BYTES).expect("a largest body");
-        let b = KeyShare::take(&map, "AKIAONE", 2 * 1024 * 1024).expect("and 2 MiB more");
+    #[tokio::test]
+    async fn one_key_cannot_hold_more_than_its_share_of_unverified_bodies() {
+        let budget = BodyBudget::new();
+        let wait = Duration::from_millis(50);
+        let a = budget.reserve("AKIAONE", MAX_BODY_BYTES, wait).await;
+        let b = budget.reserve("AKIAONE", 2 * 1024 * 1024, wait).await;
+        assert!(a.is_some() && b.is_some(), "a largest body and 2 MiB more");
         assert!(
-            KeyShare::take(&map, "AKIAONE", 1).is_none(),
+            budget.reserve("AKIAONE", 1, wait).await.is_none(),
             "the key's share is full"
         );
-        let other = KeyShare::take(&map, "AKIATWO", MAX_BODY_BYTES).expect("another key");
-        drop(a);
-        assert!(KeyShare::take(&map, "AKIAONE", MAX_BODY_BYTES).is_some());
-        drop((b, other));
+        let other = budget.reserve("AKIATWO", MAX_BODY_BYTES, wait).await;
+        assert!(other.is_some(), "another key has room");
         assert!(
-            map.lock().unwrap().is_empty(),
-            "released shares leave nothing"
+            budget
+                .reserve("AKIATHREE", MAX_BODY_BYTES, wait)
+                .await
+                .is_none(),
+            "but the whole budget is full"
         );
+        drop(a);
+        assert!(budget
+            .reserve("AKIAONE", MAX_BODY_BYTES, wait)
+            .await
+            .is_some());
     }
 }

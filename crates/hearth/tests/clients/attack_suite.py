@@ -137,8 +137,8 @@ check(during - before < 40, f"RSS grew from {before:.0f} to {during:.0f} MiB und
 print(f"unauthenticated half bodies: RSS {before:.0f} -> {during:.0f} MiB")
 
 # One key cannot take the whole budget: while it holds a 6 MiB body
-# unverified, its next large body is refused at once (429), and another
-# account's body still goes through.
+# unverified, its next large body waits 2 s for room and is refused (429),
+# and another account's body still goes through.
 hold = socket.create_connection((HOST, PORT), timeout=30)
 hold.sendall(forged + b"x" * 1024)
 time.sleep(0.3)
@@ -146,7 +146,7 @@ t = time.time()
 raw = exchange(forged.replace(b"Content-Length: %d" % (6 * MiB), b"Content-Length: %d" % (3 * MiB))
                + b"x" * (3 * MiB))
 aws_error(raw, 429, "ThrottlingException", "a second large body of the same key")
-check(time.time() - t < 1.5, f"the refusal took {time.time() - t:.1f} s")
+check(time.time() - t < 4, f"the refusal took {time.time() - t:.1f} s")
 other = boto3.client("lambda", endpoint_url=E, region_name="us-east-1",
                      aws_access_key_id=os.environ["OTHER_AK"], aws_secret_access_key=os.environ["OTHER_SK"],
                      config=Config(retries={"max_attempts": 1}))
