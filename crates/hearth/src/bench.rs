@@ -167,6 +167,7 @@ async fn timed_launch(
 pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     anyhow::ensure!(a.runs >= 20, "--runs must be at least 20");
     anyhow::ensure!(a.clones >= 1, "--clones must be at least 1");
+    let steal = StealMeter::start();
     let backend = g.backend()?;
     let accel = backend.config().accel;
     let work = g.state_dir.join("bench");
@@ -374,6 +375,7 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
             "cpu": cpu,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "confinement": backend.config().confinement.is_some(),
+            "cpu_steal_percent": round(steal.percent()),
         },
         "guest": { "mem_mib": a.mem_mib, "image": a.image, "vcpus": 1 },
         "cold_boot_ms": cold.json(),
@@ -514,8 +516,8 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
     if a.markdown.as_os_str() != "-" {
         let host = &report["host"];
         let section = format!(
-            "## Engine\n\nWritten by `hearth bench engine`. Host: {} ({} cores), accelerator **{}**, QEMU {}, \
-             confinement {}. Guest: {} MiB, 1 vCPU, `{}` root disk, Debian cloud kernel, `hearth-agent` as PID 1. \
+            "## Engine\n\nWritten by `hearth bench engine`. Host: {} ({} cores, {}% of CPU time stolen by the \
+             hypervisor during the run), accelerator **{}**, QEMU {}, confinement {}. Guest: {} MiB, 1 vCPU, `{}` root disk, Debian cloud kernel, `hearth-agent` as PID 1. \
              \"Agent-ready\" means the agent answered (boot: its hello; clone/resume: its reply to the \
              post-restore request that sets clock, entropy and identity). Every figure and baseline runs \
              through the same supervisor, confinement and QMP code in the same invocation; a baseline \
@@ -527,6 +529,7 @@ pub async fn engine(g: &Global, a: EngineArgs) -> Result<()> {
              Raw JSON (`hearth bench engine --json`):\n\n```json\n{}\n```\n",
             host["cpu"].as_str().unwrap_or(""),
             host["cores"],
+            host["cpu_steal_percent"],
             accel,
             backend.qemu_version(),
             if backend.config().confinement.is_some() { "on" } else { "off" },
@@ -550,6 +553,43 @@ not re-measured by this command) found the QEMU vCPU thread busy for about 95% o
 time, about 80% of its samples in QEMU's translator (`tcg_gen_code`, `tcg_optimize`, the x86 front \
 end) and 3% in translated code; the host-side work of a launch (disk handover, device state, logged \
 by the engine) is about 5 ms. KVM hosts do not pay the translation.";
+
+/// CPU time the hypervisor gave to others while a benchmark ran (steal, from
+/// `/proc/stat`): on a shared host it slows every figure, so the tables say
+/// how much there was.
+pub struct StealMeter {
+    start: Option<(u64, u64)>,
+}
+
+impl StealMeter {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (v.len() == 8).then(|| (v[7], v.iter().sum()))
+    }
+
+    pub fn start() -> Self {
+        StealMeter {
+            start: Self::sample(),
+        }
+    }
+
+    /// Percent of all CPU time stolen since [`StealMeter::start`].
+    pub fn percent(&self) -> f64 {
+        match (self.start, Self::sample()) {
+            (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+                (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64
+            }
+            _ => 0.0,
+        }
+    }
+}
 
 /// Replace (or append) the section that starts with `heading` in a Markdown
 /// file, leaving the other benchmarks' sections as they are.
