@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Buf;
-use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Mutex};
@@ -17,16 +17,42 @@ use tokio::time::{timeout, Instant};
 use crate::body::Body;
 use crate::io::ConnIo;
 use crate::limits::Limits;
-use crate::reply::{error_response, new_request_id, ConnInfo, RequestId, REQUEST_ID_HEADER};
+use crate::reply::{error_response, new_request_id, ConnInfo, RequestId};
 use crate::service::Service;
 use crate::{h2, Response};
 
-/// A request head, copied out of the read buffer.
+/// A request head, parsed and checked: everything but the body.
 struct Head {
-    method: Vec<u8>,
-    target: Vec<u8>,
-    minor_version: u8,
-    headers: Vec<(String, Vec<u8>)>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    /// The body's length (`Content-Length`, else none).
+    len_bytes: u64,
+    keep_alive: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    expect_continue: bool,
+}
+
+/// Why the front end refuses a request: answered in the AWS error shape.
+struct Refusal {
+    status: StatusCode,
+    error_type: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            error_type,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        error_response(self.status, self.error_type, &self.message)
+    }
 }
 
 enum HeadOutcome {
@@ -34,7 +60,7 @@ enum HeadOutcome {
     /// Close without a word (the client left, or an idle connection timed out).
     Close,
     /// Answer this and close.
-    Refuse(Response),
+    Refuse(Refusal),
     Http2,
 }
 
@@ -70,24 +96,22 @@ impl ConnIo {
                     return HeadOutcome::Http2;
                 }
             } else {
-                let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-                let mut req = httparse::Request::new(&mut headers);
+                let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+                let mut req = httparse::Request::new(&mut fields);
                 match req.parse(&self.buf) {
                     Ok(httparse::Status::Complete(n)) => {
                         if n > limits.max_head_bytes {
                             return HeadOutcome::Refuse(head_too_large(&limits));
                         }
-                        let head = Head {
-                            method: req.method.unwrap_or("").as_bytes().to_vec(),
-                            target: req.path.unwrap_or("").as_bytes().to_vec(),
-                            minor_version: req.version.unwrap_or(1),
-                            headers: req
-                                .headers
-                                .iter()
-                                .map(|h| (h.name.to_string(), h.value.to_vec()))
-                                .collect(),
+                        let head = match parse_head(&req) {
+                            Ok(h) => h,
+                            Err(refusal) => return HeadOutcome::Refuse(refusal),
                         };
                         self.buf.advance(n);
+                        // The body stays on the connection until the
+                        // service reads it.
+                        self.body_remaining = head.len_bytes;
+                        self.continue_pending = head.expect_continue && head.len_bytes > 0;
                         return HeadOutcome::Request(head);
                     }
                     Ok(httparse::Status::Partial) => {
@@ -96,17 +120,17 @@ impl ConnIo {
                         }
                     }
                     Err(httparse::Error::TooManyHeaders) => {
-                        return HeadOutcome::Refuse(error_response(
+                        return HeadOutcome::Refuse(Refusal::new(
                             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                             "ValidationException",
-                            &format!(
+                            format!(
                                 "The request has more than {} header fields",
                                 limits.max_headers
                             ),
                         ))
                     }
                     Err(e) => {
-                        return HeadOutcome::Refuse(bad_request(&format!(
+                        return HeadOutcome::Refuse(bad_request(format!(
                             "Malformed HTTP request head: {}",
                             describe(e)
                         )))
@@ -143,8 +167,8 @@ pub(crate) async fn run<S: Service>(
         let head = match outcome {
             HeadOutcome::Request(h) => h,
             HeadOutcome::Close => return,
-            HeadOutcome::Refuse(resp) => {
-                io.lock().await.refuse(resp, &rid).await;
+            HeadOutcome::Refuse(refusal) => {
+                io.lock().await.refuse(refusal.into_response(), &rid).await;
                 return;
             }
             HeadOutcome::Http2 => {
@@ -153,13 +177,14 @@ pub(crate) async fn run<S: Service>(
                 return;
             }
         };
-        let (req, keep_alive) = match request(head, &io, peer, &rid).await {
-            Ok(r) => r,
-            Err(resp) => {
-                io.lock().await.refuse(resp, &rid).await;
-                return;
-            }
-        };
+        let keep_alive = head.keep_alive;
+        let mut req = http::Request::new(Body::on_connection(io.clone(), head.len_bytes));
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        req.extensions_mut().insert(RequestId(rid.clone()));
+        req.extensions_mut().insert(ConnInfo { peer });
         let head_only = req.method() == Method::HEAD;
         let resp = service.call(req).await;
         let mut g = io.lock().await;
@@ -186,33 +211,31 @@ pub(crate) async fn run<S: Service>(
     }
 }
 
-/// Turn a head into a request whose body stays on the connection; or the
-/// answer that refuses it.
-async fn request(
-    head: Head,
-    io: &Arc<Mutex<ConnIo>>,
-    peer: SocketAddr,
-    rid: &str,
-) -> Result<(crate::Request, bool), Response> {
-    let method = Method::from_bytes(&head.method)
+/// Check a parsed head and turn it into a [`Head`]; or the answer that
+/// refuses it. `Expect: 100-continue` is only noted: the connection answers
+/// it when the service reads the body.
+fn parse_head(req: &httparse::Request<'_, '_>) -> Result<Head, Refusal> {
+    let minor_version = req.version.unwrap_or(1);
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| bad_request("The request method is not a valid token"))?;
-    if !head.target.starts_with(b"/") {
+    let target = req.path.unwrap_or("").as_bytes();
+    if !target.starts_with(b"/") {
         return Err(bad_request(
             "The request target must be a path beginning with '/'",
         ));
     }
-    let uri = Uri::try_from(head.target.as_slice()).map_err(|_| {
+    let uri = Uri::try_from(target).map_err(|_| {
         bad_request("The request target is not a valid URI path and query (only visible ASCII is allowed; percent-encode the rest)")
     })?;
-    let mut headers = http::HeaderMap::with_capacity(head.headers.len());
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut content_length: Option<u64> = None;
-    let mut connection_close = head.minor_version == 0;
+    let mut connection_close = minor_version == 0;
     let mut expect_continue = false;
-    for (name, value) in &head.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
+    for field in req.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| bad_request("A header name is not a valid token"))?;
-        let value = HeaderValue::from_bytes(value).map_err(|_| {
-            bad_request(&format!(
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| {
+            bad_request(format!(
                 "The value of header {name} contains a control character"
             ))
         })?;
@@ -231,7 +254,7 @@ async fn request(
             }
             content_length = Some(n);
         } else if name == http::header::TRANSFER_ENCODING {
-            return Err(error_response(
+            return Err(Refusal::new(
                 StatusCode::LENGTH_REQUIRED,
                 "ValidationException",
                 "Transfer-Encoding is not accepted: send the body with a Content-Length",
@@ -241,60 +264,54 @@ async fn request(
                 let t = token.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
                     connection_close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && head.minor_version == 0 {
+                } else if t.eq_ignore_ascii_case(b"keep-alive") && minor_version == 0 {
                     connection_close = false;
                 }
             }
         } else if name == http::header::EXPECT {
-            if value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            } else {
-                return Err(error_response(
+            if !value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+                return Err(Refusal::new(
                     StatusCode::EXPECTATION_FAILED,
                     "ValidationException",
                     "Only Expect: 100-continue is supported",
                 ));
             }
+            expect_continue = true;
         }
         headers.append(name, value);
     }
-    let len_bytes = content_length.unwrap_or(0);
-    {
-        let mut g = io.lock().await;
-        g.body_remaining = len_bytes;
-        g.continue_pending = expect_continue && len_bytes > 0;
-    }
-    let mut req = http::Request::new(Body::on_connection(io.clone(), len_bytes));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = if head.minor_version == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    *req.headers_mut() = headers;
-    req.extensions_mut().insert(RequestId(rid.to_string()));
-    req.extensions_mut().insert(ConnInfo { peer });
-    Ok((req, !connection_close))
+    Ok(Head {
+        method,
+        uri,
+        version: if minor_version == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        },
+        headers,
+        len_bytes: content_length.unwrap_or(0),
+        keep_alive: !connection_close,
+        expect_continue,
+    })
 }
 
-fn bad_request(message: &str) -> Response {
-    error_response(StatusCode::BAD_REQUEST, "ValidationException", message)
+fn bad_request(message: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "ValidationException", message)
 }
 
-fn head_too_large(limits: &Limits) -> Response {
-    error_response(
+fn head_too_large(limits: &Limits) -> Refusal {
+    Refusal::new(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "ValidationException",
-        &format!(
+        format!(
             "The request head is larger than {} bytes",
             limits.max_head_bytes
         ),
     )
 }
 
-fn timed_out_head() -> Response {
-    error_response(
+fn timed_out_head() -> Refusal {
+    Refusal::new(
         StatusCode::REQUEST_TIMEOUT,
         "RequestTimeoutException",
         "The request head did not arrive in time",
@@ -320,17 +337,6 @@ pub(crate) async fn refuse_busy(mut stream: TcpStream, max_connections: usize) {
         "ServiceUnavailableException",
         &format!("The server holds its maximum of {max_connections} connections; retry later"),
     );
-    let rid = new_request_id();
-    let (parts, body) = resp.into_parts();
-    let mut out = format!("HTTP/1.1 503 Service Unavailable\r\n{REQUEST_ID_HEADER}: {rid}\r\n");
-    for (k, v) in &parts.headers {
-        out.push_str(&format!("{}: {}\r\n", k, v.to_str().unwrap_or("")));
-    }
-    out.push_str(&format!(
-        "content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&body);
+    let bytes = crate::io::encode_response(resp, &new_request_id(), true, false);
     let _ = timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
 }

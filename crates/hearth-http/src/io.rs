@@ -97,45 +97,53 @@ impl ConnIo {
         close: bool,
         head_only: bool,
     ) -> io::Result<()> {
-        let (parts, body) = resp.into_parts();
-        let status = parts.status;
-        let mut out = Vec::with_capacity(256 + body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\n",
-                status.as_str(),
-                status.canonical_reason().unwrap_or("")
-            )
-            .as_bytes(),
-        );
-        for (k, v) in &parts.headers {
-            if k == http::header::CONTENT_LENGTH
-                || k == http::header::CONNECTION
-                || k == http::header::TRANSFER_ENCODING
-            {
-                continue;
-            }
-            out.extend_from_slice(k.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if !parts.headers.contains_key(REQUEST_ID_HEADER) {
-            out.extend_from_slice(format!("{REQUEST_ID_HEADER}: {rid}\r\n").as_bytes());
-        }
-        let no_body = status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status.is_informational();
-        if !no_body {
-            out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-        }
-        if close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if !no_body && !head_only {
-            out.extend_from_slice(&body);
-        }
-        self.write_timed(&out).await
+        self.write_timed(&encode_response(resp, rid, close, head_only))
+            .await
     }
+}
+
+/// `resp` as HTTP/1.1 bytes for the request `rid`: its own framing
+/// (`content-length`, and `connection: close` when `close`), the request id
+/// unless the service set one, no body for HEAD, 1xx, 204 and 304.
+pub(crate) fn encode_response(resp: Response, rid: &str, close: bool, head_only: bool) -> Vec<u8> {
+    let (parts, body) = resp.into_parts();
+    let status = parts.status;
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    for (k, v) in &parts.headers {
+        if k == http::header::CONTENT_LENGTH
+            || k == http::header::CONNECTION
+            || k == http::header::TRANSFER_ENCODING
+        {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(REQUEST_ID_HEADER) {
+        out.extend_from_slice(format!("{REQUEST_ID_HEADER}: {rid}\r\n").as_bytes());
+    }
+    let no_body = status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational();
+    if !no_body {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !no_body && !head_only {
+        out.extend_from_slice(&body);
+    }
+    out
 }
