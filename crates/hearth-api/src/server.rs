@@ -141,6 +141,13 @@ impl hearth_http::Service for Api {
     }
 }
 
+/// The active access key a request's headers name.
+struct KnownKey {
+    account_id: hearth_store::AccountId,
+    access_key_id: String,
+    secret: SecretKey,
+}
+
 /// The unauthenticated ceiling `hearth bench api` compares against.
 const PING_PATH: &str = "/hearth/v1/ping";
 
@@ -158,7 +165,8 @@ impl Api {
 
         // 1. Authentication from the headers alone: nothing of the body is
         // read for a request that cannot be from a known key.
-        let (account_id, keys) = self.authenticate_head(method, uri, headers).await?;
+        let header_pairs = header_pairs(headers);
+        let key = self.authenticate_head(method, uri, &header_pairs).await?;
 
         // 2. The body, within its limit and the server-wide budget for
         // bodies whose signature is not yet checked.
@@ -168,11 +176,9 @@ impl Api {
                 body.len_bytes()
             )));
         }
-        let key_id = keys.keys().next().cloned().unwrap_or_default();
-        let body = self.read_body(body, &key_id).await?;
+        let body = self.read_body(body, &key.access_key_id).await?;
 
         // 3. The signature, over the body.
-        let header_pairs = header_pairs(headers);
         let req = hearth_sigv4::Request {
             method: method.as_str(),
             raw_path: uri.path(),
@@ -180,14 +186,16 @@ impl Api {
             headers: &header_pairs,
             body: &body,
         };
-        let verified = hearth_sigv4::verify(&req, &keys, SystemTime::now(), self.verify_options())
-            .map_err(auth_err)?;
+        let lookup = |id: &str| (id == key.access_key_id).then(|| key.secret.clone());
+        let verified =
+            hearth_sigv4::verify(&req, &lookup, SystemTime::now(), self.verify_options())
+                .map_err(auth_err)?;
         if verified.session_token.is_some() {
             // Hearth issues no temporary credentials, so no session token is valid.
             return Err(unrecognized_client());
         }
         let caller = Caller {
-            account_id,
+            account_id: key.account_id,
             region: state.region.clone(),
         };
         self.operation(method, uri, headers, &caller, body).await
@@ -200,21 +208,20 @@ impl Api {
         &self,
         method: &Method,
         uri: &Uri,
-        headers: &HeaderMap,
-    ) -> Result<(hearth_store::AccountId, HashMap<String, SecretKey>), ApiError> {
-        let header_pairs = header_pairs(headers);
+        header_pairs: &[(&str, &[u8])],
+    ) -> Result<KnownKey, ApiError> {
         let auth = hearth_sigv4::precheck(
             method.as_str(),
             uri.path(),
             uri.query().unwrap_or(""),
-            &header_pairs,
+            header_pairs,
             SystemTime::now(),
             self.verify_options(),
         )
         .map_err(auth_err)?;
-        let akid = auth.access_key_id.to_string();
+        let access_key_id = auth.access_key_id.to_string();
         let store = self.state.store.clone();
-        let lookup_key = akid.clone();
+        let lookup_key = access_key_id.clone();
         let found = blocking("looking up an access key", move || {
             store.secret_for(&lookup_key)
         })
@@ -222,9 +229,11 @@ impl Api {
         let Some((account_id, secret)) = found else {
             return Err(unrecognized_client());
         };
-        let mut keys = HashMap::new();
-        keys.insert(akid, SecretKey::new(secret.expose().to_string()));
-        Ok((account_id, keys))
+        Ok(KnownKey {
+            account_id,
+            access_key_id,
+            secret: SecretKey::new(secret.expose().to_string()),
+        })
     }
 
     /// Requests are signed for the `lambda` service in this server's region.
