@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::Mutex;
 use tokio::time::{timeout, Instant};
@@ -135,7 +135,7 @@ impl ConnIo {
             if !self.buf.is_empty() {
                 let n = (self.body_remaining.min(self.buf.len() as u64)) as usize;
                 out.extend_from_slice(&self.buf[..n]);
-                self.buf.advance(n);
+                self.buf.drain(..n);
                 self.body_remaining -= n as u64;
                 continue;
             }

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -107,7 +106,7 @@ impl ConnIo {
                             Ok(h) => h,
                             Err(refusal) => return HeadOutcome::Refuse(refusal),
                         };
-                        self.buf.advance(n);
+                        self.buf.drain(..n);
                         // The body stays on the connection until the
                         // service reads it.
                         self.body_remaining = head.len_bytes;
@@ -339,4 +338,50 @@ pub(crate) async fn refuse_busy(mut stream: TcpStream, max_connections: usize) {
     );
     let bytes = crate::io::encode_response(resp, &new_request_id(), true, false);
     let _ = timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer of a connection that sends an endless head never holds
+    /// more than the head limit plus one read: the figure the documented
+    /// memory bound multiplies by the connection cap.
+    #[tokio::test]
+    async fn an_endless_head_is_refused_within_its_buffer_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let limits = Arc::new(Limits::default());
+        let mut io = ConnIo::new(server, limits.clone());
+        let writer = tokio::spawn(async move {
+            // In pieces that do not line up with reads, as a slow client
+            // sends them.
+            let mut head = b"GET / HTTP/1.1\r\nx-long: ".to_vec();
+            head.resize(256 * 1024, b'a');
+            for piece in head.chunks(10_000) {
+                if client.write_all(piece).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            client
+        });
+        let (_tx, mut rx) = watch::channel(false);
+        match io.read_head(true, &mut rx).await {
+            HeadOutcome::Refuse(r) => {
+                assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            }
+            _ => panic!("an endless head was not refused"),
+        }
+        let bound = limits.max_head_bytes + crate::limits::READ_CHUNK_BYTES;
+        assert!(
+            io.buf.capacity() <= bound,
+            "{} bytes of buffer for a {bound}-byte bound",
+            io.buf.capacity()
+        );
+        drop(writer);
+    }
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::BufMut;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +23,9 @@ const LINGER: Duration = Duration::from_secs(2);
 /// The connection's socket and what was read from it but not yet used.
 pub(crate) struct ConnIo {
     pub(crate) stream: TcpStream,
-    pub(crate) buf: BytesMut,
+    /// Read but not yet used. Grows by exact reservations, so its
+    /// capacity stays within a head limit plus one read.
+    pub(crate) buf: Vec<u8>,
     pub(crate) limits: Arc<Limits>,
     /// The client sent `Expect: 100-continue` and has not been told to go on.
     pub(crate) continue_pending: bool,
@@ -35,7 +37,7 @@ impl ConnIo {
     pub(crate) fn new(stream: TcpStream, limits: Arc<Limits>) -> Self {
         ConnIo {
             stream,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
             limits,
             continue_pending: false,
             body_remaining: 0,
@@ -44,10 +46,11 @@ impl ConnIo {
 
     /// Read once more (at most one chunk).
     pub(crate) async fn read_more(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK_BYTES];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        // Straight into the buffer: no chunk on the task's stack, so a
+        // waiting connection costs its buffer and little else.
+        self.buf.reserve_exact(READ_CHUNK_BYTES);
+        let mut room = (&mut self.buf).limit(READ_CHUNK_BYTES);
+        self.stream.read_buf(&mut room).await
     }
 
     pub(crate) async fn write_timed(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -72,10 +75,10 @@ impl ConnIo {
     pub(crate) async fn lingering_close(&mut self) {
         let _ = self.stream.shutdown().await;
         let deadline = Instant::now() + LINGER;
-        let mut sink = [0u8; READ_CHUNK_BYTES];
         loop {
+            self.buf.clear();
             let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.stream.read(&mut sink)).await {
+            match timeout(left, self.read_more()).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
