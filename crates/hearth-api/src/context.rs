@@ -35,7 +35,8 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub account_id: AccountId,
-    /// Region of the credential scope; ARNs are minted in it.
+    /// The region ARNs are minted in: the server's own (a request signed
+    /// for another is refused before it gets here).
     pub region: String,
 }
 

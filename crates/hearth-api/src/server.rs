@@ -21,7 +21,6 @@ use hearth_sigv4::SecretKey;
 use hearth_store::{IdempotencyBegin, StoredResponse};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::{blocking, unix_secs, AppState, Caller};
@@ -377,7 +376,7 @@ impl Api {
         let bytes = if status == StatusCode::NO_CONTENT {
             Vec::new()
         } else {
-            serde_json::to_vec(&body).expect("serialize")
+            body
         };
         if let Some(tok) = token {
             let stored = StoredResponse {
@@ -446,11 +445,8 @@ fn fingerprint(op: &str, input: &Value, token_member: &str) -> String {
     if let Some(o) = v.as_object_mut() {
         o.remove(token_member);
     }
-    let mut h = Sha256::new();
-    h.update(op.as_bytes());
-    h.update([0]);
-    h.update(serde_json::to_vec(&v).expect("serialize"));
-    hex::encode(h.finalize())
+    let json = serde_json::to_vec(&v).expect("a JSON value serializes");
+    hearth_store::request_fingerprint(&[op.as_bytes(), b"\0", &json].concat())
 }
 
 fn unrecognized_client() -> ApiError {

@@ -1,8 +1,7 @@
 //! Handlers of the image operations: GetMicrovmImage, ListMicrovmImages,
 //! DeleteMicrovmImage, and CreateMicrovmImage / UpdateMicrovmImage (501
-//! until the image builder lands, after their tags are checked). Also owns
-//! finding an image by ARN, id or name in the caller's account, which the
-//! version, microVM and tag handlers share. Runs on the request task.
+//! until the image builder lands, after their tags are checked). Finding an
+//! image by ARN, id or name is `lookup`'s. Runs on the request task.
 
 use hearth_store::{Image, ImageFilter, MicrovmFilter, PageRequest};
 use serde::Deserialize;

@@ -50,7 +50,7 @@ pub(crate) use tags::TagError;
 
 /// The future of a type-erased handler.
 pub(crate) type HandlerFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Value, ApiError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Vec<u8>, ApiError>> + Send + 'a>>;
 
 /// A type-erased handler: the validated input object in, the response body
 /// out. Made by `handler!` from a typed `async fn`.
@@ -116,13 +116,13 @@ fn registry() -> &'static HashMap<&'static str, &'static Registration> {
 }
 
 /// Run one operation: `input` is the pipeline's validated input object
-/// (members by model name); the answer is the response body.
+/// (members by model name); the answer is the response body, as JSON bytes.
 pub async fn dispatch(
     state: &Arc<AppState>,
     caller: &Caller,
     op: &str,
     input: Value,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let Some(reg) = registry().get(op) else {
         return Err(EdgeError::NoHandler(op.to_string()).into());
     };
@@ -145,9 +145,10 @@ pub(crate) fn decode<O: Operation>(input: Value) -> Result<O::Input, ApiError> {
     })
 }
 
-/// The typed edge, outward: `O::Output` as the response body.
-pub(crate) fn encode<O: Operation>(output: &O::Output) -> Result<Value, ApiError> {
-    serde_json::to_value(output).map_err(|e| {
+/// The typed edge, outward: `O::Output` as the response body's JSON bytes
+/// (serialized once, straight from the typed output).
+pub(crate) fn encode<O: Operation>(output: &O::Output) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(output).map_err(|e| {
         EdgeError::Output {
             operation: O::NAME,
             detail: e.to_string(),

@@ -219,14 +219,11 @@ async fn list_builds(
         chipset_generation: input.chipset_generation,
     };
     let (acct, id, ver) = (ctx.account(), image.image_id.clone(), input.image_version);
-    let (a2, id2, ver2) = (acct.clone(), id.clone(), ver.clone());
-    // The version must exist: listing builds of a missing version is a 404.
-    ctx.store("reading an image version", move |st| {
-        st.get_image_version(&a2, &id2, &ver2)
-    })
-    .await?;
     let p = ctx
         .store("listing builds", move |st| {
+            // The version must exist: listing builds of a missing version
+            // is a 404.
+            st.get_image_version(&acct, &id, &ver)?;
             st.list_builds(&acct, &id, &ver, &filter, &page)
         })
         .await?;
