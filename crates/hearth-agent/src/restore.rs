@@ -357,8 +357,27 @@ mod tests {
     }
 
     /// The wait ends as soon as the last child is gone, and only then.
+    /// It counts every child of the process, and other tests (and the spawn
+    /// module's reaper thread, which reaps any child) share the test
+    /// binary's process: so the check runs alone, in a process of its own.
     #[test]
     fn power_off_waits_for_the_last_child_only() {
+        const ALONE: &str = "HEARTH_AGENT_TEST_POWER_OFF_ALONE";
+        const NAME: &str = "restore::tests::power_off_waits_for_the_last_child_only";
+        if std::env::var_os(ALONE).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1"])
+                .env(ALONE, "1")
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
         let mut child = std::process::Command::new("sleep")
             .arg("0.3")
             .spawn()
