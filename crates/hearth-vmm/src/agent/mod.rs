@@ -675,14 +675,7 @@ impl AgentClient {
     pub async fn reattach(&self, timeout: Duration) -> Result<AgentInfo, AgentClientError> {
         let codec = self.codec().await?;
         if codec.supports(&Request::Reattach).is_err() {
-            match self
-                .request_full(Request::Thaw, timeout, true, None)
-                .await?
-            {
-                (_, Response::Thawed) => {}
-                (_, other) => return Err(unexpected("thaw", &other)),
-            }
-            self.shared.gate.send_replace(Gate::Open);
+            self.thaw(timeout).await?;
             return Ok(codec::v1_agent_info());
         }
         match self
