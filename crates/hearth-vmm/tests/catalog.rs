@@ -256,6 +256,56 @@ async fn e2e_an_adopted_clone_suspends_and_resumes() {
     env.assert_no_leftovers();
 }
 
+/// The benchmarks' baseline (a whole-RAM migration stream restored into a
+/// waiting QEMU) is a microVM like the others: it answers, its QEMU's files
+/// follow it into its directory, and terminating it leaves nothing.
+#[tokio::test]
+async fn e2e_a_full_ram_restore_becomes_a_whole_microvm() {
+    let env = env();
+    let plain = env
+        .backend
+        .boot_with(env.boot_spec("full-src", Some("debian-12-minimal")), true)
+        .await
+        .expect("boot with anonymous RAM");
+    sh(&plain, "echo kept > /run/note").await;
+    let work = tempfile::tempdir().unwrap();
+    let full = plain
+        .save_full_ram(&work.path().join("full.mig"))
+        .await
+        .expect("save");
+    let waiting = env
+        .backend
+        .prestart_full_ram(&full)
+        .await
+        .expect("prestart");
+    let vm = env
+        .backend
+        .restore_full_ram(waiting, &full, VmId::new("full-dst").unwrap())
+        .await
+        .expect("restore");
+    assert_eq!(
+        sh(&vm, "cat /run/note; echo console-mark > /dev/console").await,
+        "kept"
+    );
+    // Its QEMU's files (console log, sockets) followed it into its
+    // directory, and it reads them there: what the guest just wrote to its
+    // console is in the log it finds (the supervisor writes it there within
+    // moments).
+    for _ in 0..50 {
+        if vm.console_tail().contains("console-mark") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        vm.console_tail().contains("console-mark"),
+        "console: {:?}",
+        vm.console_tail()
+    );
+    vm.terminate().await.unwrap();
+    env.assert_no_leftovers();
+}
+
 /// Every open file of QEMU `pid` that is a disk layer, with whether it is
 /// open for writing.
 fn qemu_disk_files(pid: u32) -> Vec<(String, bool)> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::pool::{Prestarted, SPARE_LAYER};
-use super::restore::{hand_over_uid, Undo};
+use super::restore::Undo;
 use super::start::{Disk, Ram, StartSpec};
 use super::vm::QemuVm;
 use super::QemuBackend;
@@ -185,32 +185,15 @@ impl QemuBackend {
         undo.proc = Some(proc);
         undo.uid = Some((state_dir.clone(), uid));
         undo.paths.push(pool_dir.clone());
-        let dir = self.vm_dir(&name);
-        if dir.exists() {
-            return Err(VmError::Exists(name));
-        }
-        std::fs::rename(&pool_dir, &dir).map_err(|source| VmError::Io {
-            id: name.clone(),
-            op: "claim",
-            path: pool_dir,
-            source,
-        })?;
-        undo.paths = vec![dir.clone()];
-        hand_over_uid(&state_dir, uid, &name)?;
-        let chain = match &snap.disk {
-            Some(c) => {
-                let layer = "disk-1.qcow2";
-                let spare = dir.join(SPARE_LAYER);
-                std::fs::rename(&spare, dir.join(layer)).map_err(|source| VmError::Io {
-                    id: name.clone(),
-                    op: "rename",
-                    path: spare,
-                    source,
-                })?;
-                Some(c.with_own_top(layer))
-            }
-            None => None,
-        };
+        let proc = undo.proc.as_mut().expect("just set");
+        let (dir, chain) = self.become_vm(
+            proc,
+            &pool_dir,
+            uid,
+            &name,
+            snap.disk.as_ref(),
+            &mut undo.paths,
+        )?;
         let record = VmRecord {
             version: VmRecord::VERSION,
             id: id.clone(),

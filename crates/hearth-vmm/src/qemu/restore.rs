@@ -65,12 +65,50 @@ fn next_layer_name(dir: &Path) -> String {
 }
 
 /// Hand the uid claim of a claimed waiting QEMU over to microVM `name`.
-pub(super) fn hand_over_uid(state_dir: &Path, uid: u32, name: &str) -> Result<(), VmError> {
+fn hand_over_uid(state_dir: &Path, uid: u32, name: &str) -> Result<(), VmError> {
     confine::move_uid(state_dir, uid, name).map_err(io(
         name,
         "hand over the uid claim",
         &confine::uid_claim(state_dir, uid),
     ))
+}
+
+impl QemuBackend {
+    /// A waiting QEMU becomes microVM `name`: its directory is renamed to
+    /// the microVM's (QEMU reaches its files only through descriptors, and
+    /// its sockets are found by inode, so `proc.run` follows the rename),
+    /// its uid claim is handed over, and its spare disk layer becomes the
+    /// microVM's own top layer over `disk`. Every path made is pushed on
+    /// `undo_paths` as soon as it exists. Returns the microVM's directory
+    /// and disk chain.
+    pub(super) fn become_vm(
+        &self,
+        proc: &mut Proc,
+        pool_dir: &Path,
+        uid: u32,
+        name: &str,
+        disk: Option<&DiskChain>,
+        undo_paths: &mut Vec<PathBuf>,
+    ) -> Result<(PathBuf, Option<DiskChain>), VmError> {
+        let dir = self.vm_dir(name);
+        if dir.exists() {
+            return Err(VmError::Exists(name.to_string()));
+        }
+        std::fs::rename(pool_dir, &dir).map_err(io(name, "claim", pool_dir))?;
+        *undo_paths = vec![dir.clone()];
+        proc.run = crate::supervise::RunDir(dir.join(RUN_DIR));
+        hand_over_uid(&self.inner.cfg.state_dir, uid, name)?;
+        let chain = match disk {
+            Some(c) => {
+                let layer = next_layer_name(&dir);
+                let spare = dir.join(SPARE_LAYER);
+                std::fs::rename(&spare, dir.join(&layer)).map_err(io(name, "rename", &spare))?;
+                Some(c.with_own_top(&layer))
+            }
+            None => None,
+        };
+        Ok((dir, chain))
+    }
 }
 
 /// Removes what a failed bring-up made, unless disarmed.
@@ -399,37 +437,21 @@ impl QemuBackend {
         let state_dir = self.inner.cfg.state_dir.clone();
         undo.uid = Some((state_dir.clone(), uid));
         undo.paths.push(pool_dir.clone());
-        // The waiting QEMU becomes this microVM: its directory is renamed
-        // (QEMU reaches its files only through descriptors).
-        let dir = self.vm_dir(&name);
-        if dir.exists() {
-            undo.proc = Some(proc);
-            return Err(VmError::Exists(name));
-        }
-        if let Err(e) = std::fs::rename(&pool_dir, &dir) {
-            undo.proc = Some(proc);
-            return Err(io(&name, "claim", &pool_dir)(e));
-        }
-        undo.paths = vec![dir.clone()];
-        // Its sockets moved with the directory (a socket is found by inode).
-        proc.run = crate::supervise::RunDir(dir.join(RUN_DIR));
-        if let Err(e) = hand_over_uid(&state_dir, uid, &name) {
-            undo.proc = Some(proc);
-            return Err(e);
-        }
-        self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
-        let chain = match &snapshot.record.disk {
-            Some(c) => {
-                let layer = next_layer_name(&dir);
-                let spare = dir.join(SPARE_LAYER);
-                if let Err(e) = std::fs::rename(&spare, dir.join(&layer)) {
-                    undo.proc = Some(proc);
-                    return Err(io(&name, "rename", &spare)(e));
-                }
-                Some(c.with_own_top(&layer))
+        let (dir, chain) = match self.become_vm(
+            &mut proc,
+            &pool_dir,
+            uid,
+            &name,
+            snapshot.record.disk.as_ref(),
+            &mut undo.paths,
+        ) {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                undo.proc = Some(proc);
+                return Err(e);
             }
-            None => None,
         };
+        self.fault_at(FaultPoint::ResumeStarted, &id, &dir, &proc);
         let devstate = self.inner.catalog.dir(&snapshot.id).join("devstate");
         if let Err(e) = self
             .complete_restore(&id, &dir, &mut proc, chain.as_ref(), None, &devstate)
