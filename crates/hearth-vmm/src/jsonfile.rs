@@ -1,7 +1,8 @@
 //! Versioned JSON records on disk, for every persisted struct of the engine
-//! (microVM and snapshot records): read with the version checked before the
-//! shape, written atomically and durably (temporary file, fsync, rename,
-//! directory fsync). Blocking; callers run it where they may block.
+//! (microVM and snapshot records, memory diffs): read with the version
+//! checked before the shape, written compactly, atomically and durably
+//! (temporary file, fsync, rename, directory fsync). Blocking; callers run
+//! it where they may block.
 
 use std::fs;
 use std::io::Write;
@@ -45,9 +46,15 @@ pub fn load_json<T: for<'de> Deserialize<'de>>(
     let bytes = fs::read(path).map_err(|e| bad(e.to_string()))?;
     // Look at the version before the shape, so an old or new record is
     // named as such rather than as malformed.
-    if let Some(found) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    // (Only the version is read here; serde skips the rest without building
+    // it.)
+    #[derive(Deserialize)]
+    struct Version {
+        version: Option<u64>,
+    }
+    if let Some(found) = serde_json::from_slice::<Version>(&bytes)
         .ok()
-        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
+        .and_then(|v| v.version)
     {
         if found != u64::from(version) {
             return Err(bad(format!(
@@ -85,7 +92,7 @@ pub fn prepare_json<T: Serialize>(
     let r = fs::File::create(&tmp)
         .map_err(io("create"))
         .and_then(|mut f| {
-            f.write_all(&serde_json::to_vec_pretty(value).expect("serialize record"))
+            f.write_all(&serde_json::to_vec(value).expect("serialize record"))
                 .and_then(|()| f.sync_all())
                 .map_err(io("write"))
         });

@@ -809,11 +809,14 @@ impl MicroVm for QemuVm {
                 self.apply(VmEvent::EndSuspend)?;
                 self.proc.take();
                 self.tidy_after_suspend(generation).await;
-                SuspendedVm::load(&self.dir)
+                // The record as written (and as the tidy-up left it).
+                Ok(SuspendedVm {
+                    dir: self.dir.clone(),
+                    record: self.record.clone(),
+                })
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&gen_dir);
-                let _ = std::fs::remove_file(self.dir.join(RECORD_FILE).with_extension("json.tmp"));
                 let back = self.back_after_failure().await;
                 let _ = if back {
                     self.apply(VmEvent::AbortSuspend)
