@@ -27,11 +27,27 @@ pub struct BootSpec {
     pub initramfs: PathBuf,
     /// A raw ext4 image used read-only as the base of the root disk.
     pub root_disk: Option<PathBuf>,
+    /// Read-only qcow2 layers above `root_disk`, bottom first, each without
+    /// a backing name in its header (an image build's kept disk layer, see
+    /// [`crate::QemuVm::power_off_keeping_disk`]). The microVM writes to a
+    /// layer of its own on top of them.
+    pub root_overlays: Vec<PathBuf>,
+    /// A network interface for the guest, or none (the default: a microVM
+    /// has no network unless egress is asked for).
+    pub nic: Option<NicSpec>,
     pub mem_size_mib: u32,
     pub vcpu_count: u32,
     /// Extra kernel command line words (e.g. `hearth.noroot`).
     pub extra_cmdline: Vec<String>,
     pub lifetime: Lifetime,
+}
+
+/// A guest network interface whose traffic leaves through a filtered
+/// network namespace (see the `hearth-net` crate, which prepares it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSpec {
+    /// The network namespace QEMU runs in (`/run/netns/NAME`).
+    pub netns: PathBuf,
 }
 
 /// What to call a clone, and how long it lives.

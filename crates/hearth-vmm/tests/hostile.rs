@@ -93,6 +93,8 @@ fn hostile_spec(env: &Env, id: &str, initramfs: PathBuf) -> BootSpec {
         kernel: env.manifest.kernel.path.clone(),
         initramfs,
         root_disk: None,
+        root_overlays: vec![],
+        nic: None,
         mem_size_mib: 128,
         vcpu_count: 1,
         extra_cmdline: vec![],

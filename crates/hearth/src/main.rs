@@ -191,6 +191,8 @@ impl Global {
             kernel: m.kernel.path.clone(),
             initramfs: m.initramfs.path.clone(),
             root_disk,
+            root_overlays: vec![],
+            nic: None,
             mem_size_mib,
             vcpu_count,
             extra_cmdline: vec![],

@@ -302,6 +302,11 @@ impl QemuBackend {
             cmdline.push(format!("tsc_early_khz={khz}"));
         }
         cmdline.extend(spec.extra_cmdline.iter().cloned());
+        if spec.root_disk.is_none() && !spec.root_overlays.is_empty() {
+            return Err(VmError::Invalid(
+                "root disk layers need a root disk beneath them".into(),
+            ));
+        }
         let mut chain = None;
         if let Some(base) = &spec.root_disk {
             let base = std::fs::canonicalize(base)
@@ -310,15 +315,25 @@ impl QemuBackend {
                 id: name.clone(),
                 source,
             })?;
+            let mut layers = vec![DiskLayer {
+                location: LayerLocation::External { path: base },
+                format: DiskFormat::Raw,
+            }];
+            for overlay in &spec.root_overlays {
+                let path = std::fs::canonicalize(overlay).map_err(|e| {
+                    VmError::Invalid(format!("root disk layer {}: {e}", overlay.display()))
+                })?;
+                layers.push(DiskLayer {
+                    location: LayerLocation::External { path },
+                    format: DiskFormat::Qcow2,
+                });
+            }
             let layer_name = "disk-1.qcow2";
             self.create_layer(&name, dir.join(layer_name), size).await?;
             chain = Some(
                 DiskChain {
                     size_bytes: size,
-                    layers: vec![DiskLayer {
-                        location: LayerLocation::External { path: base },
-                        format: DiskFormat::Raw,
-                    }],
+                    layers,
                 }
                 .with_own_top(layer_name),
             );

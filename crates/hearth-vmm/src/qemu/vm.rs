@@ -848,21 +848,85 @@ impl QemuVm {
     /// Cleanly power the guest off (the agent stops every process and
     /// syncs), wait for QEMU to exit, and remove the microVM.
     pub async fn power_off(mut self, timeout: Duration) -> Result<(), VmError> {
-        let agent = self.proc().agent.clone();
-        let r = agent
-            .power_off(timeout)
-            .await
-            .map_err(self.err_agent("power off"));
-        if r.is_ok() {
-            let p = self.proc_mut();
-            if !p.supervisor.wait_exit(timeout).await {
-                p.supervisor.kill();
-            }
-        }
+        let r = self.power_off_inner(timeout).await;
         self.quit().await;
         self.proc.take();
         self.remove_files();
         self.apply(VmEvent::Terminate)?;
         r
+    }
+
+    /// Power the guest off cleanly, like [`Self::power_off`], and keep what
+    /// the guest wrote to its root disk: the microVM's own layers become one
+    /// qcow2 file at `dest` (no backing name in its header), to be given
+    /// back as a [`crate::BootSpec::root_overlays`] layer over the same
+    /// lower layers. The microVM is removed either way; on failure nothing
+    /// is left at `dest`. Returns the size of `dest` in bytes.
+    pub async fn power_off_keeping_disk(
+        mut self,
+        timeout: Duration,
+        dest: &Path,
+    ) -> Result<u64, VmError> {
+        let powered_off = self.power_off_inner(timeout).await;
+        self.quit().await;
+        self.proc.take();
+        let kept = match powered_off {
+            Ok(()) => self.keep_own_disk(dest).await,
+            Err(e) => Err(e),
+        };
+        if kept.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        self.remove_files();
+        self.apply(VmEvent::Terminate)?;
+        kept
+    }
+
+    async fn power_off_inner(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let agent = self.proc().agent.clone();
+        agent
+            .power_off(timeout)
+            .await
+            .map_err(self.err_agent("power off"))?;
+        let p = self.proc_mut();
+        if !p.supervisor.wait_exit(timeout).await {
+            p.supervisor.kill();
+            return Err(VmError::Invalid(format!(
+                "{}: the guest did not power off within {timeout:?}",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The own disk layers (QEMU gone), flattened into `dest`.
+    async fn keep_own_disk(&self, dest: &Path) -> Result<u64, VmError> {
+        let Some(chain) = &self.record.disk else {
+            return Err(VmError::Invalid(format!("{} has no root disk to keep", self.id)));
+        };
+        let own = chain.own_files().len();
+        let base_len = chain.layers.len() - own;
+        let layers = chain.resolve(&self.backend.inner.catalog.root(), &self.dir);
+        let (img, dst) = (self.backend.inner.cfg.qemu_img.clone(), dest.to_path_buf());
+        if own == 1 {
+            let src = layers[base_len].path.clone();
+            if std::fs::rename(&src, &dst).is_err() {
+                tokio::task::spawn_blocking(move || memory::sparse_copy(&src, &dst))
+                    .await
+                    .expect("copy task")
+                    .map_err(self.err_mem())?;
+            }
+        } else {
+            tokio::task::spawn_blocking(move || disk::flatten_onto(&img, &layers, base_len, &dst))
+                .await
+                .expect("flatten task")
+                .map_err(|source| VmError::Disk {
+                    id: self.id.to_string(),
+                    source,
+                })?;
+        }
+        std::fs::metadata(dest)
+            .map(|m| m.len())
+            .map_err(|e| VmError::Invalid(format!("kept disk {}: {e}", dest.display())))
     }
 }

@@ -69,6 +69,8 @@ impl Env {
             kernel: self.manifest.kernel.path.clone(),
             initramfs: self.manifest.initramfs.path.clone(),
             root_disk: image.map(|i| self.image(i)),
+            root_overlays: vec![],
+            nic: None,
             mem_size_mib: GUEST_MEM_MIB,
             vcpu_count: 1,
             extra_cmdline: vec![],
