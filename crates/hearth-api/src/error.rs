@@ -169,7 +169,7 @@ impl ApiError {
     /// `retry-after` or `allow` where they apply.
     pub fn to_response(&self) -> hearth_http::Response {
         let body = serde_json::to_vec(&self.body()).expect("a JSON object serializes");
-        let mut resp = http::Response::new(Bytes::from(body));
+        let mut resp = http::Response::new(Bytes::from(body).into());
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert("content-type", HeaderValue::from_static("application/json"));

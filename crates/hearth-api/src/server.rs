@@ -156,7 +156,7 @@ impl Api {
         let (parts, body) = req.into_parts();
         let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
         if uri.path() == PING_PATH && method == Method::GET {
-            let mut r = http::Response::new(Bytes::from_static(b"pong"));
+            let mut r = http::Response::new(hearth_http::ResponseBody::from("pong"));
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("text/plain"));
             return Ok(r);
@@ -422,7 +422,7 @@ fn route_error(e: RouteError, method: &Method, raw_path: &str) -> ApiError {
 
 fn json_response(status: StatusCode, bytes: Vec<u8>) -> hearth_http::Response {
     let no_content = status == StatusCode::NO_CONTENT;
-    let mut r = http::Response::new(Bytes::from(bytes));
+    let mut r = http::Response::new(hearth_http::ResponseBody::from(bytes));
     *r.status_mut() = status;
     if !no_content {
         r.headers_mut()

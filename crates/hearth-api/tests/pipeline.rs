@@ -148,7 +148,7 @@ async fn call(
         .await;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let bytes = resp.into_body();
+    let bytes = resp.into_body().into_full().expect("a whole body");
     let v = if bytes.is_empty() {
         Value::Null
     } else {

@@ -1,6 +1,7 @@
 //! One connection, on its own task: wait for a request head within the
-//! limits, hand the request to the service, write its answer, and go on
-//! while the connection may be kept alive. The front end's own refusals
+//! limits, hand the request to the service, write its answer (whole, or
+//! streamed as it is produced), and go on while the connection may be kept
+//! alive. The front end's own refusals
 //! (malformed or oversized heads, slow clients, HTTP/2) are decided here.
 
 use std::net::SocketAddr;
@@ -14,11 +15,11 @@ use tokio::sync::{watch, Mutex};
 use tokio::time::{timeout, Instant};
 
 use crate::body::Body;
-use crate::io::ConnIo;
+use crate::io::{self, ConnIo, Framing, StreamEnd};
 use crate::limits::Limits;
 use crate::reply::{error_response, new_request_id, ConnInfo, RequestId};
 use crate::service::Service;
-use crate::{h2, Response};
+use crate::{h2, Response, ResponseBody};
 
 /// A request head, parsed and checked: everything but the body.
 struct Head {
@@ -177,6 +178,7 @@ pub(crate) async fn run<S: Service>(
             }
         };
         let keep_alive = head.keep_alive;
+        let http11 = head.version == Version::HTTP_11;
         let mut req = http::Request::new(Body::on_connection(io.clone(), head.len_bytes));
         *req.method_mut() = head.method;
         *req.uri_mut() = head.uri;
@@ -195,18 +197,63 @@ pub(crate) async fn run<S: Service>(
         // ends after the answer instead.
         let unread = g.body_remaining > 0;
         let close = !keep_alive || wants_close || unread || *shutdown.borrow();
-        if g.write_response(resp, &rid, close, head_only)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if close {
-            if unread {
-                g.lingering_close().await;
+        let written = if resp.body().is_stream() {
+            g.write_streamed_response(resp, &rid, close, head_only, http11, &mut shutdown)
+                .await
+        } else {
+            g.write_response(resp, &rid, close, head_only)
+                .await
+                .map(|()| close)
+        };
+        match written {
+            Err(_) => return,
+            Ok(false) => {}
+            Ok(true) => {
+                if unread {
+                    g.lingering_close().await;
+                }
+                return;
             }
-            return;
         }
+    }
+}
+
+impl ConnIo {
+    /// Write an answer whose body is a stream: the head, then each chunk as
+    /// it is produced (chunked for HTTP/1.1, until the close for HTTP/1.0).
+    /// No body for HEAD, 1xx, 204 and 304: the stream is dropped unread.
+    /// Returns whether the connection must close now: it stays open only
+    /// after a stream that ended cleanly (and when `close` is false).
+    async fn write_streamed_response(
+        &mut self,
+        resp: Response,
+        rid: &str,
+        close: bool,
+        head_only: bool,
+        http11: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> std::io::Result<bool> {
+        let (parts, body) = resp.into_parts();
+        let no_body = io::status_has_no_body(parts.status);
+        let (framing, close) = match (no_body, http11) {
+            (true, _) => (Framing::None, close),
+            (false, true) => (Framing::Chunked, close),
+            // HTTP/1.0 knows no chunks: the body ends with the connection.
+            (false, false) => (Framing::None, true),
+        };
+        self.write_timed(&io::encode_head(&parts, rid, framing, close, 0))
+            .await?;
+        let ResponseBody::Stream(stream) = body else {
+            return Ok(close);
+        };
+        if no_body || head_only {
+            // Dropped: the producer sees its sender closed.
+            return Ok(close);
+        }
+        let end = self
+            .write_stream(stream, framing == Framing::Chunked, shutdown)
+            .await;
+        Ok(close || end != StreamEnd::Clean)
     }
 }
 

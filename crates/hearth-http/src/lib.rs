@@ -15,6 +15,12 @@
 //! most one request head plus one read; bodies are read only when a service
 //! asks, and the API bounds those itself.
 //!
+//! A service may read a large body piece by piece ([`Body::next_chunk`])
+//! and may answer with a body produced over time ([`body_channel`]): it is
+//! sent with `Transfer-Encoding: chunked`, each chunk as it comes, through a
+//! bounded channel, and a client that stops reading is dropped after
+//! [`Limits::write_timeout`] on one chunk.
+//!
 //! Each connection runs on its own Tokio task ([`serve`]); a service's
 //! future runs on that task to its end even when the client goes away, so a
 //! request is never abandoned half-done.
@@ -27,16 +33,19 @@ mod h2;
 mod io;
 mod limits;
 mod reply;
+mod response;
 mod server;
 mod service;
 
 pub use body::{Body, BodyError};
 pub use limits::Limits;
 pub use reply::{error_response, new_request_id, ConnInfo, RequestId, REQUEST_ID_HEADER};
+pub use response::{body_channel, BodySender, BodyStream, ResponseBody, StreamClosed};
 pub use server::serve;
 pub use service::Service;
 
-/// A response as services build it: the body is always in memory.
-pub type Response = http::Response<bytes::Bytes>;
+/// A response as services build it: a whole body in memory, or one produced
+/// over time ([`body_channel`]) and streamed to the client as it comes.
+pub type Response = http::Response<ResponseBody>;
 /// A request as services see it.
 pub type Request = http::Request<Body>;

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 
-use crate::Response;
+use crate::{Response, ResponseBody};
 
 /// The header every answer carries (the AWS clients read it, any case).
 pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
@@ -39,7 +39,7 @@ pub fn new_request_id() -> String {
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response {
     let body = serde_json::to_vec(&serde_json::json!({ "message": message }))
         .expect("a JSON object serializes");
-    let mut r = http::Response::new(Bytes::from(body));
+    let mut r = http::Response::new(ResponseBody::from(Bytes::from(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(

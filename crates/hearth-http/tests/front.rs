@@ -1,36 +1,165 @@
 //! The front end over real TCP connections: keep-alive and pipelining work,
 //! and every attack the API was probed with (silent, slow and half-sent
 //! clients, malformed and oversized heads, HTTP/2, too many connections) is
-//! answered in the AWS shape, or closed, within the limits.
+//! answered in the AWS shape, or closed, within the limits. Streamed answers
+//! arrive live in exact chunked framing, a client that stops reading one is
+//! dropped and its producer told; bodies read piece by piece keep the
+//! body limits.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
 use bytes::Bytes;
-use hearth_http::{error_response, serve, Body, Limits, Request, RequestId, Response, Service};
+use hearth_http::{
+    body_channel, error_response, serve, Body, Limits, Request, RequestId, Response, Service,
+};
 use http::StatusCode;
+use tokio::sync::Notify;
 
 /// Answers `len=<body length>` after reading the body, unless the path is
-/// `/refuse` (answers 403 from the head alone) or `/slow` (sleeps first).
+/// `/refuse` (answers 403 from the head alone), `/slow` (sleeps first), or
+/// one of the streaming paths below.
 struct Echo;
+
+/// Gates a `/live/<id>` producer waits at before its second chunk.
+static GATES: Mutex<Option<HashMap<String, Arc<Notify>>>> = Mutex::new(None);
+/// The ids of `/stall/<id>` and `/head/<id>` producers whose sender was closed.
+static NOTICED_CLOSED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn gate(id: &str) -> Arc<Notify> {
+    GATES
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(id.to_string())
+        .or_default()
+        .clone()
+}
+
+fn noticed_closed(id: &str) -> bool {
+    NOTICED_CLOSED
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|s| s.contains(id))
+}
+
+fn note_closed(id: &str) {
+    NOTICED_CLOSED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(id.to_string());
+}
+
+/// The chunks `/chunks` sends: small, empty (sent as nothing), exactly one
+/// read, large, and a size whose hex has letters.
+fn chunks_sent() -> Vec<Vec<u8>> {
+    vec![
+        b"a".to_vec(),
+        Vec::new(),
+        vec![b'b'; 16 * 1024],
+        (0..300_000u32).map(|i| (i % 251) as u8).collect(),
+        vec![b'\r'; 0xabc],
+        b"\r\n0\r\n\r\n".to_vec(),
+    ]
+}
+
+/// A streamed `200` whose producer runs `f` on its own task.
+fn streamed<F, Fut>(f: F) -> Response
+where
+    F: FnOnce(hearth_http::BodySender) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, body) = body_channel(4);
+    tokio::spawn(f(tx));
+    let mut r = http::Response::new(body);
+    r.headers_mut()
+        .insert("content-type", "text/plain".parse().unwrap());
+    r
+}
 
 impl Service for Echo {
     async fn call(&self, req: Request) -> Response {
         let rid = req.extensions().get::<RequestId>().cloned().unwrap();
-        match req.uri().path() {
-            "/refuse" => {
+        let path = req.uri().path().to_string();
+        let (first, id) = path[1..].split_once('/').unwrap_or((&path[1..], ""));
+        let id = id.to_string();
+        match first {
+            "refuse" => {
                 return error_response(StatusCode::FORBIDDEN, "AccessDeniedException", "no")
             }
-            "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+            "slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+            // Two chunks, the second only once the test opens the gate.
+            "live" => {
+                return streamed(|tx| async move {
+                    tx.send("first").await.unwrap();
+                    gate(&id).notified().await;
+                    tx.send("second").await.unwrap();
+                    tx.finish().await.unwrap();
+                })
+            }
+            "chunks" => {
+                return streamed(|tx| async move {
+                    for c in chunks_sent() {
+                        tx.send(c).await.unwrap();
+                    }
+                    tx.finish().await.unwrap();
+                })
+            }
+            // 64 KiB chunks for as long as someone reads them.
+            "stall" | "head" => {
+                return streamed(|tx| async move {
+                    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                    while tx.send(chunk.clone()).await.is_ok() {}
+                    note_closed(&id);
+                })
+            }
+            // Nothing to send until the client leaves.
+            "wait" => {
+                return streamed(|tx| async move {
+                    tx.send("waiting").await.unwrap();
+                    tx.closed().await;
+                    note_closed(&id);
+                })
+            }
+            // One chunk, then the producer fails: no final chunk.
+            "abort" => {
+                return streamed(|tx| async move {
+                    tx.send("partial").await.unwrap();
+                    drop(tx);
+                })
+            }
+            // The body read piece by piece: its length and the pieces.
+            "pieces" => {
+                let mut body: Body = req.into_body();
+                let (mut len, mut pieces) = (0usize, 0usize);
+                loop {
+                    match body.next_chunk().await {
+                        Ok(Some(c)) => {
+                            assert!(!c.is_empty() && c.len() <= 16 * 1024);
+                            len += c.len();
+                            pieces += 1;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            return error_response(e.status(), e.error_type(), &e.to_string())
+                        }
+                    }
+                }
+                return http::Response::new(format!("len={len} pieces={pieces}").into());
+            }
             _ => {}
         }
         let body: Body = req.into_body();
         match body.read_all(1024 * 1024).await {
             Ok(b) => {
-                let mut r =
-                    http::Response::new(Bytes::from(format!("len={} rid={}", b.len(), rid.0)));
+                let mut r = http::Response::new(format!("len={} rid={}", b.len(), rid.0).into());
                 r.headers_mut()
                     .insert("content-type", "text/plain".parse().unwrap());
                 r
@@ -425,18 +554,19 @@ mod fuzz {
     }
 }
 
-#[test]
-fn a_body_dripped_below_the_minimum_rate_is_cut_off() {
+/// Drip a body to `path` a byte every 100 ms: never idle long enough for the
+/// idle timeout, but behind 1000 bytes/s after a 300 ms grace.
+fn drip_body_below_the_minimum_rate(path: &str) {
     let addr = start(Limits {
         body_idle_timeout: Duration::from_millis(300),
         body_min_bytes_per_sec: 1000,
         ..limits()
     });
     let mut s = connect(addr);
-    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n")
-        .unwrap();
-    // A byte every 100 ms never trips the idle timeout, but falls behind
-    // 1000 bytes/s after the 300 ms grace.
+    s.write_all(
+        format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
     let t = Instant::now();
     let mut answer = Vec::new();
     s.set_nonblocking(true).unwrap();
@@ -461,6 +591,16 @@ fn a_body_dripped_below_the_minimum_rate_is_cut_off() {
 }
 
 #[test]
+fn a_body_dripped_below_the_minimum_rate_is_cut_off() {
+    drip_body_below_the_minimum_rate("/");
+}
+
+#[test]
+fn a_body_read_piece_by_piece_is_cut_off_below_the_minimum_rate_too() {
+    drip_body_below_the_minimum_rate("/pieces");
+}
+
+#[test]
 fn a_client_still_sending_a_refused_body_reads_the_refusal_not_a_reset() {
     let addr = start(limits());
     for _ in 0..5 {
@@ -477,4 +617,325 @@ fn a_client_still_sending_a_refused_body_reads_the_refusal_not_a_reset() {
         let a = answers(&read_to_close(&mut s));
         a[0].assert_aws_error(403, "AccessDeniedException");
     }
+}
+
+/// A client's view of a streamed answer: its head, then its chunks, parsed
+/// strictly as they arrive.
+struct StreamReader {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl StreamReader {
+    fn new(s: TcpStream) -> Self {
+        StreamReader { s, buf: Vec::new() }
+    }
+
+    /// Read more; false at the end of the connection.
+    fn fill(&mut self) -> bool {
+        let mut b = [0u8; 64 * 1024];
+        match self.s.read(&mut b) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+
+    /// The next answer's head (its body not read).
+    fn head(&mut self) -> Answer {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut r = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) = r.parse(&self.buf).expect("a well-formed head") {
+                let a = Answer {
+                    status: r.code.unwrap(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    body: Vec::new(),
+                };
+                self.buf.drain(..n);
+                return a;
+            }
+            assert!(self.fill(), "the connection ended inside a head");
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            assert!(self.fill(), "the connection ended inside a chunk");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// A line ending in CRLF, without it.
+    fn line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let l = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return l;
+            }
+            assert!(self.fill(), "the connection ended inside a chunk-size line");
+        }
+    }
+
+    /// The next chunk's data; `None` at the last chunk (`0` CRLF CRLF, no
+    /// trailers). Sizes must be bare lowercase hex without leading zeros.
+    fn chunk(&mut self) -> Option<Vec<u8>> {
+        let size = self.line();
+        let text = std::str::from_utf8(&size).unwrap();
+        assert!(
+            !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                && (text == "0" || !text.starts_with('0')),
+            "chunk-size line {text:?}"
+        );
+        let n = usize::from_str_radix(text, 16).unwrap();
+        if n == 0 {
+            assert_eq!(self.take(2), b"\r\n", "no trailers after the last chunk");
+            return None;
+        }
+        let data = self.take(n);
+        assert_eq!(self.take(2), b"\r\n", "CRLF after a chunk's data");
+        Some(data)
+    }
+
+    /// Whether the server closes the connection (and sends nothing more)
+    /// within the read timeout.
+    fn closes_now(&mut self) -> bool {
+        let before = self.buf.len();
+        while self.fill() {}
+        self.buf.len() == before
+    }
+}
+
+fn get(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nhost: x\r\n{extra}\r\n").into_bytes()
+}
+
+fn assert_streamed_head(a: &Answer) {
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{a:?}");
+    assert_eq!(a.header("content-length"), None, "{a:?}");
+    assert_eq!(a.header("x-amzn-requestid").map(str::len), Some(36));
+}
+
+#[test]
+fn a_streamed_answer_arrives_chunk_by_chunk_before_it_ends() {
+    let addr = start(limits());
+    let mut r = StreamReader::new(connect(addr));
+    r.s.write_all(&get("/live/first-before-end", "")).unwrap();
+    let a = r.head();
+    assert_streamed_head(&a);
+    assert_eq!(a.header("connection"), None, "{a:?}");
+    // The producer has not finished (it waits for the gate): the first
+    // chunk is here all the same.
+    assert_eq!(r.chunk().as_deref(), Some(&b"first"[..]));
+    gate("first-before-end").notify_one();
+    assert_eq!(r.chunk().as_deref(), Some(&b"second"[..]));
+    assert_eq!(r.chunk(), None);
+}
+
+#[test]
+fn chunked_framing_is_exact_and_nothing_follows_the_last_chunk() {
+    let addr = start(limits());
+    let mut r = StreamReader::new(connect(addr));
+    r.s.write_all(&get("/chunks", "connection: close\r\n"))
+        .unwrap();
+    let a = r.head();
+    assert_streamed_head(&a);
+    assert_eq!(a.header("connection"), Some("close"));
+    let mut got = Vec::new();
+    while let Some(c) = r.chunk() {
+        got.push(c);
+    }
+    let sent: Vec<Vec<u8>> = chunks_sent()
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(got.len(), sent.len(), "one chunk per non-empty send");
+    assert!(got == sent, "the chunks are the bytes sent, in order");
+    assert!(r.buf.is_empty());
+    assert!(
+        r.closes_now(),
+        "nothing after the last chunk, then the close"
+    );
+}
+
+#[test]
+fn a_kept_alive_connection_serves_the_next_request_after_a_clean_stream() {
+    let addr = start(limits());
+    let mut r = StreamReader::new(connect(addr));
+    // Pipelined: the second request waits in the buffer while the stream
+    // is written.
+    let mut both = get("/chunks", "");
+    both.extend_from_slice(b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc");
+    r.s.write_all(&both).unwrap();
+    assert_streamed_head(&r.head());
+    let mut n = 0;
+    while let Some(c) = r.chunk() {
+        n += c.len();
+    }
+    assert_eq!(n, chunks_sent().iter().map(Vec::len).sum::<usize>());
+    let a = r.head();
+    assert_eq!(a.status, 200, "{a:?}");
+    let len: usize = a.header("content-length").unwrap().parse().unwrap();
+    assert!(String::from_utf8(r.take(len))
+        .unwrap()
+        .starts_with("len=3 "));
+    // And one more, sent after the stream ended.
+    r.s.write_all(&get("/live/after-keep-alive", "")).unwrap();
+    gate("after-keep-alive").notify_one();
+    assert_streamed_head(&r.head());
+    assert_eq!(r.chunk().as_deref(), Some(&b"first"[..]));
+    assert_eq!(r.chunk().as_deref(), Some(&b"second"[..]));
+    assert_eq!(r.chunk(), None);
+}
+
+#[test]
+fn a_client_that_stops_reading_a_stream_is_dropped_and_the_producer_told() {
+    let addr = start(Limits {
+        write_timeout: Duration::from_millis(300),
+        ..limits()
+    });
+    let mut s = connect(addr);
+    s.write_all(&get("/stall/stops-reading", "")).unwrap();
+    // Read nothing: the socket buffers fill, a chunk's write times out,
+    // the connection is dropped and the producer's next send fails.
+    let t = Instant::now();
+    while !noticed_closed("stops-reading") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the producer was never told the client is gone"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What was sent ends without the last chunk: the client can tell the
+    // body is cut short.
+    let raw = read_to_close(&mut s);
+    assert!(raw.len() > 64 * 1024, "{} bytes", raw.len());
+    assert!(!raw.ends_with(b"0\r\n\r\n"));
+}
+
+#[test]
+fn a_producer_with_nothing_to_send_is_told_when_the_client_closes() {
+    let addr = start(limits());
+    let mut r = StreamReader::new(connect(addr));
+    r.s.write_all(&get("/wait/client-closes", "")).unwrap();
+    assert_streamed_head(&r.head());
+    assert_eq!(r.chunk().as_deref(), Some(&b"waiting"[..]));
+    assert!(!noticed_closed("client-closes"));
+    drop(r);
+    let t = Instant::now();
+    while !noticed_closed("client-closes") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the producer was not told"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn an_aborted_stream_has_no_last_chunk_and_ends_the_connection() {
+    let addr = start(limits());
+    let mut r = StreamReader::new(connect(addr));
+    let mut both = get("/abort", "");
+    both.extend_from_slice(&get("/", ""));
+    r.s.write_all(&both).unwrap();
+    assert_streamed_head(&r.head());
+    assert_eq!(r.chunk().as_deref(), Some(&b"partial"[..]));
+    assert!(r.buf.is_empty());
+    assert!(
+        r.closes_now(),
+        "closed without a last chunk, the pipelined request unanswered"
+    );
+}
+
+#[test]
+fn head_gets_no_body_and_the_producer_is_told() {
+    let addr = start(limits());
+    let mut r = StreamReader::new(connect(addr));
+    let mut both = b"HEAD /head/no-body HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
+    both.extend_from_slice(&get("/", "connection: close\r\n"));
+    r.s.write_all(&both).unwrap();
+    let a = r.head();
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("connection"), None, "{a:?}");
+    // The next answer follows at once: no body came in between.
+    let b = r.head();
+    assert_eq!(b.status, 200, "{b:?}");
+    let len: usize = b.header("content-length").unwrap().parse().unwrap();
+    assert!(String::from_utf8(r.take(len))
+        .unwrap()
+        .starts_with("len=0 "));
+    let t = Instant::now();
+    while !noticed_closed("no-body") {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the producer was not told"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn an_http10_client_gets_the_stream_until_the_close() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    s.write_all(b"GET /chunks HTTP/1.0\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let raw = read_to_close(&mut s);
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(n) = r.parse(&raw).unwrap() else {
+        panic!("no head")
+    };
+    assert_eq!(r.code, Some(200));
+    assert!(!r
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")
+            || h.name.eq_ignore_ascii_case("content-length")));
+    assert_eq!(raw[n..], chunks_sent().concat()[..]);
+}
+
+#[test]
+fn a_body_read_piece_by_piece_arrives_whole() {
+    let addr = start(limits());
+    let mut s = connect(addr);
+    let len = 1024 * 1024 + 7;
+    s.write_all(
+        format!("POST /pieces HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {len}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    for piece in vec![b'y'; len].chunks(100_000) {
+        s.write_all(piece).unwrap();
+    }
+    let a = answers(&read_to_close(&mut s));
+    let text = String::from_utf8(a[0].body.clone()).unwrap();
+    let (got, pieces) = text
+        .strip_prefix("len=")
+        .and_then(|t| t.split_once(" pieces="))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(got.parse::<usize>().unwrap(), len);
+    assert!(
+        pieces.parse::<usize>().unwrap() >= len / (16 * 1024),
+        "{text}"
+    );
 }
