@@ -63,6 +63,12 @@
 //! its own size limit) and then calls [`verify`], which runs the same checks again and
 //! then the payload hash and the signature.
 //!
+//! A body too large to hold in memory is verified the other way round:
+//! [`verify_declared_payload`] checks the signature over the SHA-256 the request
+//! declares in a signed `x-amz-content-sha256`, before the body is read; the server
+//! hashes the body as it streams it and refuses the request at the end unless the
+//! hashes match ([`DeclaredPayload::matches`]).
+//!
 //! Every failure maps to HTTP 403 with an AWS error code ([`SigV4Error::error_code`]);
 //! messages never contain the expected signature, the canonical request or the secret.
 
@@ -730,22 +736,135 @@ pub fn verify(
     let secret = keys
         .secret_for(auth.access_key_id)
         .ok_or(SigV4Error::UnrecognizedClient)?;
-
     let (payload_hash, payload_signed) = payload_hash(req)?;
+    check_signature(req, &secret, &auth, amz_date, &payload_hash)?;
+    Ok(verified(auth, request_secs, session_token, payload_signed))
+}
+
+/// The `x-amz-content-sha256` a request declares, checked by
+/// [`verify_declared_payload`] before the body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredPayload {
+    /// Who signed the request.
+    pub verified: Verified,
+    /// The SHA-256 the body must have: the caller hashes the body as it reads it and
+    /// refuses the request unless the two are equal ([`DeclaredPayload::matches`]).
+    pub sha256: [u8; 32],
+}
+
+impl DeclaredPayload {
+    /// Whether `body_sha256` (the hash of the body as received) is the one declared;
+    /// in constant time.
+    pub fn matches(&self, body_sha256: &[u8; 32]) -> bool {
+        bool::from(self.sha256.ct_eq(body_sha256))
+    }
+}
+
+/// Verifies the signature of a request whose body is not read yet, over the payload
+/// hash it declares: for bodies too large to hold in memory, which the server hashes
+/// as it streams them somewhere and must refuse at the end unless the hash is the one
+/// declared ([`DeclaredPayload::matches`]). Until then the body is unverified.
+///
+/// The request must carry `x-amz-content-sha256` with the body's SHA-256 as 64
+/// lower-case hex digits, listed in `SignedHeaders` (the Rust SDK's
+/// `PayloadChecksumKind::XAmzSha256`, the JavaScript SDK, S3 clients);
+/// `UNSIGNED-PAYLOAD`, a missing or malformed value, or one not signed is refused
+/// with [`SigV4Error::Incomplete`] (403 `IncompleteSignatureException`) saying so.
+/// Everything else is checked as by [`verify`].
+pub fn verify_declared_payload(
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &[(&str, &[u8])],
+    keys: &(impl KeyLookup + ?Sized),
+    now: SystemTime,
+    opts: VerifyOptions<'_>,
+) -> Result<DeclaredPayload, SigV4Error> {
+    use SigV4Error::Incomplete;
+    let Head {
+        auth,
+        amz_date,
+        request_secs,
+        session_token,
+    } = check_head(method, raw_path, raw_query, headers, now, opts)?;
+    let secret = keys
+        .secret_for(auth.access_key_id)
+        .ok_or(SigV4Error::UnrecognizedClient)?;
+    let declared = single_header(
+        headers,
+        "x-amz-content-sha256",
+        "Repeated X-Amz-Content-SHA256 header.",
+    )?
+    .map(trim_blanks)
+    .ok_or(Incomplete(
+        "This request requires an x-amz-content-sha256 header with the SHA-256 of the body \
+         (64 lower-case hex digits), and it must be signed.",
+    ))?;
+    if declared == UNSIGNED_PAYLOAD.as_bytes() {
+        return Err(Incomplete(
+            "UNSIGNED-PAYLOAD is not accepted for this request: x-amz-content-sha256 must be \
+             the SHA-256 of the body (64 lower-case hex digits).",
+        ));
+    }
+    let is_lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    if declared.len() != 64 || !declared.iter().all(is_lower_hex) {
+        return Err(Incomplete(
+            "x-amz-content-sha256 must be the SHA-256 of the body as 64 lower-case hex digits.",
+        ));
+    }
+    if !auth.signed_headers.contains(&"x-amz-content-sha256") {
+        return Err(Incomplete(
+            "'X-Amz-Content-SHA256' must be a signed header.",
+        ));
+    }
+    let payload_hash = std::str::from_utf8(declared).expect("checked: ASCII hex");
+    let mut sha256 = [0u8; 32];
+    hex::decode_to_slice(payload_hash, &mut sha256).expect("checked: 64 hex digits");
+    let req = Request {
+        method,
+        raw_path,
+        raw_query,
+        headers,
+        body: &[],
+    };
+    check_signature(&req, &secret, &auth, amz_date, payload_hash)?;
+    Ok(DeclaredPayload {
+        verified: verified(auth, request_secs, session_token, true),
+        sha256,
+    })
+}
+
+/// Compares the signature of `req` under `secret` (its body is not used: the payload
+/// line is `payload_hash`) in constant time.
+fn check_signature(
+    req: &Request<'_>,
+    secret: &SecretKey,
+    auth: &Authorization<'_>,
+    amz_date: &str,
+    payload_hash: &str,
+) -> Result<(), SigV4Error> {
     let scope = auth.scope();
     let key = signing_key(secret.expose(), auth.date, auth.region, auth.service);
     let canonical_uris = canonical_uri_candidates(req.raw_path);
     let mut ok = subtle::Choice::from(0u8);
     for uri in canonical_uris.iter().flatten() {
-        let creq = build_canonical_request(req, uri, &auth.signed_headers, &payload_hash)?;
+        let creq = build_canonical_request(req, uri, &auth.signed_headers, payload_hash)?;
         let sts = string_to_sign(amz_date, &scope, &creq);
         ok |= signature(&key, &sts).ct_eq(&auth.signature);
     }
     if !bool::from(ok) {
         return Err(SigV4Error::SignatureMismatch);
     }
+    Ok(())
+}
 
-    Ok(Verified {
+fn verified(
+    auth: Authorization<'_>,
+    request_secs: i64,
+    session_token: Option<&str>,
+    payload_signed: bool,
+) -> Verified {
+    Verified {
         access_key_id: auth.access_key_id.to_owned(),
         region: auth.region.to_owned(),
         date: auth.date.to_owned(),
@@ -757,7 +876,7 @@ pub fn verify(
             .map(|h| (*h).to_owned())
             .collect(),
         payload_signed,
-    })
+    }
 }
 
 /// Signs `req` the way botocore does and returns the `Authorization` header value.

@@ -12,9 +12,9 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use hearth_sigv4::{
-    parse_amz_date, precheck, verify, Request, SecretKey, SigV4Error, Verified, VerifyOptions,
-    MAX_AUTHORIZATION_LEN, MAX_HEADERS, MAX_HEADER_VALUE_LEN, MAX_PATH_LEN, MAX_QUERY_LEN,
-    MAX_QUERY_PARAMS,
+    parse_amz_date, precheck, verify, verify_declared_payload, DeclaredPayload, Request, SecretKey,
+    SigV4Error, Verified, VerifyOptions, MAX_AUTHORIZATION_LEN, MAX_HEADERS, MAX_HEADER_VALUE_LEN,
+    MAX_PATH_LEN, MAX_QUERY_LEN, MAX_QUERY_PARAMS,
 };
 
 const AKID: &str = "AKIDEXAMPLE";
@@ -106,6 +106,9 @@ struct Opts<'a> {
     time: SystemTime,
     checksum_header: bool,
     unsigned_payload: bool,
+    /// Sign this hex SHA-256 as the payload hash instead of hashing the body (a
+    /// client streaming a file it hashed first).
+    precomputed_sha256: Option<&'a str>,
 }
 
 impl Default for Opts<'_> {
@@ -117,6 +120,7 @@ impl Default for Opts<'_> {
             time: t0(),
             checksum_header: false,
             unsigned_payload: false,
+            precomputed_sha256: None,
         }
     }
 }
@@ -142,6 +146,8 @@ fn aws_sign(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8], o
     let url = format!("http://{HOST}{target}");
     let signable_body = if o.unsigned_payload {
         SignableBody::UnsignedPayload
+    } else if let Some(hash) = o.precomputed_sha256 {
+        SignableBody::Precomputed(hash.to_owned())
     } else {
         SignableBody::Bytes(body)
     };
@@ -1057,4 +1063,123 @@ x: y",
         .unwrap_err();
         assert_eq!(pre, full, "{what}");
     }
+}
+
+fn verify_declared(w: &Wire) -> Result<DeclaredPayload, SigV4Error> {
+    let hs = w.header_slices();
+    verify_declared_payload(
+        &w.method,
+        &w.path,
+        &w.query,
+        &hs,
+        &keys(),
+        t0(),
+        VerifyOptions::new("lambda").with_region("us-east-1"),
+    )
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// An upload as the Rust SDK's signer sends one: `x-amz-content-sha256` signed,
+/// its value computed before the body is sent (here: precomputed, or hashed by the
+/// signer).
+fn upload(body: &[u8], precomputed: Option<&str>, unsigned_payload: bool) -> Wire {
+    aws_sign(
+        "POST",
+        "/hearth/v1/uploads",
+        &[
+            ("content-type", "application/zip"),
+            ("content-length", &body.len().to_string()),
+        ],
+        body,
+        Opts {
+            checksum_header: true,
+            unsigned_payload,
+            precomputed_sha256: precomputed,
+            ..Opts::default()
+        },
+    )
+}
+
+#[test]
+fn a_declared_payload_hash_is_verified_before_the_body_and_matched_after() {
+    let body = b"PK\x03\x04 a zip, not read by the verifier".as_slice();
+    let hash = sha256_hex(body);
+    for w in [upload(body, Some(&hash), false), upload(body, None, false)] {
+        assert_eq!(w.header("x-amz-content-sha256"), hash);
+        let d = verify_declared(&w).unwrap();
+        assert_eq!(d.verified.access_key_id, AKID);
+        assert!(d.verified.payload_signed);
+        assert_eq!(hex::encode(d.sha256), hash);
+        let mut real = [0u8; 32];
+        hex::decode_to_slice(&hash, &mut real).unwrap();
+        assert!(d.matches(&real));
+        real[31] ^= 1;
+        assert!(!d.matches(&real), "another body's hash does not match");
+        // The same request, as `verify` sees it with its body, agrees.
+        verify(
+            &Request {
+                method: &w.method,
+                raw_path: &w.path,
+                raw_query: &w.query,
+                headers: &w.header_slices(),
+                body,
+            },
+            &keys(),
+            t0(),
+            VerifyOptions::new("lambda"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_declared_payload_hash_must_be_signed_hex_and_the_one_signed() {
+    let body = b"data".as_slice();
+    let hash = sha256_hex(body);
+    let incomplete = |w: &Wire, says: &str| {
+        let e = verify_declared(w).unwrap_err();
+        assert_eq!(e.error_code(), "IncompleteSignatureException", "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    };
+    // UNSIGNED-PAYLOAD: refused, saying why.
+    incomplete(
+        &upload(body, None, true),
+        "UNSIGNED-PAYLOAD is not accepted",
+    );
+    // No header at all (the SDK's default for non-S3 services).
+    let mut none = aws_sign("POST", "/hearth/v1/uploads", &[], body, Opts::default());
+    incomplete(&none, "requires an x-amz-content-sha256 header");
+    // Present but not signed.
+    none.headers
+        .push(("x-amz-content-sha256".into(), hash.clone().into_bytes()));
+    incomplete(&none, "must be a signed header");
+    // Not 64 lower-case hex digits, though signed as such.
+    let upper = hash.to_uppercase();
+    incomplete(
+        &upload(body, Some(&upper), false),
+        "64 lower-case hex digits",
+    );
+    incomplete(
+        &upload(body, Some(&hash[..63]), false),
+        "64 lower-case hex digits",
+    );
+    // Another hash than the one signed: the signature does not match.
+    let mut swapped = upload(body, Some(&hash), false);
+    swapped.set_header("x-amz-content-sha256", sha256_hex(b"other data"));
+    assert_eq!(
+        verify_declared(&swapped).unwrap_err(),
+        SigV4Error::SignatureMismatch
+    );
+    // And the head checks still hold: an unknown key.
+    let mut w = upload(body, Some(&hash), false);
+    let auth = w.header("authorization").replace(AKID, "AKIDUNKNOWN");
+    w.set_header("authorization", auth);
+    assert_eq!(
+        verify_declared(&w).unwrap_err(),
+        SigV4Error::UnrecognizedClient
+    );
 }
