@@ -339,18 +339,25 @@ async fn errors_carry_type_message_and_request_id() {
 
 #[tokio::test]
 async fn client_token_retries_of_a_refused_create_are_not_conflicts() {
-    // CreateMicrovmImage is refused (501) in this build: its token is
-    // released, so a retry with the same token (even with another body) gets
-    // the same answer rather than a ConflictException.
+    // A CreateMicrovmImage naming a base image the server does not offer is
+    // refused (400) before anything is written: its token is released, so a
+    // retry with the same token (even with another body) gets the same
+    // answer rather than a ConflictException.
     let e = env();
     let body = |name: &str| {
         format!(
-            r#"{{"name":"{name}","baseImageArn":"arn:aws:lambda:us-east-1:aws:microvm-image:debian-12-minimal","buildRoleArn":"arn:aws:iam::123456789012:role/b","codeArtifact":{{"uri":"s3://b/k"}},"clientToken":"tok-1"}}"#
+            r#"{{"name":"{name}","baseImageArn":"arn:aws:lambda:us-east-1:aws:microvm-image:no-such-image","buildRoleArn":"arn:aws:iam::123456789012:role/b","codeArtifact":{{"uri":"s3://b/k"}},"clientToken":"tok-1"}}"#
         )
     };
     for name in ["a", "a", "b"] {
-        let (st, h, _) = call(&e, "POST", "/2025-09-09/microvm-images", "", &body(name)).await;
-        assert_eq!(st, 501);
-        assert_eq!(h["x-amzn-errortype"], "NotImplementedException");
+        let (st, h, v) = call(&e, "POST", "/2025-09-09/microvm-images", "", &body(name)).await;
+        assert_eq!(st, 400, "{v}");
+        assert_eq!(h["x-amzn-errortype"], "ValidationException", "{v}");
     }
+    let (_, _, v) = call(&e, "GET", "/2025-09-09/microvm-images", "", "").await;
+    assert_eq!(
+        v["items"].as_array().unwrap().len(),
+        1,
+        "only the seeded image: {v}"
+    );
 }

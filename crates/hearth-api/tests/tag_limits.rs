@@ -2,8 +2,8 @@
 //! tags per resource (atomic against concurrent TagResource calls), keys of
 //! 1 to 128 characters, values of at most 256, `aws:` keys reserved, at most
 //! 50 keys per UntagResource. Every refusal is a 400 ValidationException
-//! that names the limit and changes nothing; operations that take tags but
-//! are not implemented yet check them before answering 501.
+//! that names the limit and changes nothing; CreateMicrovmImage checks its
+//! tags before its build configuration.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -239,12 +239,14 @@ async fn concurrent_tag_requests_cannot_pass_the_limit_together() {
 }
 
 #[tokio::test]
-async fn create_image_checks_its_tags_before_answering_not_implemented() {
+async fn create_image_checks_its_tags_before_its_build_configuration() {
     let e = env();
+    // A base image this server does not offer: the request is refused
+    // either way, and which refusal comes first shows the order.
     let create = |tags: BTreeMap<String, String>| {
         json!({
             "name": "img",
-            "baseImageArn": "arn:aws:lambda:us-east-1:aws:microvm-image:debian-12-minimal",
+            "baseImageArn": "arn:aws:lambda:us-east-1:aws:microvm-image:no-such-image",
             "buildRoleArn": "arn:aws:iam::123456789012:role/b",
             "codeArtifact": { "uri": "s3://b/k" },
             "tags": tags,
@@ -266,12 +268,15 @@ async fn create_image_checks_its_tags_before_answering_not_implemented() {
         dispatch(&e.state, &e.caller, "CreateMicrovmImage", create(reserved)).await,
         "Tag keys beginning with 'aws:' are reserved for AWS use: 'aws:x'",
     );
-    let ok = dispatch(
+    // 50 tags pass; the base image is what is refused then.
+    let err = dispatch(
         &e.state,
         &e.caller,
         "CreateMicrovmImage",
         create(tags("k", 50)),
     )
-    .await;
-    assert_eq!(ok.unwrap_err().shape(), "NotImplementedException");
+    .await
+    .unwrap_err();
+    assert_eq!(err.shape(), "ValidationException");
+    assert!(err.to_string().contains("no-such-image"), "{err}");
 }

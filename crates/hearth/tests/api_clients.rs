@@ -195,7 +195,24 @@ fn cli_reaches_every_operation_with_the_right_answers() {
         "{t}"
     );
 
-    // Not-yet-backed operations: a clear error, no change.
+    // Image builds that could never run are refused at once, before any
+    // record is written: an unknown base image, and a file:// artifact on a
+    // server without --artifact-root. (Builds themselves: image_builds.rs.)
+    fails(
+        &[
+            "lambda-microvms",
+            "create-microvm-image",
+            "--name",
+            "x",
+            "--base-image-arn",
+            "arn:aws:lambda:us-east-1:aws:microvm-image:no-such-image",
+            "--build-role-arn",
+            "arn:aws:iam::123456789012:role/b",
+            "--code-artifact",
+            "uri=file:///etc/passwd",
+        ],
+        "ValidationException",
+    );
     fails(
         &[
             "lambda-microvms",
@@ -207,10 +224,11 @@ fn cli_reaches_every_operation_with_the_right_answers() {
             "--build-role-arn",
             "arn:aws:iam::123456789012:role/b",
             "--code-artifact",
-            "uri=s3://b/k",
+            "uri=file:///etc/passwd",
         ],
-        "NotImplementedException",
+        "ValidationException",
     );
+    // Not-yet-backed operations: a clear error, no change.
     fails(
         &["lambda-microvms", "run-microvm", "--image-identifier", &arn],
         "NotImplementedException",
@@ -226,9 +244,26 @@ fn cli_reaches_every_operation_with_the_right_answers() {
             "--build-role-arn",
             "arn:aws:iam::123456789012:role/b",
             "--code-artifact",
-            "uri=s3://b/k",
+            "uri=file:///etc/passwd",
         ],
-        "NotImplementedException",
+        "ValidationException",
+    );
+    // The refused update made no version and left the image as it was.
+    let v = ok(&[
+        "lambda-microvms",
+        "list-microvm-image-versions",
+        "--image-identifier",
+        &arn,
+    ]);
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(
+        ok(&[
+            "lambda-microvms",
+            "get-microvm-image",
+            "--image-identifier",
+            &arn
+        ])["state"],
+        "CREATED"
     );
     fails(
         &[
