@@ -34,8 +34,15 @@ pub const QEMU_SOURCE: &str = "qemu";
 /// QEMU binary packages Hearth runs (system emulator, `qemu-img`).
 pub const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils"];
 /// The other packages Hearth needs on the host: `mmdebstrap` and `mke2fs` to
-/// build images, a static busybox for the hostile-guest tests.
-pub const OTHER_PACKAGES: &[&str] = &["mmdebstrap", "e2fsprogs", "busybox-static"];
+/// build images, a static busybox for the hostile-guest tests, `ip` and
+/// `nft` for guest egress (a filtered network namespace, `hearth-net`).
+pub const OTHER_PACKAGES: &[&str] = &[
+    "mmdebstrap",
+    "e2fsprogs",
+    "busybox-static",
+    "iproute2",
+    "nftables",
+];
 
 /// Binaries Hearth executes, checked after every convergence.
 pub const QEMU_SYSTEM_BINARY: &str = "qemu-system-x86_64";

@@ -71,19 +71,21 @@ pub struct ImageSpec {
     pub packages: &'static [&'static str],
 }
 
-/// The managed base images.
+/// The managed base images. Each carries `iproute2`: a guest given a
+/// network interface configures it with `ip` (see `hearth-net`'s guest
+/// module; minbase has neither `ip` nor a DHCP client).
 pub const MANAGED_IMAGES: &[ImageSpec] = &[
     ImageSpec {
         name: "debian-12-minimal",
         suite: SUITE,
         variant: "minbase",
-        packages: &[],
+        packages: &["iproute2"],
     },
     ImageSpec {
         name: "debian-12-python",
         suite: SUITE,
         variant: "minbase",
-        packages: &["python3", "python3-pip", "python3-venv"],
+        packages: &["iproute2", "python3", "python3-pip", "python3-venv"],
     },
 ];
 
@@ -491,9 +493,12 @@ mod tests {
     fn managed_images() {
         let min = managed_image("debian-12-minimal").unwrap();
         assert_eq!((min.suite, min.variant), ("bookworm", "minbase"));
-        assert!(min.packages.is_empty());
+        assert_eq!(min.packages, ["iproute2"]);
         let py = managed_image("debian-12-python").unwrap();
-        assert_eq!(py.packages, ["python3", "python3-pip", "python3-venv"]);
+        assert_eq!(
+            py.packages,
+            ["iproute2", "python3", "python3-pip", "python3-venv"]
+        );
         assert!(managed_image("debian-11").is_none());
         assert_eq!(
             arn_resource("debian-12-python"),
