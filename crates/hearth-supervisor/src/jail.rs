@@ -10,7 +10,9 @@
 //! own uid and gid with no supplementary groups, which drops every
 //! capability, and `no_new_privs`. The network namespace is empty (only a
 //! loopback interface that stays down): a microVM without an egress
-//! connector has no network at all.
+//! connector has no network at all. A microVM with one has joined the
+//! egress network's namespace before ([`join_netns`], [`Network::Joined`]),
+//! and keeps it.
 //!
 //! Nothing of the host's file system is visible afterwards except what the
 //! spec binds: the child reaches its data (disks, memory files) only
@@ -179,14 +181,34 @@ fn create_file(path: &Path, mode: u32) -> Result<(), JailError> {
     )
 }
 
+/// The network namespace the jailed child ends up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// A new one of its own, empty: no network at all.
+    Isolated,
+    /// The one it already joined ([`join_netns`]).
+    Joined,
+}
+
+/// Join the network namespace `ns` (an open `/run/netns/NAME` or
+/// `/proc/PID/ns/net`). Needs `CAP_SYS_ADMIN`, so it comes before
+/// [`enter`] drops privileges.
+pub fn join_netns(ns: std::os::fd::BorrowedFd<'_>) -> Result<(), JailError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes a descriptor the caller holds open and a flag;
+    // the kernel checks that it is a network namespace.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    step("join the network namespace", check(rc))
+}
+
 /// Enter the jail. Must run in the freshly forked child.
-pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
+pub fn enter(spec: &JailSpec, network: Network) -> Result<(), JailError> {
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if network == Network::Isolated {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: unshare takes flags only.
-    let rc = unsafe {
-        libc::unshare(
-            libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
-        )
-    };
+    let rc = unsafe { libc::unshare(flags) };
     step("unshare namespaces", check(rc))?;
     step(
         "make mounts private",

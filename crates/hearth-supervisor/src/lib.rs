@@ -17,8 +17,9 @@
 //! * [`relay`]: the frame-aligned relay between QEMU's agent socket and the
 //!   attached `hearth` (a `hearth` that dies mid-frame costs that one frame,
 //!   never the alignment of the stream);
-//! * [`jail`]: confinement of the child before `execve`: namespaces, a
-//!   private read-only root, its own uid, no new privileges;
+//! * [`jail`]: confinement of the child before `execve`: namespaces (the
+//!   network one empty, or the egress network's namespace the config
+//!   names), a private read-only root, its own uid, no new privileges;
 //! * [`cgroup`]: the child's cgroups (v2 where the host has the controller
 //!   there, v1 otherwise) with memory, CPU and PID limits;
 //! * [`run`]: the single-threaded `poll` loop that ties them together.

@@ -2,8 +2,8 @@
 //! main (and only) thread until the child is gone.
 //!
 //! ```text
-//!  start: read config (fd 3) -> cgroups -> [unshare PID ns] -> fork
-//!           child: join cgroups -> jail -> fds in place -> pdeathsig -> execve
+//!  start: read config (fd 3) -> cgroups -> [open netns] -> [unshare PID ns] -> fork
+//!           child: join cgroups -> [join netns] -> jail -> fds in place -> pdeathsig -> execve
 //!  loop:  control socket ──accept──▶ one request line ──▶ answer
 //!                                     attach: the connection becomes `attached`
 //!         attached  ◀──frames──▶ relay ◀──frames──▶ QEMU's agent socket
@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -122,6 +122,9 @@ struct ChildFds {
     stderr_w: OwnedFd,
     report_w: OwnedFd,
     alive_r: OwnedFd,
+    /// The network namespace to join, opened before `fork` so a missing
+    /// one fails the start with its path.
+    netns: Option<OwnedFd>,
 }
 
 impl Supervisor {
@@ -156,6 +159,15 @@ impl Supervisor {
         let stdin_null: OwnedFd = fs::File::open("/dev/null")
             .map_err(|e| format!("open /dev/null: {e}"))?
             .into();
+        // Before the cgroups, which a failure here would leave behind.
+        let netns: Option<OwnedFd> = match &cfg.netns {
+            Some(p) => Some(
+                fs::File::open(p)
+                    .map_err(|e| format!("open the network namespace {}: {e}", p.display()))?
+                    .into(),
+            ),
+            None => None,
+        };
         let cgroups = match &cfg.cgroup {
             Some(spec) => Some(Cgroups::create(spec).map_err(|e| format!("cgroups: {e}"))?),
             None => None,
@@ -184,6 +196,7 @@ impl Supervisor {
             stderr_w,
             report_w,
             alive_r,
+            netns,
         };
         // SAFETY: this process is single-threaded, so the child may run
         // ordinary code; it never returns (execve or _exit).
@@ -698,8 +711,17 @@ fn child_main(cfg: &SupervisorConfig, fds: &ChildFds, cgroups: Option<&Cgroups>)
             fail("join cgroups", &e);
         }
     }
+    let network = match &fds.netns {
+        Some(ns) => {
+            if let Err(e) = jail::join_netns(ns.as_fd()) {
+                fail("network namespace", &e);
+            }
+            jail::Network::Joined
+        }
+        None => jail::Network::Isolated,
+    };
     if let Some(j) = &cfg.jail {
-        if let Err(e) = jail::enter(j) {
+        if let Err(e) = jail::enter(j, network) {
             fail("jail", &e);
         }
     }

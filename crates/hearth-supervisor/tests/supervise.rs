@@ -50,6 +50,7 @@ fn config(
         cgroup,
         linger: false,
         transparent_huge_pages: false,
+        netns: None,
     }
 }
 
@@ -386,4 +387,147 @@ fn transparent_huge_pages_are_off_unless_asked_for() {
         let tail = exit.stderr_tail;
         assert!(tail.contains(want), "allowed={allowed}: {tail:?}");
     }
+}
+
+/// A named network namespace with a veth pair of its own (so that it can
+/// be told apart by its interfaces), removed on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn create(name: &str) -> TestNetns {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "delete", name])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output();
+        ip(&["netns", "add", name]);
+        let ns = TestNetns(name.to_string());
+        ip(&[
+            "-n",
+            name,
+            "link",
+            "add",
+            "hearth-t0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "hearth-t1",
+        ]);
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output();
+    }
+}
+
+/// A jailed child given a network namespace is in exactly that one (and
+/// still in private mount, IPC and UTS namespaces, as its own user).
+#[test]
+fn a_jailed_child_joins_the_network_namespace_it_is_given() {
+    use std::os::unix::fs::MetadataExt;
+    let ns = TestNetns::create("hearth-test-sup-netns");
+    let mountpoint = std::env::temp_dir().join("hearth-jail-test-netns");
+    std::fs::create_dir_all(&mountpoint).unwrap();
+    let jail = JailSpec {
+        uid: 1_610_600_002,
+        gid: 1_610_600_002,
+        root_mountpoint: mountpoint,
+        ro_binds: ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .collect(),
+        devices: vec!["/dev/null".into()],
+    };
+    let mut r = start(|d| {
+        let mut c = config(d, "exec sleep 60", Some(jail), None);
+        c.netns = Some(ns.path());
+        c
+    });
+    let host = attach(&r.sock());
+    let (s, _) = control(
+        &r.sock(),
+        &ControlRequest::Status {
+            version: CONTROL_VERSION,
+        },
+    );
+    let pid = s.status.unwrap().child_pid;
+    let its_net = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino();
+    assert_eq!(
+        its_net,
+        std::fs::metadata(ns.path()).unwrap().ino(),
+        "the child is not in the namespace it was given"
+    );
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+    assert!(dev.contains("hearth-t0"), "{dev}");
+    for other in ["mnt", "ipc", "uts"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{other}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{pid}/ns/{other}")).unwrap();
+        assert_ne!(mine, its, "{other} namespace is shared");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("1610600002")),
+        "{status}"
+    );
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "{status}"
+    );
+    drop(host);
+    let exit = wait_exit(&mut r);
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+}
+
+/// A network namespace that does not exist fails the start (no child runs
+/// without the namespace it was meant to be in).
+#[test]
+fn a_missing_network_namespace_fails_the_start() {
+    let mut r = start(|d| {
+        let mut c = config(d, "exec sleep 60", None, None);
+        c.netns = Some("/run/netns/hearth-test-no-such-namespace".into());
+        c
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = r.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the supervisor runs on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status}");
+    assert!(
+        !r.dir.path().join(EXIT_FILE).exists(),
+        "a child was started"
+    );
 }

@@ -315,6 +315,7 @@ mod tests {
             cgroup: None,
             linger: false,
             transparent_huge_pages: false,
+            netns: None,
         };
         (prog, cfg)
     }
