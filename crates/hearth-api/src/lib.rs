@@ -11,6 +11,7 @@
 pub mod context;
 pub mod datadir;
 pub mod error;
+pub mod ext;
 pub mod handlers;
 pub mod ops;
 pub mod paging;

@@ -6,6 +6,10 @@
 //! budget that bounds what requests not yet authenticated may hold at once;
 //! the body read and the signature verified over it; model routing and
 //! input validation; idempotency; the handler; and the AWS-shaped answer.
+//! Hearth's own endpoints (`/hearth/v1/...`, [`crate::ext`]) are routed
+//! first: they say how they are authenticated (not at all, as above, or
+//! over a declared payload hash with the body left for the handler to
+//! stream), and the same authentication code runs for them.
 //! [`Api`] is the [`hearth_http::Service`] of the API listener: each request
 //! runs on its connection's Tokio task, to its end even if the client goes
 //! away; store calls go through `spawn_blocking`.
@@ -25,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::{blocking, unix_secs, AppState, Caller};
 use crate::error::ApiError;
+use crate::ext::{Endpoint, Extensions, OpenRequest, SignedRequest, StreamedRequest, UploadStore};
 use crate::handlers;
 
 /// Largest request body accepted.
@@ -51,6 +56,7 @@ pub const UNVERIFIED_BODY_BYTES_PER_KEY: usize = MAX_BODY_BYTES + 2 * 1024 * 102
 pub struct Api {
     state: Arc<AppState>,
     unverified: BodyBudget,
+    extensions: Extensions,
 }
 
 /// The unverified-body budget: server-wide, and per access key. Counted in
@@ -110,7 +116,16 @@ impl Api {
         Api {
             state,
             unverified: BodyBudget::new(),
+            extensions: Extensions::default(),
         }
+    }
+
+    /// Accept code artifact uploads (`POST /hearth/v1/uploads`), kept under
+    /// `uploads_dir` (`<data-dir>/uploads`). Without it, uploads are
+    /// answered `NotImplementedException`.
+    pub fn with_uploads(mut self, uploads_dir: &std::path::Path) -> Self {
+        self.extensions.uploads = Some(Arc::new(UploadStore::new(uploads_dir)));
+        self
     }
 
     pub fn state(&self) -> &Arc<AppState> {
@@ -147,28 +162,70 @@ struct KnownKey {
     secret: SecretKey,
 }
 
-/// The unauthenticated ceiling `hearth bench api` compares against.
-const PING_PATH: &str = "/hearth/v1/ping";
+impl KnownKey {
+    /// The key as the verifier looks keys up: this one only.
+    fn lookup(&self) -> impl Fn(&str) -> Option<SecretKey> + '_ {
+        |id: &str| (id == self.access_key_id).then(|| self.secret.clone())
+    }
+}
 
 impl Api {
     async fn pipeline(&self, req: hearth_http::Request) -> Result<hearth_http::Response, ApiError> {
-        let state = &self.state;
         let (parts, body) = req.into_parts();
-        let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
-        if uri.path() == PING_PATH && method == Method::GET {
-            let mut r = http::Response::new(hearth_http::ResponseBody::from("pong"));
-            r.headers_mut()
-                .insert("content-type", HeaderValue::from_static("text/plain"));
-            return Ok(r);
+        let endpoint = match self.extensions.route(&parts.method, parts.uri.path()) {
+            None => None,
+            Some(Ok(endpoint)) => Some(endpoint),
+            Some(Err(not_here)) => {
+                // Said only to a caller who could have called it.
+                self.authenticate(&parts, body).await?;
+                return Err(not_here);
+            }
+        };
+        let state = self.state.clone();
+        match endpoint {
+            None => {
+                let (caller, body) = self.authenticate(&parts, body).await?;
+                let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
+                self.operation(method, uri, headers, &caller, body).await
+            }
+            Some(Endpoint::Open(handler)) => handler(OpenRequest { state, parts }).await,
+            Some(Endpoint::Signed(handler)) => {
+                let (caller, body) = self.authenticate(&parts, body).await?;
+                handler(SignedRequest {
+                    state,
+                    caller,
+                    parts,
+                    body,
+                })
+                .await
+            }
+            Some(Endpoint::DeclaredPayload(handler)) => {
+                let (caller, declared) = self.authenticate_declared_payload(&parts).await?;
+                handler(StreamedRequest {
+                    state,
+                    caller,
+                    parts,
+                    body,
+                    declared,
+                })
+                .await
+            }
         }
+    }
 
-        // 1. Authentication from the headers alone: nothing of the body is
-        // read for a request that cannot be from a known key.
-        let header_pairs = header_pairs(headers);
+    /// Authenticate a request whose signature covers its body: from the
+    /// headers alone first (nothing of the body is read for a request that
+    /// cannot be from a known key), then the body within its limit and the
+    /// budget for bodies whose signature is not yet checked, then the
+    /// signature over it. Returns the caller and the verified body.
+    async fn authenticate(
+        &self,
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<(Caller, Bytes), ApiError> {
+        let (method, uri) = (&parts.method, &parts.uri);
+        let header_pairs = header_pairs(&parts.headers);
         let key = self.authenticate_head(method, uri, &header_pairs).await?;
-
-        // 2. The body, within its limit and the server-wide budget for
-        // bodies whose signature is not yet checked.
         if body.len_bytes() > MAX_BODY_BYTES as u64 {
             return Err(ApiError::PayloadTooLarge(format!(
                 "The request body is {} bytes; the limit is {MAX_BODY_BYTES} bytes",
@@ -176,8 +233,6 @@ impl Api {
             )));
         }
         let body = self.read_body(body, &key.access_key_id).await?;
-
-        // 3. The signature, over the body.
         let req = hearth_sigv4::Request {
             method: method.as_str(),
             raw_path: uri.path(),
@@ -185,19 +240,53 @@ impl Api {
             headers: &header_pairs,
             body: &body,
         };
-        let lookup = |id: &str| (id == key.access_key_id).then(|| key.secret.clone());
-        let verified =
-            hearth_sigv4::verify(&req, &lookup, SystemTime::now(), self.verify_options())
-                .map_err(auth_err)?;
+        let verified = hearth_sigv4::verify(
+            &req,
+            &key.lookup(),
+            SystemTime::now(),
+            self.verify_options(),
+        )
+        .map_err(auth_err)?;
+        let caller = self.caller(key, &verified)?;
+        Ok((caller, body))
+    }
+
+    /// Authenticate a request whose signature covers the SHA-256 it
+    /// declares in `x-amz-content-sha256` (required), without reading its
+    /// body: the same header checks and key lookup as [`Api::authenticate`],
+    /// then the signature over the declared hash. The body is left for the
+    /// handler, which must check it has that hash.
+    async fn authenticate_declared_payload(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Result<(Caller, hearth_sigv4::DeclaredPayload), ApiError> {
+        let (method, uri) = (&parts.method, &parts.uri);
+        let header_pairs = header_pairs(&parts.headers);
+        let key = self.authenticate_head(method, uri, &header_pairs).await?;
+        let declared = hearth_sigv4::verify_declared_payload(
+            method.as_str(),
+            uri.path(),
+            uri.query().unwrap_or(""),
+            &header_pairs,
+            &key.lookup(),
+            SystemTime::now(),
+            self.verify_options(),
+        )
+        .map_err(auth_err)?;
+        let caller = self.caller(key, &declared.verified)?;
+        Ok((caller, declared))
+    }
+
+    /// The caller a verified signature names.
+    fn caller(&self, key: KnownKey, verified: &hearth_sigv4::Verified) -> Result<Caller, ApiError> {
         if verified.session_token.is_some() {
             // Hearth issues no temporary credentials, so no session token is valid.
             return Err(unrecognized_client());
         }
-        let caller = Caller {
+        Ok(Caller {
             account_id: key.account_id,
-            region: state.region.clone(),
-        };
-        self.operation(method, uri, headers, &caller, body).await
+            region: self.state.region.clone(),
+        })
     }
 
     /// What can be known from the headers: the `Authorization` header is
@@ -255,13 +344,7 @@ impl Api {
                 retry_after_secs: 1,
             });
         };
-        body.read_all(MAX_BODY_BYTES)
-            .await
-            .map_err(|e| ApiError::Body {
-                status: e.status(),
-                shape: e.error_type(),
-                message: e.to_string(),
-            })
+        body.read_all(MAX_BODY_BYTES).await.map_err(body_error)
     }
 
     /// Route, validate, run the operation (with its client token), answer.
@@ -394,6 +477,15 @@ impl Api {
             .await?;
         }
         Ok(json_response(status, bytes))
+    }
+}
+
+/// A body that could not be read, as the front end would answer it.
+pub(crate) fn body_error(e: hearth_http::BodyError) -> ApiError {
+    ApiError::Body {
+        status: e.status(),
+        shape: e.error_type(),
+        message: e.to_string(),
     }
 }
 
