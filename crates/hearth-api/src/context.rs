@@ -29,6 +29,9 @@ pub struct AppState {
     /// The server's own region (`hearth serve --region`): requests must be
     /// signed for it, and ARNs are minted in it.
     pub region: String,
+    /// The control plane's image side: every image, version and build
+    /// state change goes through it.
+    pub images: hearth_control::ImageControl,
 }
 
 /// Who is calling, established by SigV4.

@@ -93,6 +93,10 @@ fn env() -> Env {
             created_at_secs: 5,
         }],
         region: "us-east-1".into(),
+        images: hearth_control::ImageControl::new(
+            dd.store.clone(),
+            hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
+        ),
     });
     Env {
         _dir: dir,

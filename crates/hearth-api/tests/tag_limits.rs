@@ -51,6 +51,10 @@ fn env() -> Env {
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: vec![],
         region: "us-east-1".into(),
+        images: hearth_control::ImageControl::new(
+            dd.store.clone(),
+            hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
+        ),
     });
     Env {
         _dir: dir,

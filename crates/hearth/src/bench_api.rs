@@ -270,6 +270,10 @@ pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: vec![],
         region: "us-east-1".into(),
+        images: hearth_control::ImageControl::new(
+            dd.store.clone(),
+            hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
+        ),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -32,6 +32,26 @@ pub struct ServeArgs {
     /// Directories `file://` code artifacts may come from (repeatable).
     #[arg(long = "artifact-root")]
     artifact_roots: Vec<PathBuf>,
+    /// S3-compatible endpoint `s3://` code artifacts come from (with
+    /// --s3-region and the HEARTH_S3_ACCESS_KEY_ID / HEARTH_S3_SECRET_ACCESS_KEY
+    /// environment variables); without it, `s3://` artifacts are refused.
+    #[arg(long, env = "HEARTH_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    #[arg(long, env = "HEARTH_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// Image builds that run at once (more wait, PENDING).
+    #[arg(long, default_value_t = 2)]
+    max_concurrent_builds: usize,
+    /// Build without internet egress (no filtered network namespace is
+    /// prepared; RUN steps have no network).
+    #[arg(long)]
+    no_egress: bool,
+    /// Name of the egress network namespace (one per server on a host).
+    #[arg(long, default_value = "hearth-egress")]
+    egress_netns: String,
+    /// The /30 the egress namespace's link to the host uses.
+    #[arg(long, default_value = "10.213.0.0")]
+    egress_link_net: std::net::Ipv4Addr,
 }
 
 #[derive(Subcommand)]
@@ -89,11 +109,21 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
     }
     let dd = DataDir::open(&g.data_dir)
         .with_context(|| format!("open data dir {}", g.data_dir.display()))?;
+    let images = image_control(g, &a, &dd)?;
+    let recovered = images
+        .recover()
+        .context("ending builds a previous server left")?;
+    if recovered > 0 {
+        tracing::warn!(
+            "{recovered} builds were interrupted by the previous server's end; marked FAILED"
+        );
+    }
     let state = Arc::new(AppState {
         store: dd.store.clone(),
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: managed_images(g),
         region: a.region.clone(),
+        images,
     });
     let api = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -134,7 +164,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
     let api_srv = hearth_http::serve(
         api,
         limits.clone(),
-        Arc::new(hearth_api::Api::new(state.clone())),
+        Arc::new(hearth_api::Api::new(state.clone()).with_uploads(&dd.path.join("uploads"))),
         stopped(stop_rx.clone()),
     );
     let proxy_srv = hearth_http::serve(proxy, limits, Arc::new(NoProxyYet), stopped(stop_rx));
@@ -150,6 +180,105 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
     a.context("API server")?;
     p.context("proxy server")?;
     Ok(())
+}
+
+/// The control plane's image side: the engine (state under
+/// `<data>/engine`), the builder on it, code artifact sources, and egress.
+/// A host without QEMU or guest artifacts still serves the API; its builds
+/// fail saying why.
+fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_control::ImageControl> {
+    let manifest = hearth_artifacts::Manifest::load(&g.cache_dir);
+    let base_images = match &manifest {
+        Ok(m) => m
+            .images
+            .iter()
+            .map(|i| hearth_control::BaseImageFile {
+                name: i.name.clone(),
+                version: i.version.clone(),
+                root_disk: i.path.clone(),
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let engine_dir = dd.path.join("engine");
+    let builder = match (&manifest, engine_backend(g, &engine_dir)) {
+        (Ok(m), Ok(backend)) => Some(hearth_builder::Builder::new(
+            backend,
+            hearth_builder::BuilderConfig::new(m.kernel.path.clone(), m.initramfs.path.clone()),
+        )),
+        (Err(e), _) => {
+            tracing::warn!(
+                "image builds are unavailable: no guest artifacts ({e}); run `hearth setup`"
+            );
+            None
+        }
+        (_, Err(e)) => {
+            tracing::warn!("image builds are unavailable: {e:#}");
+            None
+        }
+    };
+    let egress = if a.no_egress || builder.is_none() {
+        None
+    } else {
+        let mut cfg = hearth_net::EgressConfig::new(a.egress_netns.clone());
+        cfg.link_net = a.egress_link_net;
+        let net = hearth_net::EgressNet::ensure(&cfg)
+            .with_context(|| format!("prepare the egress network namespace {}", a.egress_netns))?;
+        let guest = net.guest_config();
+        Some(hearth_builder::GuestEgress {
+            nic: hearth_vmm::NicSpec {
+                netns: net.netns_path().to_path_buf(),
+            },
+            setup_commands: hearth_net::guest_setup_commands(&guest),
+            resolv_conf: hearth_net::guest_resolv_conf(&guest),
+        })
+    };
+    let s3 = match &a.s3_endpoint {
+        None => None,
+        Some(url) => Some(hearth_code::S3Config {
+            endpoint_url: Some(url.clone()),
+            region: a.s3_region.clone(),
+            access_key_id: std::env::var("HEARTH_S3_ACCESS_KEY_ID")
+                .context("--s3-endpoint needs HEARTH_S3_ACCESS_KEY_ID")?,
+            secret_access_key: std::env::var("HEARTH_S3_SECRET_ACCESS_KEY")
+                .context("--s3-endpoint needs HEARTH_S3_SECRET_ACCESS_KEY")?,
+            force_path_style: true,
+        }),
+    };
+    let code = hearth_code::Fetcher::new(
+        hearth_code::SourceConfig {
+            artifact_roots: a.artifact_roots.clone(),
+            s3,
+        },
+        hearth_code::Uploads::new(dd.path.join("uploads")),
+    );
+    Ok(hearth_control::ImageControl::new(
+        dd.store.clone(),
+        hearth_control::images::BuildSetup {
+            data_dir: dd.path.clone(),
+            builder,
+            base_images,
+            code,
+            egress,
+            region: a.region.clone(),
+            max_concurrent_builds: a.max_concurrent_builds,
+        },
+    ))
+}
+
+/// The engine of `hearth serve`: microVMs of a previous server that died
+/// with it are cleaned up first.
+fn engine_backend(g: &Global, state_dir: &std::path::Path) -> Result<hearth_vmm::QemuBackend> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
+    let report = hearth_vmm::qemu::gc(state_dir);
+    tracing::info!("engine state {}: {report:?}", state_dir.display());
+    let decision = hearth_vmm::accel::decide(g.accel, hearth_vmm::accel::HostKvmFacts::probe());
+    tracing::info!(accel = %decision.accel, "{}", decision.reason);
+    Ok(hearth_vmm::QemuBackend::new(hearth_vmm::QemuConfig::new(
+        state_dir.to_path_buf(),
+        decision.accel,
+    ))?)
 }
 
 /// The proxy listener until microVMs can be reached: every request is

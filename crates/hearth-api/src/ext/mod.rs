@@ -13,6 +13,7 @@
 //! |---|---|---|
 //! | `GET /hearth/v1/ping` | none | `pong` |
 //! | `POST /hearth/v1/uploads` | SigV4 over a declared `x-amz-content-sha256` | [`uploads`] |
+//! | `GET /hearth/v1/images/{image}/versions/{v}/builds/{id}/logs` | SigV4 | `logs` (streamed) |
 //!
 //! Adding one: an arm in the `match` of [`Extensions::route`] naming the
 //! method, the kind of authentication and the handler, e.g.
@@ -43,6 +44,7 @@ use http::{HeaderValue, Method};
 use crate::context::{AppState, Caller};
 use crate::error::ApiError;
 
+mod logs;
 pub mod uploads;
 
 pub use uploads::UploadStore;
@@ -159,6 +161,13 @@ impl Extensions {
         let (allowed, endpoint) = match segments.as_slice() {
             ["ping"] => (Method::GET, Endpoint::open(ping)),
             ["uploads"] => (Method::POST, self.uploads_endpoint()),
+            ["images", image, "versions", version, "builds", build, "logs"] => {
+                let (i, v, b) = (image.to_string(), version.to_string(), build.to_string());
+                (
+                    Method::GET,
+                    Endpoint::signed(move |r| logs::get(r, i, v, b)),
+                )
+            }
             _ => return Some(Err(unknown())),
         };
         if *method != allowed {

@@ -19,9 +19,10 @@
 //! implemented yet, bad stored documents) are domain error types of these
 //! modules; the end of this file maps each to its AWS error, in one place.
 //!
-//! Operations whose engine work lands in later issues (image builds,
-//! running microVMs) answer `NotImplementedException` ([`NotYet`]) and change
-//! nothing.
+//! Operations whose engine work lands in later issues (running microVMs)
+//! answer `NotImplementedException` ([`NotYet`]) and change nothing. Image,
+//! version and build changes go through the control plane
+//! ([`hearth_control::ImageControl`]); its errors map here too.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -284,6 +285,26 @@ impl From<ManagedImageError> for ApiError {
             NotFound { identifier } => ApiError::not_found("Managed MicroVM image", identifier),
             NoSecondPage => ApiError::Validation(e.to_string()),
         }
+    }
+}
+
+/// The control plane's refusals and failures as AWS errors.
+pub(crate) fn control_error(e: hearth_control::ControlError) -> ApiError {
+    use hearth_control::ControlError::*;
+    match e {
+        Invalid(_) | UnknownBaseImage { .. } => ApiError::Validation(e.to_string()),
+        State(ref t) => ApiError::Conflict {
+            message: e.to_string(),
+            resource_id: None,
+            resource_type: Some(match t.kind {
+                hearth_domain::ResourceKind::Image => "MicroVM image",
+                hearth_domain::ResourceKind::ImageVersion => "MicroVM image version",
+                hearth_domain::ResourceKind::ImageBuild => "MicroVM image build",
+            }),
+        },
+        NoLog { build_id } => ApiError::not_found("MicroVM image build log", build_id),
+        Store(s) => crate::error::store_error("the control plane's store work", s),
+        Corrupt(_) | Internal { .. } => ApiError::internal("the control plane", e),
     }
 }
 

@@ -2,14 +2,14 @@
 //! GetMicrovmImageVersion, ListMicrovmImageVersions,
 //! UpdateMicrovmImageVersion, DeleteMicrovmImageVersion,
 //! GetMicrovmImageBuild, ListMicrovmImageBuilds. Versions and builds are
-//! written by the image builder (a later issue); these read, re-status and
-//! delete them. Runs on the request task.
+//! written by the control plane's build tasks; these read them, and ask the
+//! control plane to re-status or delete them. Runs on the request task.
 
-use hearth_store::{BuildFilter, Image, VersionUpdate};
+use hearth_store::{BuildFilter, Image};
 use serde::Deserialize;
 
-use super::{from_doc, handler, lookup, page_items, page_request, Registration};
-use crate::context::{unix_secs, RequestContext};
+use super::{control_error, from_doc, handler, lookup, page_items, page_request, Registration};
+use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::ops::{self, shapes::*, versions::*};
 
@@ -155,19 +155,12 @@ async fn update(
     input: UpdateMicrovmImageVersionInput,
 ) -> Result<UpdateMicrovmImageVersionOutput, ApiError> {
     let (image, v) = find_version(ctx, &input.image_identifier, &input.image_version).await?;
-    let update = VersionUpdate {
-        state: v.state.clone(),
-        status: input.status,
-        doc: v.doc.clone(),
-        updated_at_secs: unix_secs(),
-        expected_state: Some(v.state.clone()),
-    };
-    let (acct, id, ver) = (ctx.account(), image.image_id.clone(), v.version.clone());
     let v2 = ctx
-        .store("updating an image version", move |st| {
-            st.update_image_version(&acct, &id, &ver, &update)
-        })
-        .await?;
+        .state
+        .images
+        .set_version_status(&ctx.account(), &image, v, &input.status)
+        .await
+        .map_err(control_error)?;
     version_output(&image, &v2)
 }
 
@@ -176,11 +169,11 @@ async fn delete(
     input: DeleteMicrovmImageVersionInput,
 ) -> Result<DeleteMicrovmImageVersionOutput, ApiError> {
     let (image, v) = find_version(ctx, &input.image_identifier, &input.image_version).await?;
-    let (acct, id, ver) = (ctx.account(), image.image_id, v.version);
-    ctx.store("deleting an image version", move |st| {
-        st.delete_image_version(&acct, &id, &ver)
-    })
-    .await?;
+    ctx.state
+        .images
+        .delete_version(&ctx.account(), image, v)
+        .await
+        .map_err(control_error)?;
     Ok(DeleteMicrovmImageVersionOutput {
         image_identifier: input.image_identifier,
         image_version: input.image_version,
