@@ -6,7 +6,9 @@
 
 mod bench;
 mod bench_api;
+mod client;
 mod demo;
+mod image_cli;
 mod serve;
 mod vm;
 
@@ -70,6 +72,8 @@ enum Cmd {
     /// Manage access keys.
     #[command(subcommand)]
     Key(serve::KeyCmd),
+    /// MicroVM images, through the API of a running `hearth serve`.
+    Image(image_cli::ImageArgs),
 }
 
 #[derive(Args)]
@@ -253,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Serve(a) => serve::serve(&g, a).await,
         Cmd::Account(c) => serve::account(&g, c),
         Cmd::Key(c) => serve::key(&g, c),
+        Cmd::Image(a) => image_cli::run(&g, a).await,
     }
 }
 
