@@ -26,7 +26,7 @@ use crate::disk::DiskChain;
 use crate::error::VmError;
 pub use crate::jsonfile::{load_json, save_json};
 pub use crate::owner::ProcessIdentity;
-use crate::spec::{Lifetime, MachineConfig};
+use crate::spec::{Lifetime, MachineConfig, NicSpec};
 use crate::{SnapshotId, VmId};
 
 /// The record file of a microVM.
@@ -87,6 +87,11 @@ pub struct VmRecord {
     pub requirements: RestoreRequirements,
     pub memory: MemoryRecord,
     pub disk: Option<DiskChain>,
+    /// The network interface it was booted with, if any. Such a microVM
+    /// is neither snapshotted nor suspended (yet); recorded so that a
+    /// Hearth adopting it refuses that too. Absent from older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<NicSpec>,
     pub state: RecordedState,
 }
 
@@ -193,8 +198,26 @@ mod tests {
                     format: DiskFormat::Qcow2,
                 }],
             }),
+            nic: Some(NicSpec {
+                netns: "/run/netns/builders".into(),
+            }),
             state,
         }
+    }
+
+    /// Records written before the network interface field read as none,
+    /// and a record without one does not write the field.
+    #[test]
+    fn a_record_without_a_nic_reads_and_writes_as_before() {
+        let mut r = record(RecordedState::Suspended {
+            generation: 1,
+            suspended_at_unix_ms: 0,
+            has_diff: false,
+        });
+        r.nic = None;
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json.get("nic").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<VmRecord>(json).unwrap(), r);
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct BootSpec {
 
 /// A guest network interface whose traffic leaves through a filtered
 /// network namespace (see the `hearth-net` crate, which prepares it).
+///
+/// The guest gets a virtio-net device on QEMU's user-mode network (slirp)
+/// and QEMU runs in `netns`. The guest configures the interface itself
+/// (`hearth_net::guest_setup_commands`, `guest_resolv_conf`, through the
+/// agent). Such a microVM cannot be snapshotted or suspended (yet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NicSpec {
     /// The network namespace QEMU runs in (`/run/netns/NAME`).

@@ -142,6 +142,7 @@ fn unreadable_record(dir: &Path) -> VmRecord {
             kernel_release: None,
             agent_protocol: 0,
         },
+        nic: None,
         memory: crate::record::MemoryRecord {
             base: crate::record::MemoryBase::Anonymous,
             shared: false,

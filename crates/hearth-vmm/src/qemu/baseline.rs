@@ -206,6 +206,7 @@ impl QemuBackend {
                 shared: false,
             },
             disk: chain.clone(),
+            nic: None,
             state: RecordedState::Suspended {
                 generation: 0,
                 suspended_at_unix_ms: 0,

@@ -6,6 +6,13 @@
 //! QEMU reaches nothing by path on the host: the jail hides it. Its
 //! descriptors (see the constants) are inherited; memory and boot files are
 //! named `/proc/self/fd/N`, disks `/dev/fdset/N`.
+//!
+//! A network interface ([`Plan::nic`]) is QEMU's user-mode network (slirp:
+//! NAT, gateway `10.0.2.2`, no IPv6) on a virtio-net device, placed after
+//! every other device so the others keep their virtio-mmio slots. Slirp
+//! opens the guest's connections as QEMU's own sockets; the supervisor has
+//! put QEMU in the egress network's namespace, whose filter decides where
+//! they may go (`hearth-net`).
 
 use serde_json::Value;
 
@@ -32,6 +39,10 @@ pub const FIRST_DISK_FD: i32 = 20;
 pub const ROOT_NODE: &str = "root";
 /// The placeholder a waiting QEMU's root node starts on.
 pub const PLACEHOLDER_NODE: &str = "placeholder";
+/// The user-mode network backend of a microVM with a network interface.
+pub const NIC_NETDEV: &str = "user,id=net0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2";
+/// Its device (the guest's `eth0`).
+pub const NIC_DEVICE: &str = "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56";
 
 pub fn cpu_model(accel: Accel) -> &'static str {
     match accel {
@@ -79,6 +90,8 @@ pub struct Plan<'a> {
     pub incoming: bool,
     /// `-sandbox on` with every deny option.
     pub sandbox: bool,
+    /// A network interface (user-mode networking).
+    pub nic: bool,
 }
 
 /// The arguments (without the program).
@@ -174,6 +187,9 @@ pub fn args(p: &Plan<'_>) -> Vec<String> {
             push(&["-device", &format!("virtio-blk-device,drive={ROOT_NODE}")]);
         }
     }
+    if p.nic {
+        push(&["-netdev", NIC_NETDEV, "-device", NIC_DEVICE]);
+    }
     if p.incoming {
         push(&["-incoming", "defer"]);
     }
@@ -204,6 +220,7 @@ mod tests {
             },
             incoming: true,
             sandbox: true,
+            nic: false,
         }
     }
 
@@ -241,5 +258,32 @@ mod tests {
         assert_eq!(devices(&boot), devices(&restore));
         assert!(boot.contains(&"/proc/self/fd/11".to_string()));
         assert!(!restore.iter().any(|a| a == "-kernel"));
+    }
+
+    #[test]
+    fn a_nic_adds_a_user_network_device_after_every_other_device() {
+        let m = machine();
+        let mut p = plan(Accel::Tcg, &m);
+        let without = args(&p);
+        assert!(!without.iter().any(|a| a.contains("netdev")));
+        p.nic = true;
+        let with = args(&p);
+        let devices: Vec<&String> = with
+            .windows(2)
+            .filter(|w| w[0] == "-device")
+            .map(|w| &w[1])
+            .collect();
+        assert_eq!(devices.last().unwrap().as_str(), NIC_DEVICE);
+        let netdev = with.iter().position(|a| a == "-netdev").unwrap();
+        assert_eq!(with[netdev + 1], NIC_NETDEV);
+        assert!(NIC_NETDEV.contains("ipv6=off"));
+        // Everything else is unchanged, in the same order.
+        let rest: Vec<&String> = with
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(netdev..netdev + 4).contains(i))
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(rest, without.iter().collect::<Vec<_>>());
     }
 }

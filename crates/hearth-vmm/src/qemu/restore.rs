@@ -278,6 +278,14 @@ impl QemuBackend {
         };
         let kernel = open("kernel", &spec.kernel)?;
         let initrd = open("initramfs", &spec.initramfs)?;
+        if let Some(nic) = &spec.nic {
+            if !nic.netns.is_absolute() || !nic.netns.exists() {
+                return Err(VmError::Invalid(format!(
+                    "network namespace {} does not exist (prepare the egress network first)",
+                    nic.netns.display()
+                )));
+            }
+        }
         let id = spec.id.clone();
         let name = id.to_string();
         let dir = create_vm_dir(self, &name)?;
@@ -370,17 +378,20 @@ impl QemuBackend {
             )
         };
         let mut proc = self
-            .start(StartSpec {
-                name: &name,
-                vm_dir: &dir,
-                machine: &machine,
-                ram,
-                boot: Some((kernel, initrd, &machine.cmdline)),
-                disk: chain.clone().map_or(Disk::None, Disk::Chain),
-                incoming: false,
-                uid,
-                channel: ChannelStart::Boot,
-            })
+            .start_with_nic(
+                StartSpec {
+                    name: &name,
+                    vm_dir: &dir,
+                    machine: &machine,
+                    ram,
+                    boot: Some((kernel, initrd, &machine.cmdline)),
+                    disk: chain.clone().map_or(Disk::None, Disk::Chain),
+                    incoming: false,
+                    uid,
+                    channel: ChannelStart::Boot,
+                },
+                spec.nic.as_ref(),
+            )
             .await?;
         let agent = proc.agent.clone();
         let timeout = self.inner.cfg.boot_timeout;
@@ -420,6 +431,7 @@ impl QemuBackend {
                 shared: !anonymous_ram,
             },
             disk: chain,
+            nic: spec.nic.clone(),
             state: RecordedState::Suspended {
                 generation: 0,
                 suspended_at_unix_ms: 0,
@@ -487,6 +499,7 @@ impl QemuBackend {
                 shared: false,
             },
             disk: chain,
+            nic: None,
             state: RecordedState::Suspended {
                 generation: 0,
                 suspended_at_unix_ms: 0,

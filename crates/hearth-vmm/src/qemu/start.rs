@@ -21,7 +21,7 @@ use crate::memory::FileKey;
 use crate::qmp::Qmp;
 use crate::record::{ProcessIdentity, RUN_DIR};
 use crate::sockets;
-use crate::spec::MachineConfig;
+use crate::spec::{MachineConfig, NicSpec};
 use crate::supervise::{self, RunDir, Supervisor};
 
 /// Console bytes kept per QEMU process.
@@ -132,6 +132,17 @@ fn io_error(name: &str, op: &'static str, path: &Path) -> impl FnOnce(std::io::E
 impl QemuBackend {
     /// Start QEMU under a new supervisor and connect to it.
     pub(crate) async fn start(&self, s: StartSpec<'_>) -> Result<Proc, VmError> {
+        self.start_with_nic(s, None).await
+    }
+
+    /// [`Self::start`], with a network interface when `nic` is given: the
+    /// supervisor puts QEMU in `nic.netns` before confining it, and QEMU
+    /// gets a user-mode network device (see `cmdline`).
+    pub(crate) async fn start_with_nic(
+        &self,
+        s: StartSpec<'_>,
+        nic: Option<&NicSpec>,
+    ) -> Result<Proc, VmError> {
         let cfg = &self.inner.cfg;
         let run = RunDir(s.vm_dir.join(RUN_DIR));
         if run.0.exists() {
@@ -219,6 +230,7 @@ impl QemuBackend {
             disk,
             incoming: s.incoming,
             sandbox: cfg.confinement.is_some(),
+            nic: nic.is_some(),
         });
         let (jail, cgroup) = match &cfg.confinement {
             Some(c) => (
@@ -257,6 +269,7 @@ impl QemuBackend {
             // Anonymous guest RAM (the stock-QEMU baseline) gets huge pages
             // as a stock QEMU would; file-backed RAM gains nothing from them.
             transparent_huge_pages: anonymous_ram,
+            netns: nic.map(|n| n.netns.clone()),
         };
         let mut supervisor = supervise::spawn(&cfg.supervisor_binary, sup_cfg, control.into(), fds)
             .map_err(|source| VmError::Spawn {

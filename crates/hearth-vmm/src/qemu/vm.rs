@@ -512,6 +512,20 @@ impl QemuVm {
         Ok(())
     }
 
+    /// A microVM with a network interface cannot be snapshotted or
+    /// suspended: slirp's connections live in QEMU, and a clone or a resumed
+    /// QEMU would need the same device and namespace, which the snapshot
+    /// and restore paths do not carry yet.
+    fn refuse_nic(&self) -> Result<(), VmError> {
+        if self.record.nic.is_some() {
+            return Err(VmError::Invalid(format!(
+                "{}: microVMs with a network interface cannot be snapshotted or suspended yet",
+                self.id
+            )));
+        }
+        Ok(())
+    }
+
     fn own_memory_path(&self) -> PathBuf {
         match &self.record.memory.base {
             MemoryBase::Own { file } => self.dir.join(file),
@@ -752,6 +766,7 @@ impl MicroVm for QemuVm {
             });
         }
         self.refuse_anonymous("snapshotted")?;
+        self.refuse_nic()?;
         self.apply(VmEvent::BeginSnapshot)?;
         let catalog = self.backend.inner.catalog.clone();
         let (id, staging) = catalog.begin()?;
@@ -801,6 +816,7 @@ impl MicroVm for QemuVm {
             });
         }
         self.refuse_anonymous("suspended")?;
+        self.refuse_nic()?;
         self.apply(VmEvent::BeginSuspend)?;
         let generation = self.next_generation();
         let gen_dir = VmRecord::generation_dir(&self.dir, generation);

@@ -1,0 +1,409 @@
+//! End-to-end: a microVM with a network interface, its QEMU in an egress
+//! network's namespace (`hearth-net`), configured through the agent as an
+//! image builder would configure it.
+//!
+//! From inside the guest: a name resolves, and a TCP listener at a public
+//! (TEST-NET-2) address in a namespace this test creates greets it; the
+//! host's loopback (through slirp's gateway 10.0.2.2), the host's own
+//! address and listeners in private and link-local namespaces stay out of
+//! reach, though the host itself reaches every one of them. Only addresses
+//! of this machine and of namespaces the test creates are targeted (and
+//! the host's resolver).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hearth_net::{
+    guest_resolv_conf, guest_setup_commands, in_netns, EgressConfig, EgressNet, GUEST_GATEWAY,
+    GUEST_RESOLV_CONF_PATH,
+};
+use hearth_vmm::{MicroVm, NicSpec, SnapshotMode, VmBackend, VmError, VmState};
+use serde_json::Value;
+use support::*;
+
+const TOOLS_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// Bytes the public listener sends after its greeting (the bulk test).
+const BULK_BYTES: usize = 16 << 20;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .env("PATH", TOOLS_PATH)
+        .output()
+        .expect("run ip (iproute2 must be installed)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .env("PATH", TOOLS_PATH)
+        .output();
+}
+
+struct EgressGuard(String);
+
+impl Drop for EgressGuard {
+    fn drop(&mut self) {
+        if let Err(e) = hearth_net::teardown(&self.0) {
+            eprintln!("teardown {}: {e}", self.0);
+        }
+    }
+}
+
+/// A namespace standing in for another machine: `net.1` on the host's end
+/// of a veth, `net.2` inside.
+struct Peer {
+    name: String,
+    host_if: String,
+    addr: Ipv4Addr,
+}
+
+impl Peer {
+    fn create(name: &str, host_if: &str, net: Ipv4Addr) -> Peer {
+        ip_quiet(&["link", "del", host_if]);
+        ip_quiet(&["netns", "delete", name]);
+        let base = u32::from(net);
+        let (host, inside) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
+        let peer = Peer {
+            name: name.into(),
+            host_if: host_if.into(),
+            addr: inside,
+        };
+        ip(&["netns", "add", name]);
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ]);
+        ip(&["addr", "add", &format!("{host}/30"), "dev", host_if]);
+        ip(&["link", "set", host_if, "up"]);
+        ip(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{inside}/30"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", name, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host.to_string(),
+        ]);
+        peer
+    }
+
+    fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        ip_quiet(&["link", "del", &self.host_if]);
+        ip_quiet(&["netns", "delete", &self.name]);
+    }
+}
+
+/// A listener (in `netns`, or the host's namespace) that sends `hello`,
+/// then `bulk_bytes` zeros, then closes.
+fn serve(netns: Option<&Path>, addr: Ipv4Addr, bulk_bytes: usize) -> SocketAddr {
+    let bind = || TcpListener::bind((addr, 0)).expect("bind a listener");
+    let listener = match netns {
+        Some(p) => in_netns(p, bind).expect("enter the peer namespace"),
+        None => bind(),
+    };
+    let local = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = c.write_all(b"hello");
+                let zeros = vec![0u8; 64 << 10];
+                let mut left = bulk_bytes;
+                while left > 0 {
+                    let n = left.min(zeros.len());
+                    if c.write_all(&zeros[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    local
+}
+
+fn greet(to: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn primary_address() -> Ipv4Addr {
+    let out = Command::new("ip")
+        .args(["-j", "route", "get", "1.1.1.1"])
+        .env("PATH", TOOLS_PATH)
+        .output()
+        .expect("ip route get");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j route get");
+    v[0]["prefsrc"]
+        .as_str()
+        .expect("a route to the internet with a source address")
+        .parse()
+        .unwrap()
+}
+
+/// Run in the guest: resolve a name, try each target (connect, read the
+/// greeting), then time connects to and a bulk read from the public
+/// listener. Prints one JSON object. A refused destination shows in the
+/// guest as a connection that times out: slirp connects without blocking
+/// and does not pass the later error (the filter's rejection) on.
+const PROBE: &str = r#"
+import json, socket, sys, time
+req = json.loads(sys.argv[1])
+out = {}
+def attempt(host, port):
+    t = time.monotonic()
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        s.settimeout(3)
+        data = s.recv(5)
+        s.close()
+        return {"ok": True, "data": data.decode(), "ms": (time.monotonic() - t) * 1e3}
+    except Exception as e:
+        return {"ok": False, "error": repr(e), "ms": (time.monotonic() - t) * 1e3}
+try:
+    out["resolved"] = sorted({a[4][0] for a in socket.getaddrinfo(req["name"], 80, socket.AF_INET, socket.SOCK_STREAM)})
+except Exception as e:
+    out["resolve_error"] = repr(e)
+out["targets"] = {k: attempt(h, p) for k, (h, p) in req["targets"].items()}
+h, p = req["bulk"]
+lat = []
+for _ in range(9):
+    t = time.monotonic()
+    s = socket.create_connection((h, p), timeout=5)
+    lat.append((time.monotonic() - t) * 1e3)
+    s.close()
+lat.sort()
+out["connect_ms_median"] = lat[4]
+s = socket.create_connection((h, p), timeout=10)
+t = time.monotonic()
+n = 0
+while True:
+    b = s.recv(262144)
+    if not b:
+        break
+    n += len(b)
+out["bulk_bytes"] = n
+out["bulk_s"] = time.monotonic() - t
+print(json.dumps(out))
+"#;
+
+/// The host's median connect time and bulk read rate to `to`.
+fn host_measure(to: SocketAddr) -> (f64, f64) {
+    let mut lat: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = Instant::now();
+            drop(TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap());
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+    let t = Instant::now();
+    let mut n = 0usize;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let k = s.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    (lat[4], n as f64 / t.elapsed().as_secs_f64() / 1e6)
+}
+
+#[tokio::test]
+async fn e2e_a_guest_with_a_nic_reaches_public_addresses_and_dns_but_not_the_host_or_private_networks(
+) {
+    let env = env();
+    let name = "hearth-test-vmm-egress";
+    let _ = hearth_net::teardown(name);
+    let mut cfg = EgressConfig::new(name);
+    cfg.link_net = Ipv4Addr::new(10, 213, 251, 0);
+    let egress = EgressNet::ensure(&cfg).expect("ensure the egress network");
+    let _egress_guard = EgressGuard(name.into());
+    // Created after `ensure`, as remote networks would be.
+    let public = Peer::create(
+        "hearth-test-vmm-pub",
+        "hxv-pub",
+        Ipv4Addr::new(198, 51, 100, 4),
+    );
+    let private = Peer::create(
+        "hearth-test-vmm-priv",
+        "hxv-priv",
+        Ipv4Addr::new(10, 254, 0, 4),
+    );
+    let link_local = Peer::create(
+        "hearth-test-vmm-ll",
+        "hxv-ll",
+        Ipv4Addr::new(169, 254, 10, 4),
+    );
+    let public_srv = serve(Some(&public.path()), public.addr, BULK_BYTES);
+    let private_srv = serve(Some(&private.path()), private.addr, 0);
+    let link_local_srv = serve(Some(&link_local.path()), link_local.addr, 0);
+    let loopback_srv = serve(None, Ipv4Addr::LOCALHOST, 0);
+    let primary_srv = serve(None, primary_address(), 0);
+    for (what, srv) in [
+        ("public", public_srv),
+        ("private", private_srv),
+        ("link-local", link_local_srv),
+        ("loopback", loopback_srv),
+        ("primary", primary_srv),
+    ] {
+        assert_eq!(
+            greet(srv).unwrap_or_else(|e| panic!("control: the host cannot reach {what}: {e}")),
+            "hello"
+        );
+    }
+
+    let mut spec = env.boot_spec("egress-guest", Some("debian-12-python"));
+    spec.nic = Some(NicSpec {
+        netns: egress.netns_path().to_path_buf(),
+    });
+    let mut vm = env.backend.boot(spec).await.expect("boot with a NIC");
+    // QEMU runs in the egress namespace.
+    let qemu_net = std::fs::metadata(format!("/proc/{}/ns/net", vm.pid()))
+        .unwrap()
+        .ino();
+    assert_eq!(
+        qemu_net,
+        std::fs::metadata(egress.netns_path()).unwrap().ino(),
+        "QEMU is not in the egress namespace"
+    );
+
+    // Configure the guest as a builder would.
+    let gcfg = egress.guest_config();
+    for argv in guest_setup_commands(&gcfg) {
+        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = vm.agent().run(&words, T).await.expect("agent run");
+        assert!(
+            out.status.success(),
+            "{argv:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    vm.agent()
+        .write_file(
+            GUEST_RESOLV_CONF_PATH,
+            guest_resolv_conf(&gcfg).as_bytes(),
+            Some(0o644),
+            T,
+        )
+        .await
+        .expect("write resolv.conf");
+
+    let target = |a: SocketAddr| serde_json::json!([a.ip().to_string(), a.port()]);
+    let request = serde_json::json!({
+        "name": "deb.debian.org",
+        "targets": {
+            "public": target(public_srv),
+            "host loopback via the slirp gateway":
+                serde_json::json!([GUEST_GATEWAY.to_string(), loopback_srv.port()]),
+            "host primary address": target(primary_srv),
+            "host end of the egress veth":
+                serde_json::json!([egress.host_addr().to_string(), primary_srv.port()]),
+            "private peer": target(private_srv),
+            "link-local peer": target(link_local_srv),
+        },
+        "bulk": target(public_srv),
+    });
+    let t0 = Instant::now();
+    let out = vm
+        .agent()
+        .run(
+            &["python3", "-c", PROBE, &request.to_string()],
+            Duration::from_secs(180),
+        )
+        .await
+        .expect("run the probe");
+    assert!(
+        out.status.success(),
+        "probe: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe_secs = t0.elapsed().as_secs_f64();
+    let report: Value = serde_json::from_str(out.stdout_str().trim()).expect("probe JSON");
+    eprintln!("guest probe ({probe_secs:.1} s): {report:#}");
+
+    let resolved = report["resolved"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the guest could not resolve a name: {report}"));
+    assert!(!resolved.is_empty(), "{report}");
+    let t = &report["targets"];
+    assert_eq!(t["public"]["ok"], true, "public peer unreachable: {report}");
+    assert_eq!(t["public"]["data"], "hello", "{report}");
+    for refused in [
+        "host loopback via the slirp gateway",
+        "host primary address",
+        "host end of the egress veth",
+        "private peer",
+        "link-local peer",
+    ] {
+        assert_eq!(
+            t[refused]["ok"], false,
+            "{refused} is reachable from the guest: {report}"
+        );
+    }
+    assert_eq!(
+        report["bulk_bytes"].as_u64(),
+        Some(5 + BULK_BYTES as u64),
+        "{report}"
+    );
+    let guest_mb_s =
+        report["bulk_bytes"].as_f64().unwrap() / report["bulk_s"].as_f64().unwrap() / 1e6;
+    let (host_ms, host_mb_s) = host_measure(public_srv);
+    eprintln!(
+        "public peer: guest through slirp connect {:.2} ms (median of 9), {guest_mb_s:.1} MB/s; \
+         host directly connect {host_ms:.3} ms, {host_mb_s:.0} MB/s",
+        report["connect_ms_median"].as_f64().unwrap()
+    );
+
+    // Not snapshotted or suspended (yet), and refusing leaves it running.
+    for result in [
+        vm.snapshot(SnapshotMode::KeepRunning).await.map(drop),
+        vm.suspend().await.map(drop),
+    ] {
+        match result {
+            Err(VmError::Invalid(msg)) => {
+                assert!(msg.contains("network interface"), "{msg}")
+            }
+            other => panic!("a microVM with a NIC was snapshotted or suspended: {other:?}"),
+        }
+    }
+    assert_eq!(vm.state(), VmState::Running);
+    assert_eq!(sh(&vm, "echo still-here").await, "still-here");
+    vm.terminate().await.expect("terminate");
+    env.assert_no_leftovers();
+}
