@@ -42,6 +42,11 @@
 //! when that names only a loopback stub): a resolver often has a private
 //! address, and builds need names. Everything else public is allowed.
 //!
+//! The filter rejects (ICMP "administratively prohibited"), so a socket in
+//! the namespace fails at once; a guest behind slirp sees a connection
+//! that times out instead, since slirp connects without blocking and does
+//! not pass the later error on.
+//!
 //! Many microVMs share one egress network (one namespace, one veth); it is
 //! prepared once, at every start of `hearth serve` (idempotent), and its
 //! rules follow the host as it was then: re-run [`EgressNet::ensure`]
