@@ -392,6 +392,19 @@ fn ensure_is_idempotent_repairs_a_missing_veth_and_teardown_removes_everything()
         "{routes:?}"
     );
 
+    // No IPv6 inside: disabled on every interface, so none has an address.
+    let ns_cat = |path: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", name, "cat", path])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ns_cat("/proc/sys/net/ipv6/conf/all/disable_ipv6"), "1");
+    assert_eq!(ns_cat("/proc/sys/net/ipv6/conf/eth0/disable_ipv6"), "1");
+    assert_eq!(ns_cat("/proc/net/if_inet6"), "");
+
     third.teardown().expect("teardown");
     assert!(!third.netns_path().exists());
     assert!(!Path::new("/sys/class/net")
