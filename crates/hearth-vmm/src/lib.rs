@@ -50,7 +50,7 @@ pub use error::VmError;
 pub use ids::{InvalidSnapshotId, InvalidVmId, SnapshotId, VmId};
 pub use qemu::{Adopted, FullRamSnapshot, GcReport, QemuBackend, QemuConfig, QemuVm};
 pub use record::{SuspendedVm, VmRecord};
-pub use spec::{BootSpec, LaunchSpec, Lifetime, MachineConfig, SnapshotMode};
+pub use spec::{BootSpec, LaunchSpec, Lifetime, MachineConfig, NicSpec, SnapshotMode};
 pub use state::{VmEvent, VmState};
 
 /// The engine contract. Implementations own processes and files; every

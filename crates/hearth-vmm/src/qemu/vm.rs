@@ -918,7 +918,10 @@ impl QemuVm {
     /// The own disk layers (QEMU gone), flattened into `dest`.
     async fn keep_own_disk(&self, dest: &Path) -> Result<u64, VmError> {
         let Some(chain) = &self.record.disk else {
-            return Err(VmError::Invalid(format!("{} has no root disk to keep", self.id)));
+            return Err(VmError::Invalid(format!(
+                "{} has no root disk to keep",
+                self.id
+            )));
         };
         let own = chain.own_files().len();
         let base_len = chain.layers.len() - own;
