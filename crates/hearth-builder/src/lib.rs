@@ -99,6 +99,7 @@ impl Builder {
             phase: Phase::Prepare,
             phase_started: Instant::now(),
             timings: Vec::new(),
+            ca_env: Vec::new(),
         };
         let limit = self.cfg.build_timeout;
         let result = match tokio::time::timeout(limit, run.run()).await {
@@ -131,6 +132,8 @@ pub(crate) struct Run<'a> {
     pub phase: Phase,
     phase_started: Instant,
     pub timings: Vec<PhaseTiming>,
+    /// Environment the builder adds to RUN steps (extra CA bundles).
+    pub ca_env: Vec<(String, String)>,
 }
 
 impl Run<'_> {

@@ -26,6 +26,12 @@ pub struct GuestEgress {
     pub nic: NicSpec,
     pub setup_commands: Vec<Vec<String>>,
     pub resolv_conf: String,
+    /// Extra CA certificates (PEM) that RUN steps trust besides the base
+    /// image's own, for egress through a TLS-inspecting proxy: offered as
+    /// a bundle in the build's tmpfs through `SSL_CERT_FILE`,
+    /// `REQUESTS_CA_BUNDLE`, `PIP_CERT`, `CURL_CA_BUNDLE`, `GIT_SSL_CAINFO`
+    /// and `NODE_EXTRA_CA_CERTS`; never written to the image.
+    pub extra_ca_pem: Option<String>,
 }
 
 /// The build's lifecycle hooks (`hooks` of the image).

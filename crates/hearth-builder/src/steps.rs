@@ -110,6 +110,14 @@ impl Run<'_> {
         };
         let _ = std::fs::remove_file(&tar_path);
         sent?;
+        if let Some(pem) = self
+            .req
+            .egress
+            .as_ref()
+            .and_then(|e| e.extra_ca_pem.as_ref())
+        {
+            self.trust_extra_cas(&agent, pem).await?;
+        }
 
         let total = plan.steps.len();
         for (i, step) in plan.steps.iter().enumerate() {
@@ -143,6 +151,43 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Offer RUN steps a CA bundle with `pem` added (in the tmpfs only).
+    async fn trust_extra_cas(
+        &mut self,
+        agent: &hearth_vmm::AgentClient,
+        pem: &str,
+    ) -> Result<(), Failure> {
+        let extra = format!("{GUEST_BUILD_DIR}/extra-ca.pem");
+        let bundle = format!("{GUEST_BUILD_DIR}/ca-bundle.pem");
+        agent
+            .write_file(
+                &extra,
+                pem.as_bytes(),
+                Some(0o644),
+                crate::guest::AGENT_TIMEOUT,
+            )
+            .await
+            .map_err(Failure::Agent)?;
+        let script = format!(
+            "chmod 0755 {GUEST_BUILD_DIR}; cat /etc/ssl/certs/ca-certificates.crt {extra} > {bundle} 2>/dev/null || cp {extra} {bundle}; chmod 0644 {bundle}"
+        );
+        run_streamed(agent, admin(&["/bin/sh", "-c", &script]), &self.log, None).await?;
+        self.ca_env = [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "CURL_CA_BUNDLE",
+            "GIT_SSL_CAINFO",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), bundle.clone()))
+        .chain([("NODE_EXTRA_CA_CERTS".to_string(), extra.clone())])
+        .collect();
+        self.log
+            .line("RUN steps trust the server's extra CA certificates (not kept in the image)");
+        Ok(())
+    }
+
     /// The agent request that performs one step.
     fn step_request(&self, ctx: &Context, step: &Step) -> Result<ExecRequest, Failure> {
         match step {
@@ -154,7 +199,10 @@ impl Run<'_> {
                 ..
             } => Ok(ExecRequest {
                 argv: argv_or_shell.argv(),
-                env: step_env(env, &self.req.environment),
+                env: step_env(
+                    &[self.ca_env.clone(), env.clone()].concat(),
+                    &self.req.environment,
+                ),
                 clear_env: true,
                 cwd: Some(workdir.clone()),
                 user: user.as_deref().map(user_part),

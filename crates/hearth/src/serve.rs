@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// Name of the egress network namespace (one per server on a host).
     #[arg(long, default_value = "hearth-egress")]
     egress_netns: String,
+    /// CA certificates (PEM files) that builds' RUN steps trust besides
+    /// the base image's (for a TLS-inspecting egress proxy). Default: the
+    /// host's locally added CAs, /usr/local/share/ca-certificates/*.crt.
+    #[arg(long = "guest-ca-file")]
+    guest_ca_files: Vec<PathBuf>,
+    /// Give builds no extra CA certificates.
+    #[arg(long, conflicts_with = "guest_ca_files")]
+    no_guest_cas: bool,
     /// The /30 the egress namespace's link to the host uses.
     #[arg(long, default_value = "10.213.0.0")]
     egress_link_net: std::net::Ipv4Addr,
@@ -231,6 +239,7 @@ fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_contr
             },
             setup_commands: hearth_net::guest_setup_commands(&guest),
             resolv_conf: hearth_net::guest_resolv_conf(&guest),
+            extra_ca_pem: guest_cas(a)?,
         })
     };
     let s3 = match &a.s3_endpoint {
@@ -265,6 +274,44 @@ fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_contr
         },
     ))
 }
+
+/// The extra CA certificates builds trust (see `--guest-ca-file`).
+fn guest_cas(a: &ServeArgs) -> Result<Option<String>> {
+    if a.no_guest_cas {
+        return Ok(None);
+    }
+    let files: Vec<PathBuf> = if a.guest_ca_files.is_empty() {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(HOST_LOCAL_CAS)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+    } else {
+        a.guest_ca_files.clone()
+    };
+    let mut pem = String::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("read CA certificate {}", f.display()))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            bail!("{} is not a PEM certificate", f.display());
+        }
+        pem.push_str(text.trim_end());
+        pem.push('\n');
+    }
+    if !files.is_empty() {
+        tracing::info!("builds trust {} extra CA certificate files", files.len());
+    }
+    Ok((!pem.is_empty()).then_some(pem))
+}
+
+/// Where Debian keeps a host's locally added CA certificates.
+const HOST_LOCAL_CAS: &str = "/usr/local/share/ca-certificates";
 
 /// The engine of `hearth serve`: microVMs of a previous server that died
 /// with it are cleaned up first.
