@@ -129,10 +129,12 @@ impl ImageControl {
             .inner
             .layout
             .version_dir(&job.image.image_id, &job.version.version);
+        let fetch_started = std::time::Instant::now();
         let context_dir = self
             .fetch(job, &work, &out_dir)
             .await
             .map_err(|f| fail(Phase::Prepare, f))?;
+        let fetch_took = fetch_started.elapsed();
         let mem = job.config.memory_mib(DEFAULT_APP_MEM_MIB) as u32;
         let req = BuildRequest {
             build_id: job.build.build_id.clone(),
@@ -155,7 +157,16 @@ impl ImageControl {
             },
             out_dir,
         };
-        builder.build(&req, job.log.clone()).await
+        let mut out = builder.build(&req, job.log.clone()).await?;
+        out.timings.insert(
+            0,
+            hearth_builder::PhaseTiming {
+                name: "fetch".into(),
+                description: "fetching and unpacking the code artifact".into(),
+                duration: fetch_took,
+            },
+        );
+        Ok(out)
     }
 
     /// Fetch and unpack the code artifact into `work`; create `out_dir`.
