@@ -58,6 +58,10 @@ fn serve() -> Server {
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: Vec::new(),
         region: "us-east-1".into(),
+        images: hearth_control::ImageControl::new(
+            dd.store.clone(),
+            hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
+        ),
     });
     let api = Api::new(state).with_uploads(&data.path().join("uploads"));
     let (tx, rx) = std::sync::mpsc::channel();
