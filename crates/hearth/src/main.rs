@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_api;
+mod bench_build;
 mod client;
 mod demo;
 mod image_cli;
@@ -138,6 +139,8 @@ enum BenchCmd {
     Engine(bench::EngineArgs),
     /// API: signed GetMicrovm and ListMicrovms at 1 and 64 clients vs. an unauthenticated ceiling.
     Api(bench::ApiArgs),
+    /// Image builds: CreateMicrovmImage to CREATED for the examples, per phase, with baselines.
+    Build(bench_build::BuildArgs),
 }
 
 fn default_data_dir() -> PathBuf {
@@ -254,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench(BenchCmd::Engine(a)) => bench::engine(&g, a).await,
         Cmd::Bench(BenchCmd::Api(a)) => bench::api(&g, a).await,
+        Cmd::Bench(BenchCmd::Build(a)) => bench_build::build(&g, a).await,
         Cmd::Serve(a) => serve::serve(&g, a).await,
         Cmd::Account(c) => serve::account(&g, c),
         Cmd::Key(c) => serve::key(&g, c),

@@ -7,8 +7,8 @@
 //! An API error is printed as the aws CLI prints it and exits 255; a
 //! followed build that fails exits 1.
 
-mod code;
-mod follow;
+pub(crate) mod code;
+pub(crate) mod follow;
 mod json;
 
 use std::collections::HashMap;
@@ -157,7 +157,7 @@ fn env_map(pairs: &[(String, String)]) -> Result<HashMap<String, String>> {
 }
 
 /// `--base`: an ARN as is, else a managed image of the region.
-fn base_image_arn(base: &str, region: &str) -> String {
+pub(crate) fn base_image_arn(base: &str, region: &str) -> String {
     if base.starts_with("arn:") {
         base.to_string()
     } else {
@@ -166,7 +166,7 @@ fn base_image_arn(base: &str, region: &str) -> String {
 }
 
 /// A role ARN in `account` (the API requires one; Hearth assumes none).
-fn default_build_role_arn(account: &str) -> String {
+pub(crate) fn default_build_role_arn(account: &str) -> String {
     format!("arn:aws:iam::{account}:role/hearth-build")
 }
 
