@@ -199,11 +199,9 @@ def expect_failure(arn, timeout_secs):
 
 
 def build_log(arn, version, bid):
-    """The build log through Hearth's extension endpoint (SigV4-signed GET)."""
-    # TODO(integrator): this assumes the build-log endpoint
-    # `GET /hearth/v1/images/{imageId}/versions/{v}/builds/{buildId}/logs`
-    # answering the log as text; adjust the path or the decoding here if it
-    # landed differently.
+    """The build log as text, from Hearth's extension endpoint
+    `GET /hearth/v1/images/{imageId}/versions/{v}/builds/{buildId}/logs`
+    (SigV4-signed like any API request)."""
     path = "/hearth/v1/images/{}/versions/{}/builds/{}/logs".format(
         *(urllib.parse.quote(p, safe="") for p in (image_id(arn), version, bid)))
     req = AWSRequest(method="GET", url=E + path, headers={})
@@ -215,13 +213,7 @@ def build_log(arn, version, bid):
             body = resp.read()
     except urllib.error.HTTPError as e:
         raise AssertionError(f"GET {path}: {e.code} {e.headers.get('x-amzn-errortype')} {e.read()!r}")
-    text = body.decode("utf-8", "replace")
-    if resp.headers.get("Content-Type", "").startswith("application/json"):
-        # A JSON answer: its events' messages, or the document itself.
-        doc = json.loads(text)
-        events = doc.get("events") if isinstance(doc, dict) else None
-        text = "\n".join(e.get("message", "") for e in events) if events else text
-    return text
+    return body.decode("utf-8", "replace")
 
 
 # --- scenarios --------------------------------------------------------------
@@ -277,6 +269,7 @@ def s_ready_gating(a):
     # The log shows the build waiting on the ready hook: the app's own lines
     # (it answered 503 while warming up, then 200) and the builder's.
     log = build_log(arn, "1", bid)
+    say("log lines about readiness:\n  " + "\n  ".join(l for l in log.splitlines() if "ready" in l))
     check("hello-stdlib: ready hook: 503" in log, f"the log shows the ready hook answering 503:\n{log}")
     check("hello-stdlib: ready hook: 200" in log, f"the log shows the ready hook answering 200:\n{log}")
     check(log.index("ready hook: 503") < log.index("ready hook: 200"), f"503 before 200:\n{log}")
@@ -356,9 +349,23 @@ def s_two_at_once(a):
     uri = artifact("hello-stdlib", a["name"])
     r1 = create(a["name"] + "-a", uri)
     r2 = create(a["name"] + "-b", uri, resources=[{"minimumMemoryInMiB": 256}])
+    # Both builds run at once (the server runs 2 at a time by default):
+    # poll both until they end, noting whether both were IN_PROGRESS together.
+    bids = [build_id(r["imageArn"], "1") for r in (r1, r2)]
+    deadline = time.monotonic() + 400
+    together = False
+    while True:
+        states = [get_build(r["imageArn"], "1", b)["buildState"] for r, b in zip((r1, r2), bids)]
+        together = together or states == ["IN_PROGRESS", "IN_PROGRESS"]
+        if all(st in ("SUCCESSFUL", "FAILED") for st in states):
+            break
+        check(time.monotonic() < deadline, f"builds still {states}")
+        time.sleep(1)
+    say(f"both IN_PROGRESS at once: {together}")
+    check(together, "the two builds never ran at the same time")
     out = []
     for r in (r1, r2):
-        bid, b, v = expect_success(r["imageArn"], 400)
+        bid, b, v = expect_success(r["imageArn"], 10)
         out.append({"imageArn": r["imageArn"], "imageId": image_id(r["imageArn"]), "version": "1",
                     "buildId": bid})
     v1 = client.get_microvm_image_version(imageIdentifier=r1["imageArn"], imageVersion="1")
@@ -445,6 +452,12 @@ def s_client_token(a):
 def s_flask(a):
     r = create(a["name"], artifact("flask-hello", a["name"]))
     bid, b, _ = expect_success(r["imageArn"], int(a.get("timeout", 900)))
+    # pip fetched and installed the pinned packages in the builder.
+    log = build_log(r["imageArn"], "1", bid)
+    installed = [l for l in log.splitlines() if "Successfully installed" in l]
+    say(f"pip: {installed}")
+    check(installed and "Flask-3.1.3" in installed[-1] and "gunicorn-23.0.0" in installed[-1],
+          f"the log shows pip installing Flask and gunicorn:\n{log}")
     emit(imageArn=r["imageArn"], imageId=image_id(r["imageArn"]), version="1", buildId=bid,
          snapshotBuild=b["snapshotBuild"])
 
