@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use hearth_dockerfile::{BuildPlan, Proto};
 use hearth_proto::v2::{ExecRequest, RestartPolicy};
 use hearth_vmm::agent::stream::StreamEvent;
-use hearth_vmm::{BootSpec, Lifetime, MicroVm, Snapshot, SnapshotMode, VmBackend, VmId};
+use hearth_vmm::{MicroVm, Snapshot, SnapshotMode};
 
 use crate::error::Failure;
 use crate::guest::{admin, run_streamed, AGENT_TIMEOUT};
@@ -36,26 +36,14 @@ impl Run<'_> {
     ) -> Result<(Snapshot, Option<u16>), Failure> {
         self.enter(Phase::AppStart);
         let argv = plan.config.process_argv().ok_or(Failure::NoProcess)?;
-        let cfg = self.builder.cfg.clone();
-        let spec = BootSpec {
-            id: VmId::new(format!("{}-app", self.req.build_id))
-                .map_err(|e| Failure::Io(e.to_string()))?,
-            kernel: cfg.kernel.clone(),
-            initramfs: cfg.initramfs.clone(),
-            root_disk: Some(self.req.base.root_disk.clone()),
-            root_overlays: vec![disk_layer.to_path_buf()],
-            nic: None,
-            mem_size_mib: self.req.app_mem_size_mib,
-            vcpu_count: cfg.vcpu_count,
-            extra_cmdline: vec![],
-            lifetime: Lifetime::Process,
-        };
         let mut vm = self
-            .builder
-            .backend
-            .boot(spec)
-            .await
-            .map_err(Failure::Engine)?;
+            .boot(
+                "app",
+                vec![disk_layer.to_path_buf()],
+                None,
+                self.req.app_mem_size_mib,
+            )
+            .await?;
         let agent = vm.agent().clone();
         self.log.line(&format!("starting {argv:?}"));
         let process = agent

@@ -144,6 +144,34 @@ impl Run<'_> {
         self.phase = phase;
     }
 
+    /// Cold-boot one of the build's microVMs (`<build id>-<role>`) on the
+    /// base image, with `overlays` above it; it ends with this process.
+    pub(crate) async fn boot(
+        &self,
+        role: &str,
+        overlays: Vec<std::path::PathBuf>,
+        nic: Option<hearth_vmm::NicSpec>,
+        mem_size_mib: u32,
+    ) -> Result<hearth_vmm::QemuVm, Failure> {
+        let cfg = &self.builder.cfg;
+        let spec = hearth_vmm::BootSpec {
+            id: hearth_vmm::VmId::new(format!("{}-{role}", self.req.build_id))
+                .map_err(|e| Failure::Io(e.to_string()))?,
+            kernel: cfg.kernel.clone(),
+            initramfs: cfg.initramfs.clone(),
+            root_disk: Some(self.req.base.root_disk.clone()),
+            root_overlays: overlays,
+            nic,
+            mem_size_mib,
+            vcpu_count: cfg.vcpu_count,
+            extra_cmdline: vec![],
+            lifetime: hearth_vmm::Lifetime::Process,
+        };
+        hearth_vmm::VmBackend::boot(&self.builder.backend, spec)
+            .await
+            .map_err(Failure::Engine)
+    }
+
     fn close_phase(&mut self) {
         let now = Instant::now();
         self.timings.push(PhaseTiming {

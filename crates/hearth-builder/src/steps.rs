@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hearth_dockerfile::{BuildPlan, CopyOp, EntryKind, Step};
 use hearth_proto::v2::ExecRequest;
-use hearth_vmm::{BootSpec, Lifetime, MicroVm, VmBackend, VmId};
+use hearth_vmm::MicroVm;
 
 use crate::context::Context;
 use crate::error::Failure;
@@ -51,26 +51,9 @@ impl Run<'_> {
         disk_layer: &std::path::Path,
     ) -> Result<(), Failure> {
         self.enter(Phase::BuilderStart);
-        let cfg = self.builder.cfg.clone();
-        let spec = BootSpec {
-            id: VmId::new(format!("{}-builder", self.req.build_id))
-                .map_err(|e| Failure::Io(e.to_string()))?,
-            kernel: cfg.kernel.clone(),
-            initramfs: cfg.initramfs.clone(),
-            root_disk: Some(self.req.base.root_disk.clone()),
-            root_overlays: vec![],
-            nic: self.req.egress.as_ref().map(|e| e.nic.clone()),
-            mem_size_mib: cfg.builder_mem_size_mib,
-            vcpu_count: cfg.vcpu_count,
-            extra_cmdline: vec![],
-            lifetime: Lifetime::Process,
-        };
-        let vm = self
-            .builder
-            .backend
-            .boot(spec)
-            .await
-            .map_err(Failure::Engine)?;
+        let nic = self.req.egress.as_ref().map(|e| e.nic.clone());
+        let mem = self.builder.cfg.builder_mem_size_mib;
+        let vm = self.boot("builder", vec![], nic, mem).await?;
         let agent = vm.agent().clone();
         if let Some(egress) = &self.req.egress {
             for argv in &egress.setup_commands {

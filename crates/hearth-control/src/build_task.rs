@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use hearth_builder::{BuildError, BuildOutput, BuildRequest, Failure, Phase};
 use hearth_domain::{BuildEvent, BuildState, ImageEvent, ImageState, Version, VersionEvent};
-use hearth_store::{AccountId, Build, Image, ImageVersion, StateUpdate, VersionUpdate};
+use hearth_store::{AccountId, Build, Image, ImageVersion};
 use serde_json::{json, Value};
 
 use crate::config::{VersionConfig, DEFAULT_APP_MEM_MIB};
-use crate::images::{blocking, now_secs, refresh_latest, ImageControl, Running, MAX_REASON_CHARS};
+use crate::images::{blocking, refresh_latest, ImageControl, Running, MAX_REASON_CHARS};
 use crate::logs::{log_path, LogWriter};
+use crate::writes;
 use crate::ControlError;
 
 /// What a build's task carries.
@@ -223,41 +224,15 @@ impl ImageControl {
             status: job.version.status.parse()?,
         };
         let v_next = v.transition(&VersionEvent::BuildStarted)?;
-        let (acct, image_id, ver, build_id) = ids(job);
         let mut doc = job.build.doc.clone();
         if let Some(o) = doc.as_object_mut() {
             o.insert("logFile".into(), json!(job.log_rel));
         }
-        let (b_cur, v_cur, v_doc) = (
-            job.build.state.clone(),
-            job.version.state.clone(),
-            job.version.doc.clone(),
-        );
+        let (acct, build, version) = (job.account.clone(), job.build.clone(), job.version.clone());
         blocking(&self.inner.store, move |st| {
-            st.update_build(
-                &acct,
-                &image_id,
-                &ver,
-                &build_id,
-                &StateUpdate {
-                    state: b_next.as_str().into(),
-                    doc,
-                    updated_at_secs: now_secs(),
-                    expected_state: Some(b_cur),
-                },
-            )?;
-            st.update_image_version(
-                &acct,
-                &image_id,
-                &ver,
-                &VersionUpdate {
-                    state: v_next.state.as_str().into(),
-                    status: v_next.status.as_str().into(),
-                    doc: v_doc,
-                    updated_at_secs: now_secs(),
-                    expected_state: Some(v_cur),
-                },
-            )?;
+            writes::build(st, &acct, &build, b_next, doc)?;
+            let doc = version.doc.clone();
+            writes::version(st, &acct, &version, v_next, doc)?;
             Ok(())
         })
         .await
@@ -347,41 +322,9 @@ impl ImageControl {
                 v_doc.insert("stateReason".into(), json!(r));
             }
             fill(&mut b_doc, &mut v_doc);
-            let now = now_secs();
-            st.update_build(
-                &acct,
-                &image_id,
-                &ver,
-                &build_id,
-                &StateUpdate {
-                    state: b_next.as_str().into(),
-                    doc: Value::Object(b_doc),
-                    updated_at_secs: now,
-                    expected_state: Some(build.state),
-                },
-            )?;
-            st.update_image_version(
-                &acct,
-                &image_id,
-                &ver,
-                &VersionUpdate {
-                    state: v_next.state.as_str().into(),
-                    status: v_next.status.as_str().into(),
-                    doc: Value::Object(v_doc),
-                    updated_at_secs: now,
-                    expected_state: Some(version.state),
-                },
-            )?;
-            st.update_image(
-                &acct,
-                &image_id,
-                &StateUpdate {
-                    state: i_next.as_str().into(),
-                    doc: image.doc,
-                    updated_at_secs: now,
-                    expected_state: Some(image.state),
-                },
-            )?;
+            writes::build(st, &acct, &build, b_next, Value::Object(b_doc))?;
+            writes::version(st, &acct, &version, v_next, Value::Object(v_doc))?;
+            writes::image(st, &acct, &image, i_next)?;
             refresh_latest(st, &acct, &image_id)?;
             Ok(())
         })

@@ -14,7 +14,7 @@ use hearth_domain::{
 };
 use hearth_store::{
     AccountId, Build, Image, ImageVersion, NewBuild, NewImage, NewImageVersion, PageRequest,
-    StateUpdate, Store, VersionUpdate,
+    StateUpdate, Store,
 };
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
@@ -24,6 +24,7 @@ use crate::config::{
 };
 use crate::files::{self, Layout};
 use crate::logs::{LogProgress, LogWriter};
+use crate::writes;
 use crate::ControlError;
 
 /// How the server builds images.
@@ -238,16 +239,7 @@ impl ImageControl {
         let now = now_secs();
         let acct = account.clone();
         let (image, version, build) = blocking(&self.inner.store, move |st| {
-            let image = st.update_image(
-                &acct,
-                &image.image_id,
-                &StateUpdate {
-                    state: next.as_str().into(),
-                    doc: image.doc.clone(),
-                    updated_at_secs: now,
-                    expected_state: Some(image.state.clone()),
-                },
-            )?;
+            let image = writes::image(st, &acct, &image, next)?;
             let (version, build) = new_version(st, &acct, &image.image_id, config, now)?;
             Ok((image, version, build))
         })
@@ -271,23 +263,9 @@ impl ImageControl {
     ) -> Result<ImageState, ControlError> {
         let state: ImageState = image.state.parse()?;
         let next = state.transition(&ImageEvent::DeleteRequested)?;
-        let (acct, id, cur, doc) = (
-            account.clone(),
-            image.image_id.clone(),
-            image.state.clone(),
-            image.doc.clone(),
-        );
+        let (acct, img) = (account.clone(), image.clone());
         blocking(&self.inner.store, move |st| {
-            Ok(st.update_image(
-                &acct,
-                &id,
-                &StateUpdate {
-                    state: next.as_str().into(),
-                    doc,
-                    updated_at_secs: now_secs(),
-                    expected_state: Some(cur),
-                },
-            )?)
+            writes::image(st, &acct, &img, next)
         })
         .await?;
         self.cancel_builds(|r| r.account == *account && r.image_id == image.image_id);
@@ -350,23 +328,7 @@ impl ImageControl {
             st.delete_image_version(&acct, &id, &ver)?;
             if was_building {
                 // Its build was cancelled: the image's create or update failed.
-                let image = st.get_image(&acct, &id)?;
-                if let Ok(next) = image
-                    .state
-                    .parse::<ImageState>()?
-                    .transition(&ImageEvent::BuildFailed)
-                {
-                    st.update_image(
-                        &acct,
-                        &id,
-                        &StateUpdate {
-                            state: next.as_str().into(),
-                            doc: image.doc.clone(),
-                            updated_at_secs: now_secs(),
-                            expected_state: Some(image.state.clone()),
-                        },
-                    )?;
-                }
+                writes::image_event_if_allowed(st, &acct, &id, &ImageEvent::BuildFailed)?;
             }
             refresh_latest(st, &acct, &id)?;
             Ok(())
@@ -392,18 +354,8 @@ impl ImageControl {
         .transition(&VersionEvent::SetStatus(status))?;
         let (acct, id) = (account.clone(), image.image_id.clone());
         blocking(&self.inner.store, move |st| {
-            let out = st.update_image_version(
-                &acct,
-                &id,
-                &version.version,
-                &VersionUpdate {
-                    state: v.state.as_str().into(),
-                    status: v.status.as_str().into(),
-                    doc: version.doc.clone(),
-                    updated_at_secs: now_secs(),
-                    expected_state: Some(version.state.clone()),
-                },
-            )?;
+            let doc = version.doc.clone();
+            let out = writes::version(st, &acct, &version, v, doc)?;
             refresh_latest(st, &acct, &id)?;
             Ok(out)
         })

@@ -24,6 +24,7 @@ pub mod logs;
 
 mod build_task;
 mod recovery;
+mod writes;
 
 pub use config::{BaseImageFile, VersionConfig};
 pub use error::ControlError;

@@ -3,11 +3,12 @@
 //! CREATE_FAILED or UPDATE_FAILED; their half-made files are removed. Runs
 //! once, before the server accepts requests.
 
-use hearth_domain::{BuildEvent, BuildState, ImageEvent, ImageState, Version, VersionEvent};
-use hearth_store::{PageRequest, StateUpdate, Store, VersionUpdate};
+use hearth_domain::{BuildEvent, BuildState, ImageEvent, Version, VersionEvent};
+use hearth_store::{PageRequest, Store};
 use serde_json::json;
 
-use crate::images::{now_secs, refresh_latest, ImageControl};
+use crate::images::{refresh_latest, ImageControl};
+use crate::writes;
 use crate::ControlError;
 
 /// The reason an interrupted build is given.
@@ -49,67 +50,29 @@ impl ImageControl {
 
 fn end_interrupted(st: &dyn Store, b: &hearth_store::Build) -> Result<(), ControlError> {
     let acct = &b.account_id;
-    let now = now_secs();
     let next = b
         .state
         .parse::<BuildState>()?
         .transition(&BuildEvent::Interrupted)?;
-    let mut doc = b.doc.clone();
-    if let Some(o) = doc.as_object_mut() {
-        o.insert("stateReason".into(), json!(INTERRUPTED));
-    }
-    st.update_build(
-        acct,
-        &b.image_id,
-        &b.version,
-        &b.build_id,
-        &StateUpdate {
-            state: next.as_str().into(),
-            doc,
-            updated_at_secs: now,
-            expected_state: Some(b.state.clone()),
-        },
-    )?;
+    writes::build(st, acct, b, next, with_reason(&b.doc))?;
     let v = st.get_image_version(acct, &b.image_id, &b.version)?;
     let cur = Version {
         state: v.state.parse()?,
         status: v.status.parse()?,
     };
     if let Ok(vn) = cur.transition(&VersionEvent::BuildFailed) {
-        let mut vdoc = v.doc.clone();
-        if let Some(o) = vdoc.as_object_mut() {
-            o.insert("stateReason".into(), json!(INTERRUPTED));
-        }
-        st.update_image_version(
-            acct,
-            &b.image_id,
-            &b.version,
-            &VersionUpdate {
-                state: vn.state.as_str().into(),
-                status: vn.status.as_str().into(),
-                doc: vdoc,
-                updated_at_secs: now,
-                expected_state: Some(v.state.clone()),
-            },
-        )?;
+        writes::version(st, acct, &v, vn, with_reason(&v.doc))?;
     }
-    let image = st.get_image(acct, &b.image_id)?;
-    if let Ok(next) = image
-        .state
-        .parse::<ImageState>()?
-        .transition(&ImageEvent::BuildFailed)
-    {
-        st.update_image(
-            acct,
-            &b.image_id,
-            &StateUpdate {
-                state: next.as_str().into(),
-                doc: image.doc.clone(),
-                updated_at_secs: now,
-                expected_state: Some(image.state.clone()),
-            },
-        )?;
-    }
+    writes::image_event_if_allowed(st, acct, &b.image_id, &ImageEvent::BuildFailed)?;
     refresh_latest(st, acct, &b.image_id)?;
     Ok(())
+}
+
+/// `doc` with the interrupted build's reason.
+fn with_reason(doc: &serde_json::Value) -> serde_json::Value {
+    let mut doc = doc.clone();
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("stateReason".into(), json!(INTERRUPTED));
+    }
+    doc
 }

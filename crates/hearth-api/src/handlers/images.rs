@@ -73,6 +73,28 @@ struct VersionConfig<'a> {
     kms_key_identifier: Option<&'a String>,
 }
 
+/// The [`VersionConfig`] of a create or update input (both have the same
+/// configuration members).
+macro_rules! version_config {
+    ($input:expr) => {
+        VersionConfig {
+            base_image_arn: &$input.base_image_arn,
+            base_image_version: $input.base_image_version.as_ref(),
+            build_role_arn: &$input.build_role_arn,
+            description: $input.description.as_ref(),
+            code_artifact: &$input.code_artifact,
+            logging: $input.logging.as_ref(),
+            egress_network_connectors: $input.egress_network_connectors.as_ref(),
+            cpu_configurations: $input.cpu_configurations.as_ref(),
+            resources: $input.resources.as_ref(),
+            additional_os_capabilities: $input.additional_os_capabilities.as_ref(),
+            hooks: $input.hooks.as_ref(),
+            environment_variables: $input.environment_variables.as_ref(),
+            kms_key_identifier: $input.kms_key_identifier.as_ref(),
+        }
+    };
+}
+
 fn to_doc(c: &VersionConfig<'_>) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(c).map_err(|e| ApiError::internal("encoding a version configuration", e))
 }
@@ -84,21 +106,7 @@ async fn create(
     if let Some(t) = &input.tags {
         tags::check_new(t)?;
     }
-    let config = to_doc(&VersionConfig {
-        base_image_arn: &input.base_image_arn,
-        base_image_version: input.base_image_version.as_ref(),
-        build_role_arn: &input.build_role_arn,
-        description: input.description.as_ref(),
-        code_artifact: &input.code_artifact,
-        logging: input.logging.as_ref(),
-        egress_network_connectors: input.egress_network_connectors.as_ref(),
-        cpu_configurations: input.cpu_configurations.as_ref(),
-        resources: input.resources.as_ref(),
-        additional_os_capabilities: input.additional_os_capabilities.as_ref(),
-        hooks: input.hooks.as_ref(),
-        environment_variables: input.environment_variables.as_ref(),
-        kms_key_identifier: input.kms_key_identifier.as_ref(),
-    })?;
+    let config = to_doc(&version_config!(input))?;
     let image_id = hearth_store::ids::new_image_id();
     let arn = format!(
         "arn:aws:lambda:{}:{}:microvm-image:{image_id}",
@@ -158,21 +166,7 @@ async fn update(
     input: UpdateMicrovmImageInput,
 ) -> Result<UpdateMicrovmImageOutput, ApiError> {
     let image = find(ctx, &input.image_identifier).await?;
-    let config = to_doc(&VersionConfig {
-        base_image_arn: &input.base_image_arn,
-        base_image_version: input.base_image_version.as_ref(),
-        build_role_arn: &input.build_role_arn,
-        description: input.description.as_ref(),
-        code_artifact: &input.code_artifact,
-        logging: input.logging.as_ref(),
-        egress_network_connectors: input.egress_network_connectors.as_ref(),
-        cpu_configurations: input.cpu_configurations.as_ref(),
-        resources: input.resources.as_ref(),
-        additional_os_capabilities: input.additional_os_capabilities.as_ref(),
-        hooks: input.hooks.as_ref(),
-        environment_variables: input.environment_variables.as_ref(),
-        kms_key_identifier: input.kms_key_identifier.as_ref(),
-    })?;
+    let config = to_doc(&version_config!(input))?;
     let created = ctx
         .state
         .images
