@@ -189,6 +189,15 @@ impl ApiError {
     }
 }
 
+/// A body that could not be read, as the front end would answer it.
+pub(crate) fn body_error(e: hearth_http::BodyError) -> ApiError {
+    ApiError::Body {
+        status: e.status(),
+        shape: e.error_type(),
+        message: e.to_string(),
+    }
+}
+
 /// Map store failures to API errors.
 pub fn store_error(what: &'static str, e: StoreError) -> ApiError {
     match e {

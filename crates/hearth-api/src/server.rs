@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::context::{blocking, unix_secs, AppState, Caller};
-use crate::error::ApiError;
+use crate::error::{body_error, ApiError};
 use crate::ext::{Endpoint, Extensions, OpenRequest, SignedRequest, StreamedRequest, UploadStore};
 use crate::handlers;
 
@@ -477,15 +477,6 @@ impl Api {
             .await?;
         }
         Ok(json_response(status, bytes))
-    }
-}
-
-/// A body that could not be read, as the front end would answer it.
-pub(crate) fn body_error(e: hearth_http::BodyError) -> ApiError {
-    ApiError::Body {
-        status: e.status(),
-        shape: e.error_type(),
-        message: e.to_string(),
     }
 }
 

@@ -8,7 +8,6 @@
 use std::io;
 
 use crate::names::ShownName;
-use crate::uploads::UploadId;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -66,7 +65,8 @@ pub enum CodeError {
     #[error("invalid account id")]
     InvalidAccount,
     #[error("upload {id} was not found")]
-    UploadNotFound { id: UploadId },
+    /// `id` is the upload's id as text.
+    UploadNotFound { id: String },
 
     #[error("the artifact is larger than the limit of {max_bytes} bytes")]
     TooLarge { max_bytes: u64 },

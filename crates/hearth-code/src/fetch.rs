@@ -92,7 +92,7 @@ impl Fetcher {
                 let path = self.uploads.path(account, id)?;
                 let file = open_regular(&path).await.map_err(|e| match e {
                     OpenError::NotFound | OpenError::NotRegular => {
-                        CodeError::UploadNotFound { id: id.clone() }
+                        CodeError::UploadNotFound { id: id.to_string() }
                     }
                     OpenError::Io(source) => CodeError::Io {
                         op: "open the upload",

@@ -97,9 +97,9 @@ impl Uploads {
         let path = self.account_dir(account)?.join(format!("{id}.zip"));
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_file() => Ok(path),
-            Ok(_) => Err(CodeError::UploadNotFound { id: id.clone() }),
+            Ok(_) => Err(CodeError::UploadNotFound { id: id.to_string() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(CodeError::UploadNotFound { id: id.clone() })
+                Err(CodeError::UploadNotFound { id: id.to_string() })
             }
             Err(source) => Err(CodeError::Io {
                 op: "look up the upload",
@@ -114,7 +114,7 @@ impl Uploads {
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(CodeError::UploadNotFound { id: id.clone() })
+                Err(CodeError::UploadNotFound { id: id.to_string() })
             }
             Err(source) => Err(CodeError::Io {
                 op: "remove the upload",

@@ -24,7 +24,7 @@ use crate::config::{
 };
 use crate::files::{self, Layout};
 use crate::logs::{LogProgress, LogWriter};
-use crate::writes;
+use crate::writes::{self, now_secs};
 use crate::ControlError;
 
 /// How the server builds images.
@@ -105,13 +105,6 @@ pub const CHIPSET: &str = "INTEL";
 pub const CHIPSET_GENERATION: &str = "generic";
 /// Longest state reason written.
 pub const MAX_REASON_CHARS: usize = 1024;
-
-pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// Run store work on the blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -6,8 +6,15 @@ use hearth_domain::{BuildState, ImageEvent, ImageState, Version};
 use hearth_store::{AccountId, Build, Image, ImageVersion, StateUpdate, Store, VersionUpdate};
 use serde_json::Value;
 
-use crate::images::now_secs;
 use crate::ControlError;
+
+/// Now, in Unix seconds (the store's timestamps).
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 /// Move a build from its current state to `to`, with `doc`.
 pub(crate) fn build(

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::clean_path;
-
 /// The refusal of ADD with an archive (Docker would unpack it; Hearth does not).
 pub const ADD_ARCHIVE_REFUSED: &str = "ADD of an archive is not supported, use COPY and RUN tar";
 
@@ -515,6 +513,31 @@ fn get_esc(chunk: &[u8]) -> Result<(char, &[u8]), BadPattern> {
         return Err(BadPattern);
     }
     Ok((r, rest))
+}
+
+/// Go's `path.Clean` for a slash path.
+pub(crate) fn clean_path(path: &str) -> String {
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|p| *p != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
 }
 
 #[cfg(test)]

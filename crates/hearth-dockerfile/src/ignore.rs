@@ -2,8 +2,8 @@
 //! `patternmatcher`), to filter the build context listing before COPY resolution. Pure;
 //! runs on the builder's task.
 
+use crate::copy::clean_path;
 use crate::copy::{path_match, BadPattern, ContextEntry};
-use crate::plan::clean_path;
 
 /// Why a `.dockerignore` cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::copy::{is_archive_name, normalize_source, ADD_ARCHIVE_REFUSED};
+use crate::copy::{clean_path, is_archive_name, normalize_source, ADD_ARCHIVE_REFUSED};
 use crate::lex::{process_word, process_words, EnvList, LexError};
 use crate::parse::{Command, CopyArgs, Dockerfile, Instruction, InstructionKind};
 use crate::ParseError;
@@ -567,31 +567,6 @@ fn describe(text: &str) -> String {
     let mut out: String = text.chars().take(DESCRIPTION_MAX_CHARS - 1).collect();
     out.push('…');
     out
-}
-
-/// Go's `path.Clean` for a slash path.
-pub(crate) fn clean_path(path: &str) -> String {
-    let rooted = path.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|p| *p != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_string(),
-        (false, false) => joined,
-    }
 }
 
 /// Docker's WORKDIR rule: relative paths are joined to the current one; empty keeps it.

@@ -22,8 +22,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use super::StreamedRequest;
+use crate::error::body_error;
 use crate::error::ApiError;
-use crate::server::body_error;
 
 /// Largest upload, by its `Content-Length`.
 pub const MAX_UPLOAD_BYTES: u64 = 256 * 1024 * 1024;
