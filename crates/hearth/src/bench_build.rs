@@ -457,19 +457,28 @@ fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> St
         ])
     );
     let _ = writeln!(t);
-    let _ = writeln!(t, "| snapshot size | MiB: p50 (min / p90 / max, n) |");
+    let _ = writeln!(t, "| snapshot size | p50 (min / p90 / max, n) |");
     let _ = writeln!(t, "|---|---|");
     for (i, what) in Sizes::LABELS.iter().enumerate() {
-        let mib = Samples {
+        let bytes = Samples {
             ms: runs
                 .iter()
                 .filter_map(|r| r.sizes.in_order()[i])
-                .map(|b| b as f64 / 1_048_576.0)
+                .map(|b| b as f64)
                 .collect(),
         };
-        let _ = writeln!(t, "| {what} | {} |", mib.cell_scaled(1.0, 1));
+        let (unit, divisor) = size_unit(bytes.p50());
+        let _ = writeln!(t, "| {what}, {unit} | {} |", bytes.cell_scaled(divisor, 1));
     }
     t
+}
+
+/// MiB for a size of at least 1 MiB, else KiB (and its divisor).
+fn size_unit(p50_bytes: Option<f64>) -> (&'static str, f64) {
+    match p50_bytes {
+        Some(b) if b < 1_048_576.0 => ("KiB", 1024.0),
+        _ => ("MiB", 1_048_576.0),
+    }
 }
 
 /// An example's figures as JSON.
@@ -981,7 +990,8 @@ pub async fn build(g: &Global, a: BuildArgs) -> Result<()> {
              stand beside: the builder start beside the engine's cold boot of the same base image \
              with the builder's memory; flask-hello's `RUN pip install` beside the same install \
              run natively on the host into a fresh venv, without a cache, as the guest has none. \
-             Figures are p50 (min / p90 / max, n) in seconds.\n\n{}\n\
+             Times are p50 (min / p90 / max, n) in seconds; sizes likewise, in the unit their row \
+             names.\n\n{}\n\n\
              Raw JSON (`hearth bench build --json`):\n\n```json\n{}\n```\n",
             host["cpu"].as_str().unwrap_or(""),
             host["cores"],
@@ -1106,7 +1116,7 @@ mod tests {
             sizes: Sizes {
                 memory_bytes: Some(memory_mib * 1_048_576),
                 disk_bytes: Some(3 * 1_048_576),
-                code_install_bytes: None,
+                code_install_bytes: Some(6046),
             },
         }
     }
@@ -1259,18 +1269,31 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("| memory (allocated) | 61.0 (60.0 / 62.0 / 62.0, n=3) |"),
+            t.contains("| memory (allocated), MiB | 61.0 (60.0 / 62.0 / 62.0, n=3) |"),
             "{t}"
         );
         assert!(
-            t.contains("| disk layer | 3.0 (3.0 / 3.0 / 3.0, n=3) |"),
+            t.contains("| disk layer, MiB | 3.0 (3.0 / 3.0 / 3.0, n=3) |"),
             "{t}"
         );
-        assert!(t.contains("| code install | n/a |"), "{t}");
+        assert!(
+            t.contains("| code install, KiB | 5.9 (5.9 / 5.9 / 5.9, n=3) |"),
+            "{t}"
+        );
         // Every row of the first table has the header's five columns.
         for l in lines.iter().take(9) {
             assert_eq!(l.matches('|').count() - l.matches("\\|").count(), 6, "{l}");
         }
+    }
+
+    #[test]
+    fn sizes_below_a_mib_are_in_kib_and_missing_ones_are_not_made_up() {
+        assert_eq!(size_unit(Some(1_048_575.0)), ("KiB", 1024.0));
+        assert_eq!(size_unit(Some(1_048_576.0)), ("MiB", 1_048_576.0));
+        let mut r = run(1_000.0, vec![], 10);
+        r.sizes.code_install_bytes = None;
+        let t = example_table(&HELLO, &[r], &[]);
+        assert!(t.contains("| code install, MiB | n/a |"), "{t}");
     }
 
     #[test]
