@@ -254,6 +254,8 @@ fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_contr
             force_path_style: true,
         }),
     };
+    // Uploads a previous server was receiving when it ended are partial.
+    let _ = std::fs::remove_dir_all(dd.path.join("uploads").join("tmp"));
     let code = hearth_code::Fetcher::new(
         hearth_code::SourceConfig {
             artifact_roots: a.artifact_roots.clone(),
