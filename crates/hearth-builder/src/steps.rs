@@ -17,6 +17,9 @@ use crate::{BaseImage, Phase, Run};
 /// reaches the kept disk).
 const GUEST_CONTEXT_DIR: &str = "/.hearth-build/context";
 const GUEST_BUILD_DIR: &str = "/.hearth-build";
+/// The guest's resolver configuration, replaced for the build and put back.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+const RESOLV_CONF_SAVED: &str = "/etc/.resolv.conf.hearth-build";
 /// How long the builder may take to power off.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -60,9 +63,13 @@ impl Run<'_> {
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 run_streamed(&agent, admin(&argv), &self.log, None).await?;
             }
+            // The image keeps its own resolver configuration: the builder's
+            // is put back before its disk is kept.
+            let save = format!("if [ -e {RESOLV_CONF} ] || [ -L {RESOLV_CONF} ]; then mv {RESOLV_CONF} {RESOLV_CONF_SAVED}; fi");
+            run_streamed(&agent, admin(&["/bin/sh", "-c", &save]), &self.log, None).await?;
             agent
                 .write_file(
-                    "/etc/resolv.conf",
+                    RESOLV_CONF,
                     egress.resolv_conf.as_bytes(),
                     Some(0o644),
                     crate::guest::AGENT_TIMEOUT,
@@ -119,7 +126,14 @@ impl Run<'_> {
             admin(&[
                 "/bin/sh",
                 "-c",
-                &format!("umount {GUEST_BUILD_DIR} && rmdir {GUEST_BUILD_DIR} && sync"),
+                &format!(
+                    "umount {GUEST_BUILD_DIR} && rmdir {GUEST_BUILD_DIR} && {restore} && sync",
+                    restore = if self.req.egress.is_some() {
+                        format!("rm -f {RESOLV_CONF} && if [ -e {RESOLV_CONF_SAVED} ] || [ -L {RESOLV_CONF_SAVED} ]; then mv {RESOLV_CONF_SAVED} {RESOLV_CONF}; fi")
+                    } else {
+                        "true".to_string()
+                    }
+                ),
             ]),
             &self.log,
             None,

@@ -79,6 +79,7 @@ impl ImageControl {
                 version: version.version.clone(),
                 task: task.abort_handle(),
                 log,
+                log_path: path,
             },
         );
     }

@@ -83,6 +83,7 @@ pub(crate) struct Running {
     pub version: String,
     pub task: tokio::task::AbortHandle,
     pub log: Arc<LogWriter>,
+    pub log_path: PathBuf,
 }
 
 pub(crate) struct Inner {
@@ -273,11 +274,17 @@ impl ImageControl {
             tracing::warn!(image = %image.image_id, ?kept, "image snapshots still in use");
             return Ok(next);
         }
-        let (acct, id) = (account.clone(), image.image_id.clone());
-        blocking(
-            &self.inner.store,
-            move |st| Ok(st.delete_image(&acct, &id)?),
-        )
+        let (acct, id, logs) = (
+            account.clone(),
+            image.image_id.clone(),
+            self.inner.layout.logs.clone(),
+        );
+        blocking(&self.inner.store, move |st| {
+            let log_files = build_logs(st, &logs, &acct, &id, None)?;
+            st.delete_image(&acct, &id)?;
+            remove_files(&log_files);
+            Ok(())
+        })
         .await?;
         Ok(ImageState::Deleted)
     }
@@ -317,8 +324,11 @@ impl ImageControl {
             version.version.clone(),
         );
         let was_building = matches!(v.state, VersionState::Pending | VersionState::InProgress);
+        let logs = self.inner.layout.logs.clone();
         blocking(&self.inner.store, move |st| {
+            let log_files = build_logs(st, &logs, &acct, &id, Some(&ver))?;
             st.delete_image_version(&acct, &id, &ver)?;
+            remove_files(&log_files);
             if was_building {
                 // Its build was cancelled: the image's create or update failed.
                 writes::image_event_if_allowed(st, &acct, &id, &ImageEvent::BuildFailed)?;
@@ -409,6 +419,8 @@ impl ImageControl {
                 r.task.abort();
                 r.log
                     .finish("build cancelled: its image or version was deleted");
+                // The image or version it belonged to is going: so is its log.
+                let _ = std::fs::remove_file(&r.log_path);
                 let _ = std::fs::remove_dir_all(self.inner.layout.build_dir(&id));
             }
         }
@@ -425,6 +437,55 @@ impl ImageControl {
     /// Builds running now (for tests and shutdown).
     pub fn running_builds(&self) -> usize {
         self.inner.running.lock().expect("running").len()
+    }
+}
+
+/// The log files of an image's builds (of one version, or all).
+fn build_logs(
+    st: &dyn Store,
+    logs_root: &std::path::Path,
+    account: &AccountId,
+    image_id: &str,
+    only_version: Option<&str>,
+) -> Result<Vec<PathBuf>, ControlError> {
+    let mut versions = Vec::new();
+    match only_version {
+        Some(v) => versions.push(v.to_string()),
+        None => {
+            let mut page = PageRequest::first(100);
+            loop {
+                let p = st.list_image_versions(account, image_id, &page)?;
+                versions.extend(p.items.into_iter().map(|v| v.version));
+                match p.next {
+                    Some(c) => page = PageRequest::after(100, c),
+                    None => break,
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for v in versions {
+        let mut page = PageRequest::first(100);
+        loop {
+            let p = st.list_builds(account, image_id, &v, &Default::default(), &page)?;
+            out.extend(p.items.iter().filter_map(|b| {
+                b.doc
+                    .get("logFile")
+                    .and_then(Value::as_str)
+                    .map(|rel| logs_root.join(rel))
+            }));
+            match p.next {
+                Some(c) => page = PageRequest::after(100, c),
+                None => break,
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_files(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
     }
 }
 

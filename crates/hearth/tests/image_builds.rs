@@ -239,6 +239,23 @@ fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
 }
 
 /// Assert that a build left nothing under the data dir.
+/// Every file below `dir`, as strings.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
 fn assert_no_build_files(w: &Work, r: &Value) {
     let left = w.build_files(
         str_of(r, "imageId"),
@@ -483,6 +500,11 @@ fn e2e_deleting_an_image_mid_build_removes_everything_and_the_server_builds_on()
         image_dir.display()
     );
     assert_no_build_files(&w, &r);
+    let logs = files_under(&w.data().join("logs"));
+    assert!(
+        !logs.iter().any(|p| p.contains("doomed-build")),
+        "the deleted image's build log remains: {logs:?}"
+    );
     // The server still builds.
     scenario(&w, &s, "success", &[("name", "after-delete")]);
 }
