@@ -1,9 +1,15 @@
 //! Start-up: builds a previous server left PENDING or IN_PROGRESS end
 //! FAILED, with a reason, their versions FAILED and their images
-//! CREATE_FAILED or UPDATE_FAILED; their half-made files are removed. Runs
-//! once, before the server accepts requests.
+//! CREATE_FAILED or UPDATE_FAILED; their half-made files are removed. Then,
+//! since no build runs yet, any image still CREATING or UPDATING was left
+//! between two of its creation's writes (the server ended after the image
+//! or its version was written, before its build was): it fails the same
+//! way, with its unfinished versions. Runs once, before the server accepts
+//! requests.
 
-use hearth_domain::{BuildEvent, BuildState, ImageEvent, Version, VersionEvent};
+use hearth_domain::{
+    BuildEvent, BuildState, ImageEvent, ImageState, Version, VersionEvent, VersionState,
+};
 use hearth_store::{PageRequest, Store};
 use serde_json::json;
 
@@ -16,7 +22,8 @@ pub const INTERRUPTED: &str =
     "the build was interrupted: hearth serve stopped before it finished; start a new version with UpdateMicrovmImage";
 
 impl ImageControl {
-    /// End every unfinished build (see the module docs). Returns how many.
+    /// End every unfinished build and image (see the module docs). Returns
+    /// how many.
     pub fn recover(&self) -> Result<usize, ControlError> {
         let st = self.inner.store.as_ref();
         let states = vec![
@@ -44,7 +51,57 @@ impl ImageControl {
                 tracing::error!(build = %b.build_id, "cannot end an interrupted build: {e}");
             }
         }
-        Ok(builds.len())
+        let mut images = Vec::new();
+        let states = vec![
+            ImageState::Creating.as_str().to_string(),
+            ImageState::Updating.as_str().to_string(),
+        ];
+        let mut page = PageRequest::first(100);
+        loop {
+            let p = st.list_images_all_accounts(&states, &page)?;
+            images.extend(p.items);
+            match p.next {
+                Some(c) => page = PageRequest::after(100, c),
+                None => break,
+            }
+        }
+        for i in &images {
+            if let Err(e) = self.end_stuck_image(st, i) {
+                tracing::error!(image = %i.image_id, "cannot end an interrupted image: {e}");
+            }
+        }
+        Ok(builds.len() + images.len())
+    }
+
+    /// Fail an image left CREATING/UPDATING without a build, and its
+    /// versions that never got one.
+    fn end_stuck_image(&self, st: &dyn Store, i: &hearth_store::Image) -> Result<(), ControlError> {
+        let acct = &i.account_id;
+        let mut page = PageRequest::first(100);
+        loop {
+            let p = st.list_image_versions(acct, &i.image_id, &page)?;
+            for v in &p.items {
+                let cur = Version {
+                    state: v.state.parse()?,
+                    status: v.status.parse()?,
+                };
+                if matches!(cur.state, VersionState::Pending | VersionState::InProgress) {
+                    crate::files::remove_owned(
+                        self.catalog().as_ref(),
+                        &self.inner.layout.version_dir(&i.image_id, &v.version),
+                    );
+                    let next = cur.transition(&VersionEvent::BuildFailed)?;
+                    writes::version(st, acct, v, next, with_reason(&v.doc))?;
+                }
+            }
+            match p.next {
+                Some(c) => page = PageRequest::after(100, c),
+                None => break,
+            }
+        }
+        writes::image_event_if_allowed(st, acct, &i.image_id, &ImageEvent::BuildFailed)?;
+        refresh_latest(st, acct, &i.image_id)?;
+        Ok(())
     }
 }
 

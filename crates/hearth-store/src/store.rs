@@ -80,6 +80,13 @@ pub trait Store: Send + Sync {
         image_id: &str,
         update: &StateUpdate,
     ) -> Result<Image>;
+    /// Images of every account in one of `states` (all if empty), for the
+    /// control plane at start-up. Not for answering API callers.
+    fn list_images_all_accounts(
+        &self,
+        states: &[String],
+        page: &PageRequest,
+    ) -> Result<Page<Image>>;
     /// Deletes the image, all its versions and builds, and the tags on its ARN.
     fn delete_image(&self, account_id: &AccountId, image_id: &str) -> Result<()>;
 

@@ -1558,3 +1558,35 @@ fn store_is_usable_as_trait_object_across_threads() {
     }
     assert_eq!(store.count_microvms(&a, &[]).unwrap(), 120);
 }
+
+/// The start-up listing of images crosses accounts and filters by state.
+#[test]
+fn images_of_every_account_are_listed_by_state() {
+    let f = fixture();
+    let (a, b) = (account(&f.store, "a"), account(&f.store, "b"));
+    let ia = f.store.create_image(&a, &new_image(&a, "web", 1)).unwrap();
+    let ib = f.store.create_image(&b, &new_image(&b, "api", 2)).unwrap();
+    f.store
+        .update_image(&b, &ib.image_id, &update("CREATED", json!({}), 3))
+        .unwrap();
+    let all = f
+        .store
+        .list_images_all_accounts(&[], &PageRequest::first(50))
+        .unwrap();
+    assert_eq!(all.items.len(), 2);
+    let creating = f
+        .store
+        .list_images_all_accounts(
+            &["CREATING".into(), "UPDATING".into()],
+            &PageRequest::first(50),
+        )
+        .unwrap();
+    assert_eq!(
+        creating
+            .items
+            .iter()
+            .map(|i| &i.image_id)
+            .collect::<Vec<_>>(),
+        vec![&ia.image_id]
+    );
+}

@@ -728,6 +728,18 @@ impl Store for SqliteStore {
         })
     }
 
+    fn list_images_all_accounts(
+        &self,
+        states: &[String],
+        page: &PageRequest,
+    ) -> Result<Page<Image>> {
+        self.read(|c| {
+            let mut l = Listing::new("microvm_images", IMAGE_COLS, "image_id");
+            push_in(&mut l.conds, &mut l.params, "state", states);
+            l.run(c, page, image_row, image_key)
+        })
+    }
+
     fn update_image(
         &self,
         account_id: &AccountId,
