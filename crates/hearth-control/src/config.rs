@@ -68,10 +68,11 @@ pub struct CloudWatchDoc {
 pub const INTERNET_EGRESS: &str = "INTERNET_EGRESS";
 /// Default port of the lifecycle hooks.
 pub const DEFAULT_HOOK_PORT: u16 = 8080;
-/// Default ready-hook timeout when the hook is enabled without one.
-pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 300;
-/// Default validate-hook timeout.
-pub const DEFAULT_VALIDATE_TIMEOUT_SECS: u64 = 60;
+/// Default ready-hook timeout: the service model's default (its Smithy
+/// model says 30, and SDKs built from it leave 30 out of a request).
+pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 30;
+/// Default validate-hook timeout, likewise the model's.
+pub const DEFAULT_VALIDATE_TIMEOUT_SECS: u64 = 30;
 
 impl VersionConfig {
     /// A build has egress unless connectors are given without
