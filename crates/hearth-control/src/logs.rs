@@ -28,8 +28,9 @@ pub const MAX_LOG_BYTES: u64 = 64 << 20;
 
 /// The writing side, given to the builder.
 pub struct LogWriter {
-    file: Mutex<Option<File>>,
-    len: Mutex<u64>,
+    /// The open file (`None` once finished, cut or failed) and the bytes
+    /// written to it.
+    file: Mutex<(Option<File>, u64)>,
     progress: watch::Sender<LogProgress>,
     keep_output: bool,
 }
@@ -47,8 +48,7 @@ impl LogWriter {
             .open(path)?;
         let (progress, _) = watch::channel(LogProgress::default());
         Ok(Self {
-            file: Mutex::new(Some(file)),
-            len: Mutex::new(0),
+            file: Mutex::new((Some(file), 0)),
             progress,
             keep_output,
         })
@@ -60,8 +60,8 @@ impl LogWriter {
 
     /// Append bytes (bounded by [`MAX_LOG_BYTES`]).
     pub fn append(&self, bytes: &[u8]) {
-        let mut len = self.len.lock().expect("log len");
-        let mut file = self.file.lock().expect("log file");
+        let mut guard = self.file.lock().expect("log file");
+        let (file, len) = &mut *guard;
         let Some(f) = file.as_mut() else { return };
         let room = MAX_LOG_BYTES.saturating_sub(*len);
         let (take, cut) = if (bytes.len() as u64) > room {
@@ -92,7 +92,7 @@ impl LogWriter {
     /// The build ended: followers stop at the end of the file.
     pub fn finish(&self, result_line: &str) {
         self.line(result_line);
-        if let Some(f) = self.file.lock().expect("log file").take() {
+        if let Some(f) = self.file.lock().expect("log file").0.take() {
             let _ = f.sync_all();
         }
         self.progress.send_modify(|p| p.finished = true);

@@ -293,20 +293,27 @@ async fn dispatch(g: &Global, a: ImageArgs) -> Result<i32> {
     }
 }
 
+/// The version configuration members of `r` set on a CreateMicrovmImage
+/// or UpdateMicrovmImage request builder (the SDK's two builders are
+/// different types with the same setters).
+macro_rules! with_version_request {
+    ($builder:expr, $r:expr) => {
+        $builder
+            .base_image_arn($r.base_image_arn)
+            .build_role_arn($r.build_role_arn)
+            .code_artifact(CodeArtifact::Uri($r.code_uri))
+            .set_environment_variables((!$r.env.is_empty()).then_some($r.env))
+            .set_resources($r.resources.map(|r| vec![r]))
+            .set_hooks($r.hooks)
+            .set_egress_network_connectors($r.egress)
+            .set_description($r.description)
+    };
+}
+
 async fn create(api: &Api, name: String, spec: VersionArgs) -> Result<i32> {
     let r = spec.request(api, None).await?;
-    let out = api
-        .sdk
-        .create_microvm_image()
-        .name(&name)
-        .base_image_arn(r.base_image_arn)
-        .build_role_arn(r.build_role_arn)
-        .code_artifact(CodeArtifact::Uri(r.code_uri))
-        .set_environment_variables((!r.env.is_empty()).then_some(r.env))
-        .set_resources(r.resources.map(|r| vec![r]))
-        .set_hooks(r.hooks)
-        .set_egress_network_connectors(r.egress)
-        .set_description(r.description)
+    let req = api.sdk.create_microvm_image().name(&name);
+    let out = with_version_request!(req, r)
         .send()
         .await
         .map_err(|e| api.error("CreateMicrovmImage", e))?;
@@ -328,18 +335,11 @@ async fn update(api: &Api, name: String, spec: VersionArgs) -> Result<i32> {
         .await
         .map_err(|e| api.error("GetMicrovmImage", e))?;
     let r = spec.request(api, arn_account(image.image_arn())).await?;
-    let out = api
+    let req = api
         .sdk
         .update_microvm_image()
-        .image_identifier(image.image_arn())
-        .base_image_arn(r.base_image_arn)
-        .build_role_arn(r.build_role_arn)
-        .code_artifact(CodeArtifact::Uri(r.code_uri))
-        .set_environment_variables((!r.env.is_empty()).then_some(r.env))
-        .set_resources(r.resources.map(|r| vec![r]))
-        .set_hooks(r.hooks)
-        .set_egress_network_connectors(r.egress)
-        .set_description(r.description)
+        .image_identifier(image.image_arn());
+    let out = with_version_request!(req, r)
         .send()
         .await
         .map_err(|e| api.error("UpdateMicrovmImage", e))?;
