@@ -142,10 +142,7 @@ impl ImageControl {
             build_id: job.build.build_id.clone(),
             context_dir,
             base: hearth_builder::BaseImage {
-                arn: format!(
-                    "arn:aws:lambda:{}:aws:microvm-image:{}",
-                    self.inner.setup.region, base.name
-                ),
+                arn: crate::config::managed_image_arn(&self.inner.setup.region, &base.name),
                 name: base.name.clone(),
                 root_disk: base.root_disk.clone(),
             },

@@ -137,6 +137,11 @@ impl VersionConfig {
     }
 }
 
+/// The ARN of the managed base image `name` in `region` (owner `aws`).
+pub fn managed_image_arn(region: &str, name: &str) -> String {
+    format!("arn:aws:lambda:{region}:aws:microvm-image:{name}")
+}
+
 /// A managed base image the server offers.
 #[derive(Debug, Clone)]
 pub struct BaseImageFile {

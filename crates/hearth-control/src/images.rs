@@ -170,8 +170,7 @@ impl ImageControl {
             .base_images
             .iter()
             .find(|b| {
-                cfg.base_image_arn
-                    == format!("arn:aws:lambda:{region}:aws:microvm-image:{}", b.name)
+                cfg.base_image_arn == crate::config::managed_image_arn(region, &b.name)
                     && version == b.version
             })
             .ok_or_else(|| ControlError::UnknownBaseImage {

@@ -1,5 +1,4 @@
-//! The state machine of an image build (`BuildState`) and the phases a
-//! builder reports while it runs.
+//! The state machine of an image build (`BuildState`).
 //!
 //! ```text
 //!             Started                 Succeeded
@@ -19,8 +18,6 @@
 //!
 //! Pure functions: called by the build task before it writes the new state,
 //! and by start-up recovery for builds a restart interrupted.
-
-use std::fmt;
 
 use crate::error::{InvalidTransition, ResourceKind};
 
@@ -107,47 +104,9 @@ impl BuildState {
     }
 }
 
-/// Where a running build is, as the builder reports it. Its [`Display`] is the
-/// phase's name in state reasons ("failed at step 3/5"); the builder adds the
-/// details (the instruction, the output).
-///
-/// [`Display`]: fmt::Display
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BuildPhase {
-    /// Fetching and checking the code artifact.
-    Fetch,
-    /// Booting the builder microVM.
-    BuilderStart,
-    /// Running Dockerfile instruction `index` (1-based) of `total`.
-    Step { index: u32, total: u32 },
-    /// Starting the application.
-    AppStart,
-    /// Waiting for the application to answer.
-    Ready,
-    /// Checking the running application.
-    Validate,
-    /// Writing the snapshot.
-    Snapshot,
-}
-
-impl fmt::Display for BuildPhase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BuildPhase::Fetch => f.write_str("artifact fetch"),
-            BuildPhase::BuilderStart => f.write_str("builder start"),
-            BuildPhase::Step { index, total } => write!(f, "step {index}/{total}"),
-            BuildPhase::AppStart => f.write_str("app start"),
-            BuildPhase::Ready => f.write_str("readiness check"),
-            BuildPhase::Validate => f.write_str("validation"),
-            BuildPhase::Snapshot => f.write_str("snapshot"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{BuildEvent as E, BuildPhase, BuildState as S};
+    use super::{BuildEvent as E, BuildState as S};
 
     /// Every allowed transition, written out independently of `transition`.
     const ALLOWED: &[(S, E, S)] = &[
@@ -196,43 +155,5 @@ mod tests {
             let ended = matches!(state, S::Successful | S::Failed);
             assert_eq!(state.is_terminal(), ended, "{state}");
         }
-    }
-
-    #[test]
-    fn phase_names_read_well_in_a_reason() {
-        let names: Vec<String> = [
-            BuildPhase::Fetch,
-            BuildPhase::BuilderStart,
-            BuildPhase::Step { index: 3, total: 5 },
-            BuildPhase::AppStart,
-            BuildPhase::Ready,
-            BuildPhase::Validate,
-            BuildPhase::Snapshot,
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        assert_eq!(
-            names,
-            [
-                "artifact fetch",
-                "builder start",
-                "step 3/5",
-                "app start",
-                "readiness check",
-                "validation",
-                "snapshot"
-            ]
-        );
-    }
-
-    #[test]
-    fn phases_serialize_as_snake_case_names() {
-        let json = serde_json::to_string(&BuildPhase::Step { index: 3, total: 5 }).unwrap();
-        assert_eq!(json, r#"{"step":{"index":3,"total":5}}"#);
-        let json = serde_json::to_string(&BuildPhase::BuilderStart).unwrap();
-        assert_eq!(json, r#""builder_start""#);
-        let back: BuildPhase = serde_json::from_str(r#"{"step":{"index":3,"total":5}}"#).unwrap();
-        assert_eq!(back, BuildPhase::Step { index: 3, total: 5 });
     }
 }

@@ -63,7 +63,7 @@ mod error;
 pub mod image;
 pub mod version;
 
-pub use build::{BuildEvent, BuildPhase, BuildState};
+pub use build::{BuildEvent, BuildState};
 pub use error::{InvalidTransition, ParseError, ResourceKind};
 pub use image::{ImageEvent, ImageState};
 pub use version::{

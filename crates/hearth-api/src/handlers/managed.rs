@@ -3,6 +3,8 @@
 //! images (`AppState::managed_images`), the same for every account. ARNs
 //! are in the caller's region, owner `aws`. Runs on the request task.
 
+use hearth_control::config::managed_image_arn as managed_arn;
+
 use super::{handler, Registration, DEFAULT_PAGE};
 use crate::context::RequestContext;
 use crate::error::ApiError;
@@ -23,10 +25,6 @@ pub(crate) enum ManagedImageError {
     /// (400, like any other invalid token).
     #[error("Invalid nextToken")]
     NoSecondPage,
-}
-
-fn managed_arn(region: &str, name: &str) -> String {
-    format!("arn:aws:lambda:{region}:aws:microvm-image:{name}")
 }
 
 async fn list(
