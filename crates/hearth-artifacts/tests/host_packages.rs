@@ -45,12 +45,15 @@ fn starting_state(dir: &Path, extra: &str) -> PackageDb {
 }
 
 /// What `apt-get -s` would do: (removed packages, package -> new version).
-fn simulate(cmd: &mut Command) -> (Vec<String>, Vec<(String, String)>) {
+type Simulated = (Vec<String>, Vec<(String, String)>);
+
+/// What `apt-get -s` would do, or a panic with apt's refusal.
+fn simulate(cmd: &mut Command) -> Simulated {
     try_simulate(cmd).unwrap_or_else(|e| panic!("apt-get -s failed: {e}"))
 }
 
 /// [`simulate`], or apt's refusal (its output) when it finds no solution.
-fn try_simulate(cmd: &mut Command) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn try_simulate(cmd: &mut Command) -> Result<Simulated, String> {
     let out = cmd.output().expect("run apt-get -s");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
