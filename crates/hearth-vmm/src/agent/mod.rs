@@ -32,6 +32,7 @@
 
 pub mod codec;
 pub mod stream;
+pub mod tcpio;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -54,7 +55,7 @@ pub use stream::{
 };
 
 /// Host data put in one `StreamData` message.
-const WRITE_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Agent channel failures.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -934,3 +934,116 @@ async fn a_timed_out_run_kills_its_process() {
     );
     assert_eq!(slots(&client), 0);
 }
+
+/// An open TCP stream to the fake guest, as a byte stream.
+async fn tcp_io(client: &AgentClient, guest: &mut FakeGuest) -> (tokio::io::DuplexStream, u64) {
+    let c = client.clone();
+    let t = tokio::spawn(async move { c.tcp_connect(80, T).await });
+    let id = accept(guest, Response::TcpConnect).await;
+    (t.await.unwrap().unwrap().into_io(), id)
+}
+
+#[tokio::test]
+async fn a_tcp_stream_as_io_carries_bytes_and_half_closes_both_ways() {
+    let (client, mut guest) = booted().await;
+    let (mut io, id) = tcp_io(&client, &mut guest).await;
+    io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut sent = Vec::new();
+    while sent.len() < 18 {
+        match next(&mut guest).await {
+            HostMessage::StreamData { stream, data } => {
+                assert_eq!(stream, id);
+                sent.extend(data);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(sent, b"GET / HTTP/1.1\r\n\r\n");
+    guest
+        .send(&GuestMessage::StreamData {
+            stream: id,
+            data: b"HTTP/1.1 200 OK\r\n\r\nhi".to_vec(),
+        })
+        .await;
+    guest.send(&GuestMessage::StreamEof { stream: id }).await;
+    let mut got = Vec::new();
+    tokio::time::timeout(T, io.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got, b"HTTP/1.1 200 OK\r\n\r\nhi",
+        "the guest's EOF is the caller's"
+    );
+    // The guest said EOF, but the caller may still send: not closed yet.
+    assert!(guest.silent_for(100).await);
+    io.write_all(b"more").await.unwrap();
+    io.shutdown().await.unwrap();
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamData {
+            stream: id,
+            data: b"more".to_vec()
+        }
+    );
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamEof { stream: id }
+    );
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamClose { stream: id },
+        "both directions done: the connection is closed"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_io_closes_the_guest_connection() {
+    let (client, mut guest) = booted().await;
+    let (io, id) = tcp_io(&client, &mut guest).await;
+    drop(io);
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamEof { stream: id }
+    );
+    assert_eq!(
+        next(&mut guest).await,
+        HostMessage::StreamClose { stream: id }
+    );
+    assert_eq!(slots(&client), 0);
+}
+
+#[tokio::test]
+async fn an_io_reader_that_stops_reading_holds_back_the_guest_by_credit() {
+    let (client, mut guest) = booted().await;
+    let (io, id) = tcp_io(&client, &mut guest).await;
+    // Send more than the window plus the pipe; nobody reads.
+    let chunk = 16 * 1024;
+    let mut sent = 0;
+    while sent < WINDOW {
+        guest
+            .send(&GuestMessage::StreamData {
+                stream: id,
+                data: vec![7u8; chunk],
+            })
+            .await;
+        sent += chunk;
+    }
+    // The pump moved what fits in the pipe and credited only that back.
+    let mut credited = 0usize;
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), guest.recv()).await {
+        match m {
+            HostMessage::StreamCredit { stream, bytes } => {
+                assert_eq!(stream, id);
+                credited += bytes as usize;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        credited <= super::tcpio::PIPE_BYTES + WINDOW / 4,
+        "credited {credited} bytes nobody read"
+    );
+    assert_eq!(client.health(), ChannelHealth::Up);
+    drop(io);
+}

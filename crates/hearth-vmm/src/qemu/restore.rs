@@ -170,7 +170,7 @@ impl QemuBackend {
 
     /// Give a restored guest its clock, entropy and identity; the agent
     /// ends every stream of the snapshot's connection.
-    async fn restore_agent(&self, id: &VmId, proc: &mut Proc) -> Result<(), VmError> {
+    pub(super) async fn restore_agent(&self, id: &VmId, proc: &mut Proc) -> Result<(), VmError> {
         let mut entropy = vec![0u8; RESTORE_ENTROPY_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut entropy);
         let mut machine_id = [0u8; 16];

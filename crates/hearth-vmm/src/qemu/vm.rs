@@ -108,6 +108,22 @@ impl QemuVm {
         self.proc.as_mut().expect("a running microVM has a process")
     }
 
+    /// Give the running guest the clock, fresh entropy and identity a
+    /// restore gives it, again: for a clone that was restored ahead of time
+    /// (a warm pool) and is handed out now. Fails like a restore does when
+    /// the agent does not answer; the microVM is then best terminated.
+    pub async fn reidentify(&mut self) -> Result<(), VmError> {
+        if self.state != VmState::Running {
+            return Err(VmError::Invalid(format!(
+                "{}: only a running microVM can be given a new identity (it is {:?})",
+                self.id, self.state
+            )));
+        }
+        let backend = self.backend.clone();
+        let id = self.id.clone();
+        backend.restore_agent(&id, self.proc_mut()).await
+    }
+
     /// PID of the QEMU process (host PID namespace).
     pub fn pid(&self) -> u32 {
         self.proc.as_ref().map_or(0, |p| p.qemu.pid)
