@@ -53,6 +53,7 @@ use crate::catalog::{Catalog, RestoreRequirements, Snapshot};
 use crate::confine::Confinement;
 use crate::error::VmError;
 use crate::fault::{FaultContext, FaultHook, FaultPoint};
+use crate::record::SuspendedVm;
 use crate::SnapshotId;
 
 /// Backend settings.
@@ -281,6 +282,43 @@ impl QemuBackend {
         self.drain_pool(snapshot);
         self.inner.images.lock().unwrap().remove(&snapshot.id);
         Ok(())
+    }
+
+    /// Delete a suspended microVM: its files, its uid claim and its
+    /// references on snapshots. It must be one of this backend's (its
+    /// directory under the state directory, named by its id); anything else
+    /// is refused, touching nothing.
+    pub async fn discard_suspended(&self, suspended: SuspendedVm) -> Result<(), VmError> {
+        let id = suspended.record.id.clone();
+        if suspended.dir != self.vm_dir(id.as_str()) {
+            return Err(VmError::Invalid(format!(
+                "{id}: {} is not this backend's directory for it",
+                suspended.dir.display()
+            )));
+        }
+        let record = suspended.record;
+        let dir = suspended.dir;
+        let name = id.to_string();
+        let state_dir = self.inner.cfg.state_dir.clone();
+        let catalog = self.inner.catalog.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::remove_dir_all(&dir).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(VmError::Io {
+                    id: name,
+                    op: "removing a suspended microVM",
+                    path: dir.clone(),
+                    source: e,
+                }),
+            })?;
+            crate::confine::release_uid(&state_dir, record.uid);
+            for s in vm::dependencies(&record) {
+                catalog.remove_ref(&s, &crate::catalog::Dependent::Vm(record.id.clone()));
+            }
+            Ok(())
+        })
+        .await
+        .expect("discard task")
     }
 
     /// The sealed memory image of a snapshot, made on first use.
