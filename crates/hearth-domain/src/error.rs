@@ -9,6 +9,17 @@ pub enum ResourceKind {
     Image,
     ImageVersion,
     ImageBuild,
+    Microvm,
+}
+
+impl ResourceKind {
+    /// The indefinite article before the kind's name: "an image", "a microVM".
+    pub const fn article(self) -> &'static str {
+        match self {
+            ResourceKind::Image | ResourceKind::ImageVersion | ResourceKind::ImageBuild => "an",
+            ResourceKind::Microvm => "a",
+        }
+    }
 }
 
 impl fmt::Display for ResourceKind {
@@ -17,17 +28,19 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Image => "image",
             ResourceKind::ImageVersion => "image version",
             ResourceKind::ImageBuild => "image build",
+            ResourceKind::Microvm => "microVM",
         })
     }
 }
 
 /// An event the resource's current state does not accept.
 ///
-/// The message reads "cannot update an image that is CREATING", fit for the
-/// body of a `ConflictException`; naming the resource ("image 'x': ...") is
-/// the caller's job. (Every kind starts with a vowel, hence the fixed "an".)
+/// The message reads "cannot update an image that is CREATING" or "cannot
+/// suspend a microVM that is PENDING", fit for the body of a
+/// `ConflictException`; naming the resource ("image 'x': ...") is the caller's
+/// job.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {event} an {kind} that is {from}")]
+#[error("cannot {event} {article} {kind} that is {from}", article = .kind.article())]
 pub struct InvalidTransition {
     pub kind: ResourceKind,
     /// The current state, as the API spells it.

@@ -1,5 +1,7 @@
 //! Hearth's resource state machines: MicroVM images ([`image`]), image
-//! versions ([`version`]) and image builds ([`build`]).
+//! versions ([`version`]), image builds ([`build`]) and microVMs
+//! ([`microvm`], with the admission of API requests and the idle policy's
+//! deadlines).
 //!
 //! Each module owns one resource's states (as the API spells them), the
 //! events that move it and one exhaustive `transition` function. Nothing here
@@ -7,7 +9,8 @@
 //! (an API handler for requests, the build task for build progress) asks the
 //! machine for the next state and then writes it to the store. A refused
 //! transition is an [`InvalidTransition`], which the API reports as a
-//! `ConflictException`.
+//! `ConflictException` (as it does a microVM request's
+//! [`Admission::Conflict`]).
 
 #![forbid(unsafe_code)]
 
@@ -61,11 +64,16 @@ macro_rules! api_enum {
 pub mod build;
 mod error;
 pub mod image;
+pub mod microvm;
 pub mod version;
 
 pub use build::{BuildEvent, BuildState};
 pub use error::{InvalidTransition, ParseError, ResourceKind};
 pub use image::{ImageEvent, ImageState};
+pub use microvm::{
+    admit, next_deadline, Admission, Deadline, IdlePolicy, MicrovmEvent, MicrovmRequest,
+    MicrovmState, TerminateReason,
+};
 pub use version::{
     latest_versions, LatestVersions, Version, VersionEvent, VersionState, VersionStatus,
 };

@@ -1,12 +1,15 @@
-//! Properties of the three machines on random inputs, through the public API.
+//! Properties of the machines (and of microVM admission and deadlines) on
+//! random inputs, through the public API.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
 use std::str::FromStr;
 
+use hearth_domain::microvm::transition as microvm_transition;
 use hearth_domain::{
-    latest_versions, BuildEvent, BuildState, ImageEvent, ImageState, InvalidTransition,
-    LatestVersions, Version, VersionEvent, VersionState, VersionStatus,
+    admit, latest_versions, next_deadline, Admission, BuildEvent, BuildState, Deadline, IdlePolicy,
+    ImageEvent, ImageState, InvalidTransition, LatestVersions, MicrovmEvent, MicrovmRequest,
+    MicrovmState, TerminateReason, Version, VersionEvent, VersionState, VersionStatus,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -74,6 +77,15 @@ fn every_state_is_reachable_from_the_initial_one() {
     );
     let builds = reachable(BuildState::INITIAL, BuildEvent::ALL, |s, e| s.transition(e));
     assert_eq!(builds.len(), BuildState::ALL.len(), "{builds:?}");
+    let microvms = microvm_reachable();
+    assert_eq!(microvms.len(), MicrovmState::ALL.len(), "{microvms:?}");
+}
+
+/// The microVM states reachable from PENDING.
+fn microvm_reachable() -> HashSet<MicrovmState> {
+    reachable(MicrovmState::INITIAL, MicrovmEvent::ALL, |s, e| {
+        microvm_transition(s, *e)
+    })
 }
 
 #[test]
@@ -89,6 +101,80 @@ fn a_state_is_terminal_exactly_when_it_accepts_no_event() {
     for &s in BuildState::ALL {
         let accepts = BuildEvent::ALL.iter().any(|e| s.transition(e).is_ok());
         assert_eq!(s.is_terminal(), !accepts, "{s}");
+    }
+    for &s in MicrovmState::ALL {
+        let accepts = MicrovmEvent::ALL.iter().any(|e| s.transition(e).is_ok());
+        assert_eq!(s.is_final(), !accepts, "{s}");
+    }
+}
+
+/// One step a microVM's owner takes: apply an event it observed, or a request
+/// an API caller made (applying its begin event when admitted).
+#[derive(Debug, Clone, Copy)]
+enum MicrovmStep {
+    Event(MicrovmEvent),
+    Request(MicrovmRequest),
+}
+
+fn microvm_step() -> impl Strategy<Value = MicrovmStep> {
+    prop_oneof![
+        select(MicrovmEvent::ALL).prop_map(MicrovmStep::Event),
+        select(MicrovmRequest::ALL).prop_map(MicrovmStep::Request),
+    ]
+}
+
+/// An idle policy, or none, with durations below `bound_secs`.
+fn idle_policy(bound_secs: u32) -> impl Strategy<Value = Option<IdlePolicy>> {
+    prop::option::of((0..bound_secs, 0..bound_secs, any::<bool>()).prop_map(
+        |(max_idle_secs, suspended_secs, auto_resume)| IdlePolicy {
+            max_idle_secs,
+            suspended_secs,
+            auto_resume,
+        },
+    ))
+}
+
+/// The reconciler's next deadline found by letting a clock tick one second at
+/// a time from the start until some limit is reached (the maximum duration is
+/// checked first, so it wins a tie).
+fn deadline_by_ticking(
+    state: MicrovmState,
+    policy: Option<&IdlePolicy>,
+    started_at_secs: i64,
+    max_duration_secs: u32,
+    last_activity_secs: i64,
+    suspended_at_secs: Option<i64>,
+) -> Deadline {
+    if state == MicrovmState::Terminated {
+        return Deadline::None;
+    }
+    let mut now = started_at_secs;
+    loop {
+        if now - started_at_secs >= i64::from(max_duration_secs) {
+            return Deadline::TerminateAt {
+                at_secs: now,
+                reason: TerminateReason::MaximumDuration,
+            };
+        }
+        if let Some(policy) = policy {
+            let idle_for = now - last_activity_secs;
+            if state == MicrovmState::Running
+                && policy.max_idle_secs != 0
+                && idle_for >= i64::from(policy.max_idle_secs)
+            {
+                return Deadline::SuspendAt(now);
+            }
+            if let (MicrovmState::Suspended, Some(suspended_at_secs)) = (state, suspended_at_secs) {
+                let suspended_for = now - suspended_at_secs;
+                if policy.suspended_secs != 0 && suspended_for >= i64::from(policy.suspended_secs) {
+                    return Deadline::TerminateAt {
+                        at_secs: now,
+                        reason: TerminateReason::SuspendedRetention,
+                    };
+                }
+            }
+        }
+        now += 1;
     }
 }
 
@@ -159,16 +245,106 @@ proptest! {
     }
 
     #[test]
+    fn random_microvm_steps_stay_among_the_states_reachable_from_pending(
+        steps in prop::collection::vec(microvm_step(), 0..60),
+    ) {
+        let reachable = microvm_reachable();
+        let mut state = MicrovmState::INITIAL;
+        for step in steps {
+            let before = state;
+            match step {
+                MicrovmStep::Event(event) => {
+                    state = run(state, &[event], |s, e| microvm_transition(s, *e), MicrovmState::as_str, MicrovmState::is_final);
+                }
+                MicrovmStep::Request(request) => {
+                    if admit(state, request) == Admission::Begin {
+                        state = microvm_transition(state, request.begin_event())
+                            .map_err(|e| TestCaseError::fail(format!("{before} {request:?}: {e}")))?;
+                    }
+                }
+            }
+            prop_assert!(reachable.contains(&state), "{:?} -> {:?}", step, state);
+            if before == MicrovmState::Terminated {
+                prop_assert_eq!(state, MicrovmState::Terminated, "{:?}", step);
+            }
+        }
+    }
+
+    #[test]
+    fn terminated_absorbs_every_event_and_request(
+        event in select(MicrovmEvent::ALL),
+        request in select(MicrovmRequest::ALL),
+        policy in idle_policy(u32::MAX),
+        clocks in any::<(i64, u32, i64, Option<i64>)>(),
+    ) {
+        let terminated = MicrovmState::Terminated;
+        let err = microvm_transition(terminated, event).unwrap_err();
+        prop_assert_eq!(err.to_string(), format!("cannot {} a microVM that is TERMINATED", event.name()));
+        let admitted = admit(terminated, request);
+        prop_assert!(matches!(admitted, Admission::Conflict { .. }), "{:?}", admitted);
+        let (started, max_duration, activity, suspended_at) = clocks;
+        prop_assert_eq!(
+            next_deadline(terminated, policy.as_ref(), started, max_duration, activity, suspended_at),
+            Deadline::None
+        );
+    }
+
+    #[test]
+    fn admit_begins_only_work_that_changes_the_state_and_the_state_accepts(
+        state in select(MicrovmState::ALL),
+        request in select(MicrovmRequest::ALL),
+    ) {
+        match admit(state, request) {
+            Admission::Begin => {
+                prop_assert_ne!(state, request.target());
+                let next = microvm_transition(state, request.begin_event());
+                prop_assert!(next.is_ok(), "{} {:?}: {:?}", state, request, next);
+            }
+            Admission::Join => {
+                // Joined work is under way: the state is between the begin
+                // event and the target.
+                prop_assert_ne!(state, request.target());
+                let under_way = match request {
+                    MicrovmRequest::Suspend => MicrovmState::Suspending,
+                    MicrovmRequest::Resume => MicrovmState::Pending,
+                    MicrovmRequest::Terminate => MicrovmState::Terminating,
+                };
+                prop_assert_eq!(state, under_way);
+            }
+            Admission::Conflict { reason } => {
+                prop_assert!(reason.starts_with("the microVM "), "{}", reason);
+                prop_assert!(reason.contains(state.as_str()), "{}", reason);
+            }
+        }
+    }
+
+    #[test]
+    fn no_deadline_is_earlier_than_the_start(
+        state in select(MicrovmState::ALL),
+        policy in idle_policy(u32::MAX),
+        clocks in any::<(i64, u32, i64, Option<i64>)>(),
+    ) {
+        let (started, max_duration, activity, suspended_at) = clocks;
+        let deadline = next_deadline(state, policy.as_ref(), started, max_duration, activity, suspended_at);
+        match deadline.at_secs() {
+            Some(at_secs) => prop_assert!(at_secs >= started, "{:?} < {}", deadline, started),
+            None => prop_assert_eq!(state, MicrovmState::Terminated),
+        }
+    }
+
+    #[test]
     fn every_state_string_round_trips(
         image in select(ImageState::ALL),
         version in select(VersionState::ALL),
         status in select(VersionStatus::ALL),
         build in select(BuildState::ALL),
+        microvm in select(MicrovmState::ALL),
     ) {
         round_trips(image);
         round_trips(version);
         round_trips(status);
         round_trips(build);
+        round_trips(microvm);
     }
 
     #[test]
@@ -185,6 +361,9 @@ proptest! {
         }
         if !known(&BuildState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()) {
             refuses::<BuildState>(&text);
+        }
+        if !known(&MicrovmState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()) {
+            refuses::<MicrovmState>(&text);
         }
     }
 
@@ -208,5 +387,27 @@ proptest! {
             failed: highest(&|state, _| state == VersionState::Failed),
         };
         prop_assert_eq!(latest_versions(versions.iter().copied()), expected);
+    }
+}
+
+proptest! {
+    // Small ranges and many cases, so that ties between deadlines and clocks
+    // before the start are common.
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn the_earliest_deadline_wins_as_a_ticking_clock_finds_it(
+        state in select(MicrovmState::ALL),
+        policy in idle_policy(20),
+        started in -1_000i64..1_000,
+        max_duration in 0u32..20,
+        activity_offset in -5i64..20,
+        suspended_offset in prop::option::of(-5i64..20),
+    ) {
+        let activity = started + activity_offset;
+        let suspended_at = suspended_offset.map(|offset| started + offset);
+        let expected = deadline_by_ticking(state, policy.as_ref(), started, max_duration, activity, suspended_at);
+        let got = next_deadline(state, policy.as_ref(), started, max_duration, activity, suspended_at);
+        prop_assert_eq!(got, expected);
     }
 }
