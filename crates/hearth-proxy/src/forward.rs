@@ -280,10 +280,12 @@ fn connect(
     ctx: &ConnCtx,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Reject> {
-    if !ctx.outer || req.version() != Version::HTTP_11 {
+    // Python's http.client tunnels with `CONNECT ... HTTP/1.0`.
+    let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+    if !ctx.outer || !http1 {
         return Err(Reject::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "CONNECT is accepted only over HTTP/1.1 on a direct connection to the proxy",
+            "CONNECT is accepted only over HTTP/1.x on a direct connection to the proxy",
         ));
     }
     let authority = req

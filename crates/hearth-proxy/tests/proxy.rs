@@ -759,3 +759,53 @@ async fn curl_reaches_an_endpoint_through_connect_with_the_ca_file() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "app-8080\n2");
 }
+
+#[tokio::test]
+async fn python_requests_reaches_an_endpoint_with_https_proxy_and_a_ca_bundle() {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import requests"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: python3 with requests is not installed");
+        return;
+    }
+    let rig = Rig::start(Tls::SelfSigned, |_| {}).await;
+    let host = Rig::host(VM);
+    let token = rig.token(VM, &[8080, 9000]);
+    let port = rig.addr.port();
+    let script = r#"
+import os, requests
+url = os.environ["URL"]
+tok = os.environ["TOKEN"]
+r = requests.get(url + "/whoami", headers={"X-aws-proxy-auth": tok}, timeout=20)
+print(r.status_code, r.text)
+r = requests.get(url + "/whoami", headers={"X-aws-proxy-auth": tok, "X-aws-proxy-port": "9000"}, timeout=20)
+print(r.status_code, r.text)
+r = requests.post(url + "/echo", data=b"x" * 3_000_000, headers={"X-aws-proxy-auth": tok}, timeout=20)
+print(r.status_code, len(r.content))
+r = requests.get(url + "/whoami", timeout=20)
+print(r.status_code, r.json()["message"][:18])
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .env("URL", format!("https://{host}:{port}"))
+        .env("TOKEN", &token)
+        .env("HTTPS_PROXY", format!("http://127.0.0.1:{port}"))
+        .env("REQUESTS_CA_BUNDLE", rig.ca_pem())
+        .env_remove("https_proxy")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 app-8080\n200 app-9000\n200 3000000\n403 missing auth token\n"
+    );
+}
