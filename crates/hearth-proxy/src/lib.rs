@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use tls::{ca_key_path, ca_pem_path};
+pub use tls::{ca_key_path, ca_pem_path, TlsError};
 
 /// How the proxy speaks TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,10 +208,10 @@ impl Proxy {
         let domain = route::normalize_domain(&cfg.domain).ok_or_else(|| {
             ProxyError::Config(format!("domain {:?} is not a DNS name", cfg.domain))
         })?;
-        if cfg.max_connections == 0 || cfg.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+        let max_connections_limit = tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize);
+        if cfg.max_connections == 0 || cfg.max_connections > max_connections_limit {
             return Err(ProxyError::Config(format!(
-                "max_connections must be between 1 and {}",
-                tokio::sync::Semaphore::MAX_PERMITS
+                "max_connections must be between 1 and {max_connections_limit}"
             )));
         }
         if cfg.idle_timeout_secs == 0 {

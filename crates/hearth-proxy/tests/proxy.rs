@@ -739,6 +739,44 @@ async fn curl_reaches_an_endpoint_through_connect_with_the_ca_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "app-8080");
+    // A 3 MB upload: curl sends `Expect: 100-continue` for it.
+    let upload = rig.dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![b'z'; 3_000_000]).unwrap();
+    let out = tokio::process::Command::new("/usr/bin/curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg("--cacert")
+        .arg(rig.ca_pem())
+        .args(["-x", &format!("http://127.0.0.1:{port}")])
+        .args(["-H", &format!("X-aws-proxy-auth: {token}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", upload.display()))
+        .arg(format!("https://{host}:{port}/echo"))
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 3000000");
+    assert!(rig
+        .app
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.header("expect").is_none()));
     // And over HTTP/2 directly with --resolve.
     let out = tokio::process::Command::new("/usr/bin/curl")
         .args(["-sS", "--http2", "--max-time", "20", "--cacert"])
@@ -808,4 +846,67 @@ print(r.status_code, r.json()["message"][:18])
         String::from_utf8_lossy(&out.stdout),
         "200 app-8080\n200 app-9000\n200 3000000\n403 missing auth token\n"
     );
+}
+
+#[tokio::test]
+async fn bind_refuses_unusable_settings_with_a_message() {
+    use hearth_proxy::{Proxy, ProxyConfig, ProxyError, TlsMode};
+    let upstreams = std::sync::Arc::new(TestUpstreams::default());
+    let base = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), TlsMode::Off);
+    let cases: Vec<(ProxyConfig, &str)> = vec![
+        (
+            ProxyConfig {
+                domain: "bad domain".into(),
+                ..base.clone()
+            },
+            "not a DNS name",
+        ),
+        (
+            ProxyConfig {
+                max_connections: 0,
+                ..base.clone()
+            },
+            "max_connections",
+        ),
+        (
+            ProxyConfig {
+                idle_timeout_secs: 0,
+                ..base.clone()
+            },
+            "idle_timeout_secs",
+        ),
+    ];
+    for (cfg, text) in cases {
+        let err = Proxy::bind(cfg, upstreams.clone(), hearth_token::TokenKey::generate())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::Config(_)), "{err:?}");
+        assert!(err.to_string().contains(text), "{err}");
+    }
+    // A taken address names the address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = Proxy::bind(
+        ProxyConfig::new(addr, TlsMode::Off),
+        upstreams.clone(),
+        hearth_token::TokenKey::generate(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    // Certificate files that do not exist name the file.
+    let err = Proxy::bind(
+        ProxyConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            TlsMode::Files {
+                cert: "/nonexistent/cert.pem".into(),
+                key: "/nonexistent/key.pem".into(),
+            },
+        ),
+        upstreams,
+        hearth_token::TokenKey::generate(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
