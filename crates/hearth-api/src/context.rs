@@ -32,6 +32,11 @@ pub struct AppState {
     /// The control plane's image side: every image, version and build
     /// state change goes through it.
     pub images: hearth_control::ImageControl,
+    /// The control plane's microVM side: run, suspend, resume, terminate.
+    pub microvms: hearth_control::MicrovmControl,
+    /// The key the endpoint proxy verifies auth tokens with; `None` when
+    /// this server runs no proxy (tokens are then refused).
+    pub proxy_tokens: Option<hearth_token::TokenKey>,
 }
 
 /// Who is calling, established by SigV4.

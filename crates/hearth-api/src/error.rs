@@ -71,6 +71,10 @@ pub enum ApiError {
     /// 501: the operation exists in the API but this build cannot perform it yet.
     #[error("{0}")]
     NotImplemented(String),
+    /// 500: the service cannot take the work now (no room for another
+    /// running microVM); the message says why.
+    #[error("{0}")]
+    InsufficientCapacity(String),
     /// 500: our fault. The message is generic; details go to the log.
     #[error("{0}")]
     Internal(String),
@@ -110,6 +114,7 @@ impl ApiError {
             ApiError::Body { shape, .. } => shape,
             ApiError::Throttling { .. } => "ThrottlingException",
             ApiError::NotImplemented(_) => "NotImplementedException",
+            ApiError::InsufficientCapacity(_) => "InsufficientCapacityException",
             ApiError::Internal(_) => "InternalServerException",
         }
     }
@@ -126,7 +131,9 @@ impl ApiError {
             ApiError::Body { status, .. } => *status,
             ApiError::Throttling { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InsufficientCapacity(_) | ApiError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

@@ -97,6 +97,11 @@ fn env() -> Env {
             dd.store.clone(),
             hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
         ),
+        microvms: hearth_control::MicrovmControl::new(
+            dd.store.clone(),
+            hearth_control::MicrovmSetup::without_engine(),
+        ),
+        proxy_tokens: None,
     });
     Env {
         _dir: dir,
@@ -305,16 +310,17 @@ async fn errors_carry_type_message_and_request_id() {
             "/2025-09-09/microvms",
             "",
             r#"{"imageIdentifier":"x"}"#,
-            501,
-            "NotImplementedException",
+            404,
+            "ResourceNotFoundException",
         ),
         (
             "POST",
             "/2025-09-09/microvms/mvm-t/suspend",
             "",
             "",
-            501,
-            "NotImplementedException",
+            // Seeded RUNNING, but no such microVM in the engine: found lost.
+            409,
+            "ConflictException",
         ),
         ("GET", "/nope", "", "", 404, "UnknownOperationException"),
     ] {

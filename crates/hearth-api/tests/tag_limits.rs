@@ -55,6 +55,11 @@ fn env() -> Env {
             dd.store.clone(),
             hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
         ),
+        microvms: hearth_control::MicrovmControl::new(
+            dd.store.clone(),
+            hearth_control::MicrovmSetup::without_engine(),
+        ),
+        proxy_tokens: None,
     });
     Env {
         _dir: dir,

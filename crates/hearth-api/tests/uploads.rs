@@ -62,6 +62,11 @@ fn serve() -> Server {
             dd.store.clone(),
             hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
         ),
+        microvms: hearth_control::MicrovmControl::new(
+            dd.store.clone(),
+            hearth_control::MicrovmSetup::without_engine(),
+        ),
+        proxy_tokens: None,
     });
     let api = Api::new(state).with_uploads(&data.path().join("uploads"));
     let (tx, rx) = std::sync::mpsc::channel();

@@ -40,6 +40,16 @@ pub async fn call(
     }
 }
 
+/// `GET path` on `port` in the guest (a warm-up request).
+pub async fn get(agent: &AgentClient, port: u16, path: &str, timeout: Duration) -> HookAnswer {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n");
+    match tokio::time::timeout(timeout, exchange(agent, port, request.as_bytes(), timeout)).await {
+        Ok(answer) => answer,
+        Err(_) => HookAnswer::NotListening(format!("no answer within {timeout:?}")),
+    }
+}
+
 async fn exchange(agent: &AgentClient, port: u16, request: &[u8], timeout: Duration) -> HookAnswer {
     let mut stream: TcpStream = match agent.tcp_connect(port, timeout).await {
         Ok(s) => s,

@@ -33,6 +33,21 @@ pub struct CodeArtifactDoc {
 pub struct HooksDoc {
     pub port: Option<i64>,
     pub microvm_image_hooks: Option<ImageHooksDoc>,
+    pub microvm_hooks: Option<MicrovmHooksDoc>,
+}
+
+/// `hooks.microvmHooks` of a version: the hooks each microVM of it calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MicrovmHooksDoc {
+    pub run: Option<String>,
+    pub run_timeout_in_seconds: Option<i64>,
+    pub resume: Option<String>,
+    pub resume_timeout_in_seconds: Option<i64>,
+    pub suspend: Option<String>,
+    pub suspend_timeout_in_seconds: Option<i64>,
+    pub terminate: Option<String>,
+    pub terminate_timeout_in_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

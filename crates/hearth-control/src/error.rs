@@ -23,6 +23,23 @@ pub enum ControlError {
         "build {build_id} has no log (its image's logging may be disabled or the log was removed)"
     )]
     NoLog { build_id: String },
+    /// No such resource in the caller's account (ResourceNotFoundException).
+    #[error("{kind} {id} was not found")]
+    NotFound { kind: &'static str, id: String },
+    /// A microVM is not in a state that allows the request (ConflictException).
+    #[error("microVM {id}: {reason}")]
+    MicrovmConflict { id: String, reason: String },
+    /// The host cannot take another running microVM
+    /// (InsufficientCapacityException).
+    #[error("{0}")]
+    Capacity(String),
+    /// The engine failed doing what was asked (InternalServerException).
+    #[error("{what}: {source}")]
+    Engine {
+        what: String,
+        #[source]
+        source: Box<hearth_vmm::VmError>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{what}: {detail}")]

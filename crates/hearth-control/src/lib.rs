@@ -21,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod images;
 pub mod logs;
+pub mod microvms;
 
 mod build_task;
 mod recovery;
@@ -30,3 +31,6 @@ pub use config::{BaseImageFile, VersionConfig};
 pub use error::ControlError;
 pub use images::{BuildSetup, Created, ImageControl, LogHandle};
 pub use logs::LogProgress;
+pub use microvms::{
+    ConnectError, Connection, MicrovmControl, MicrovmSetup, OpenRefusal, RunRequest,
+};

@@ -274,6 +274,11 @@ pub async fn api(_g: &Global, a: ApiArgs) -> Result<()> {
             dd.store.clone(),
             hearth_control::images::BuildSetup::without_engine(dd.path.clone(), "us-east-1".into()),
         ),
+        microvms: hearth_control::MicrovmControl::new(
+            dd.store.clone(),
+            hearth_control::MicrovmSetup::without_engine(),
+        ),
+        proxy_tokens: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -10,6 +10,7 @@ mod bench_build;
 mod client;
 mod demo;
 mod image_cli;
+mod proxy_glue;
 mod serve;
 mod vm;
 

@@ -60,6 +60,34 @@ pub struct ServeArgs {
     /// The /30 the egress namespace's link to the host uses.
     #[arg(long, default_value = "10.213.0.0")]
     egress_link_net: std::net::Ipv4Addr,
+    /// Endpoints are `<microvmId>.<domain>:<proxy port>`. With wildcard DNS
+    /// for the domain, clients reach the proxy by name; with the default,
+    /// `localhost`, clients use the proxy as their HTTPS_PROXY (CONNECT).
+    #[arg(long, default_value = "localhost")]
+    proxy_domain: String,
+    /// Warmed clones kept ready per image version (0 turns warming off:
+    /// every RunMicrovm launches a clone and the app's first request pays
+    /// for its first run after the restore).
+    #[arg(long, default_value_t = 1)]
+    warm_pool_depth: usize,
+    /// QEMUs kept started and waiting per image version, for launches and
+    /// resumes.
+    #[arg(long, default_value_t = 1)]
+    prestart_depth: usize,
+    /// Running microVMs this host takes before RunMicrovm answers
+    /// InsufficientCapacityException.
+    #[arg(long, default_value_t = 64)]
+    max_running_microvms: usize,
+    /// The proxy's TLS certificate chain (PEM, with --proxy-key). Default:
+    /// a certificate per endpoint name from a CA Hearth creates in
+    /// `<data>/proxy/ca.pem` (give that file to clients as their CA bundle).
+    #[arg(long, requires = "proxy_key")]
+    proxy_cert: Option<PathBuf>,
+    #[arg(long, requires = "proxy_cert")]
+    proxy_key: Option<PathBuf>,
+    /// Serve endpoints over plain HTTP only (no TLS).
+    #[arg(long, conflicts_with = "proxy_cert")]
+    proxy_plain_http: bool,
 }
 
 #[derive(Subcommand)]
@@ -117,7 +145,15 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
     }
     let dd = DataDir::open(&g.data_dir)
         .with_context(|| format!("open data dir {}", g.data_dir.display()))?;
-    let images = image_control(g, &a, &dd)?;
+    let engine_dir = dd.path.join("engine");
+    let backend = match engine_backend(g, &engine_dir) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("image builds and microVMs are unavailable: {e:#}");
+            None
+        }
+    };
+    let images = image_control(g, &a, &dd, backend.clone())?;
     let recovered = images
         .recover()
         .context("ending builds a previous server left")?;
@@ -126,26 +162,71 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
             "{recovered} builds were interrupted by the previous server's end; marked FAILED"
         );
     }
+    let api = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("bind {}", a.listen))?;
+    let api_addr = api.local_addr()?;
+    let proxy_dir = dd.path.join("proxy");
+    std::fs::create_dir_all(&proxy_dir)
+        .with_context(|| format!("create {}", proxy_dir.display()))?;
+    let token_key = hearth_token::TokenKey::load_or_create(&proxy_dir.join("token.key"))
+        .context("the proxy's token key")?;
+    let tls = match (&a.proxy_cert, &a.proxy_key, a.proxy_plain_http) {
+        (_, _, true) => hearth_proxy::TlsMode::Off,
+        (Some(cert), Some(key), false) => hearth_proxy::TlsMode::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => hearth_proxy::TlsMode::SelfSigned {
+            dir: proxy_dir.clone(),
+        },
+    };
+    let proxy_ca = matches!(tls, hearth_proxy::TlsMode::SelfSigned { .. })
+        .then(|| hearth_proxy::ca_pem_path(&proxy_dir));
+    let mut proxy_cfg = hearth_proxy::ProxyConfig::new(a.proxy_listen, tls);
+    proxy_cfg.domain = a.proxy_domain.clone();
+    let control_cell = Arc::new(std::sync::OnceLock::new());
+    let proxy = hearth_proxy::Proxy::bind(
+        proxy_cfg,
+        Arc::new(crate::proxy_glue::ControlUpstreams(control_cell.clone())),
+        token_key.clone(),
+    )
+    .await
+    .context("the endpoint proxy")?;
+    let proxy_addr = proxy.local_addr();
+    let microvms = hearth_control::MicrovmControl::new(
+        dd.store.clone(),
+        hearth_control::MicrovmSetup {
+            backend: backend.clone(),
+            endpoint_domain: a.proxy_domain.clone(),
+            endpoint_port: Some(proxy_addr.port()),
+            warm_pool_depth: a.warm_pool_depth,
+            prestart_depth: a.prestart_depth,
+            max_running: a.max_running_microvms,
+        },
+    );
+    let report = microvms
+        .recover()
+        .await
+        .context("reconciling microVMs with the engine")?;
+    tracing::info!("microVMs at start: {report:?}");
+    let _ = control_cell.set(microvms.clone());
     let state = Arc::new(AppState {
         store: dd.store.clone(),
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
         managed_images: managed_images(g),
         region: a.region.clone(),
         images,
+        microvms: microvms.clone(),
+        proxy_tokens: Some(token_key.clone()),
     });
-    let api = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("bind {}", a.listen))?;
-    let proxy = tokio::net::TcpListener::bind(a.proxy_listen)
-        .await
-        .with_context(|| format!("bind {}", a.proxy_listen))?;
-    let api_addr = api.local_addr()?;
-    let proxy_addr = proxy.local_addr()?;
     println!(
         "{}",
         json!({
             "api": format!("http://{api_addr}"),
-            "proxy": format!("http://{proxy_addr}"),
+            "proxy": format!("{}://{proxy_addr}", if a.proxy_plain_http { "http" } else { "https" }),
+            "proxyDomain": a.proxy_domain,
+            "proxyCa": proxy_ca,
             "region": a.region,
             "credentials": dd.credentials_path(),
             "dataDir": dd.path,
@@ -175,7 +256,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         Arc::new(hearth_api::Api::new(state.clone()).with_uploads(&dd.path.join("uploads"))),
         stopped(stop_rx.clone()),
     );
-    let proxy_srv = hearth_http::serve(proxy, limits, Arc::new(NoProxyYet), stopped(stop_rx));
+    let proxy_srv = proxy.run(stopped(stop_rx));
     let purge = purge_idempotency_records(state.store.clone());
     let until_shutdown = async {
         tokio::select! {
@@ -184,9 +265,11 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         }
         let _ = stop_tx.send(true);
     };
-    let (a, p, ()) = tokio::join!(api_srv, proxy_srv, until_shutdown);
+    let (a, (), ()) = tokio::join!(api_srv, proxy_srv, until_shutdown);
+    // MicroVMs keep running (they are persistent); the next server adopts
+    // them.
+    microvms.detach_all();
     a.context("API server")?;
-    p.context("proxy server")?;
     Ok(())
 }
 
@@ -194,7 +277,12 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
 /// `<data>/engine`), the builder on it, code artifact sources, and egress.
 /// A host without QEMU or guest artifacts still serves the API; its builds
 /// fail saying why.
-fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_control::ImageControl> {
+fn image_control(
+    g: &Global,
+    a: &ServeArgs,
+    dd: &DataDir,
+    backend: Option<hearth_vmm::QemuBackend>,
+) -> Result<hearth_control::ImageControl> {
     let manifest = hearth_artifacts::Manifest::load(&g.cache_dir);
     let base_images = match &manifest {
         Ok(m) => m
@@ -208,9 +296,8 @@ fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_contr
             .collect(),
         Err(_) => Vec::new(),
     };
-    let engine_dir = dd.path.join("engine");
-    let builder = match (&manifest, engine_backend(g, &engine_dir)) {
-        (Ok(m), Ok(backend)) => Some(hearth_builder::Builder::new(
+    let builder = match (&manifest, backend) {
+        (Ok(m), Some(backend)) => Some(hearth_builder::Builder::new(
             backend,
             hearth_builder::BuilderConfig::new(m.kernel.path.clone(), m.initramfs.path.clone()),
         )),
@@ -220,10 +307,7 @@ fn image_control(g: &Global, a: &ServeArgs, dd: &DataDir) -> Result<hearth_contr
             );
             None
         }
-        (_, Err(e)) => {
-            tracing::warn!("image builds are unavailable: {e:#}");
-            None
-        }
+        (_, None) => None,
     };
     let egress = if a.no_egress || builder.is_none() {
         None
@@ -328,19 +412,6 @@ fn engine_backend(g: &Global, state_dir: &std::path::Path) -> Result<hearth_vmm:
         state_dir.to_path_buf(),
         decision.accel,
     ))?)
-}
-
-/// The proxy listener until microVMs can be reached: every request is
-/// answered, in the AWS error shape, that there is nothing to reach yet.
-struct NoProxyYet;
-
-impl hearth_http::Service for NoProxyYet {
-    async fn call(&self, _req: hearth_http::Request) -> hearth_http::Response {
-        hearth_api::error::ApiError::NotImplemented(
-            "the microVM proxy arrives with RunMicrovm; no microVM can be reached yet".into(),
-        )
-        .to_response()
-    }
 }
 
 /// Idempotency records live 24 hours (`hearth_store::IDEMPOTENCY_RECORD_TTL_SECS`):

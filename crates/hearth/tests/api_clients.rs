@@ -228,10 +228,10 @@ fn cli_reaches_every_operation_with_the_right_answers() {
         ],
         "ValidationException",
     );
-    // Not-yet-backed operations: a clear error, no change.
+    // The seeded version has no snapshot: nothing to launch, no change.
     fails(
         &["lambda-microvms", "run-microvm", "--image-identifier", &arn],
-        "NotImplementedException",
+        "ResourceNotFoundException",
     );
     fails(
         &[
@@ -272,7 +272,8 @@ fn cli_reaches_every_operation_with_the_right_answers() {
             "--microvm-identifier",
             &mvms[0],
         ],
-        "NotImplementedException",
+        // Seeded RUNNING with no microVM in the engine: found lost.
+        "ConflictException",
     );
     for op in ["suspend-microvm", "resume-microvm", "terminate-microvm"] {
         fails(

@@ -1,14 +1,14 @@
-//! Handlers of the microVM operations: GetMicrovm, ListMicrovms, and
-//! RunMicrovm, SuspendMicrovm, ResumeMicrovm, TerminateMicrovm (501 until
-//! the RunMicrovm issue connects the engine; the lifecycle operations first
-//! look the microVM up, so an absent one is a 404). Runs on the request
-//! task.
+//! Handlers of the microVM operations: RunMicrovm, GetMicrovm,
+//! ListMicrovms, SuspendMicrovm, ResumeMicrovm, TerminateMicrovm. Run and
+//! the lifecycle operations are intents handed to the control plane
+//! ([`hearth_control::MicrovmControl`]), which owns every microVM's state;
+//! Get and List read the store. Runs on the request task.
 
 use hearth_store::{Microvm as MicrovmRow, MicrovmFilter};
 use serde::Deserialize;
 
 use super::lookup;
-use super::{from_doc, handler, page_items, page_request, NotYet, Registration};
+use super::{from_doc, handler, page_items, page_request, Registration};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::ops::{self, microvms::*, shapes::*};
@@ -55,26 +55,113 @@ pub(super) async fn existing(
         .await
 }
 
-/// The lifecycle and token operations need the engine integration of the
-/// RunMicrovm issue.
-pub(super) fn lifecycle_not_yet(ctx: &RequestContext<'_>) -> ApiError {
-    NotYet {
-        operation: ctx.operation,
-        arrives: "microVM lifecycle operations arrive with RunMicrovm",
-    }
-    .into()
+/// The network connector ARNs of this region, by name.
+fn connector_name<'a>(ctx: &RequestContext<'_>, arn: &'a str) -> Option<&'a str> {
+    let prefix = format!(
+        "arn:aws:lambda:{}:aws:network-connector:aws-network-connector:",
+        ctx.state.region
+    );
+    arn.strip_prefix(prefix.as_str())
+        .filter(|n| CONNECTORS.contains(n))
 }
 
-async fn run(ctx: &RequestContext<'_>, _input: RunMicrovmInput) -> Result<Microvm, ApiError> {
-    Err(NotYet {
-        operation: ctx.operation,
-        arrives: "running microVMs arrives with the RunMicrovm issue",
+const CONNECTORS: &[&str] = &[
+    "ALL_INGRESS",
+    "NO_INGRESS",
+    "HTTP_INGRESS",
+    "SHELL_INGRESS",
+    "INTERNET_EGRESS",
+];
+
+/// Connector lists: each a known connector ARN of this region, of the
+/// right direction. Egress for microVMs is not available yet: asking for
+/// it is refused rather than silently ignored.
+fn check_connectors(ctx: &RequestContext<'_>, input: &RunMicrovmInput) -> Result<(), ApiError> {
+    for arn in input.ingress_network_connectors.iter().flatten() {
+        match connector_name(ctx, arn) {
+            Some(n) if n.ends_with("_INGRESS") => {}
+            _ => {
+                return Err(ApiError::Validation(format!(
+                    "ingressNetworkConnectors: {arn:?} is not an ingress network connector ARN of {} (arn:aws:lambda:{}:aws:network-connector:aws-network-connector:ALL_INGRESS|NO_INGRESS|HTTP_INGRESS|SHELL_INGRESS)",
+                    ctx.state.region, ctx.state.region
+                )))
+            }
+        }
     }
-    .into())
+    if let Some(arn) = input.egress_network_connectors.iter().flatten().next() {
+        return Err(ApiError::Validation(match connector_name(ctx, arn) {
+            Some("INTERNET_EGRESS") => "egressNetworkConnectors: internet egress for microVMs is not available on this server yet (image builds have it); run the microVM without egress".into(),
+            _ => format!(
+                "egressNetworkConnectors: {arn:?} is not an egress network connector ARN of {} (arn:aws:lambda:{}:aws:network-connector:aws-network-connector:INTERNET_EGRESS)",
+                ctx.state.region, ctx.state.region
+            ),
+        }));
+    }
+    Ok(())
+}
+
+async fn run(ctx: &RequestContext<'_>, input: RunMicrovmInput) -> Result<Microvm, ApiError> {
+    check_connectors(ctx, &input)?;
+    let max = hearth_control::microvms::MAX_DURATION_SECS;
+    let maximum_duration_secs = match input.maximum_duration_in_seconds {
+        None => None,
+        Some(s) if s >= 1 && s as u32 <= max => Some(s as u32),
+        Some(s) => {
+            return Err(ApiError::Validation(format!(
+                "maximumDurationInSeconds: {s} is outside 1..={max}"
+            )))
+        }
+    };
+    let idle_policy = match &input.idle_policy {
+        None => None,
+        Some(p) => {
+            let secs = |name: &str, v: i32| {
+                u32::try_from(v).map_err(|_| {
+                    ApiError::Validation(format!("idlePolicy.{name}: {v} is negative"))
+                })
+            };
+            Some(hearth_control::microvms::doc::IdlePolicyDoc {
+                max_idle_duration_seconds: secs(
+                    "maxIdleDurationSeconds",
+                    p.max_idle_duration_seconds,
+                )?,
+                suspended_duration_seconds: secs(
+                    "suspendedDurationSeconds",
+                    p.suspended_duration_seconds,
+                )?,
+                auto_resume_enabled: p.auto_resume_enabled,
+            })
+        }
+    };
+    let image = lookup::find(ctx, &input.image_identifier).await?;
+    let row = ctx
+        .state
+        .microvms
+        .run(
+            &ctx.account(),
+            hearth_control::RunRequest {
+                image,
+                image_version: input.image_version,
+                idle_policy,
+                maximum_duration_secs,
+                run_hook_payload: input.run_hook_payload,
+                execution_role_arn: input.execution_role_arn,
+                kms_key_identifier: input.kms_key_identifier,
+                ingress_network_connectors: input.ingress_network_connectors,
+                egress_network_connectors: input.egress_network_connectors,
+            },
+        )
+        .await
+        .map_err(super::control_error)?;
+    output(row)
 }
 
 async fn get(ctx: &RequestContext<'_>, input: GetMicrovmInput) -> Result<Microvm, ApiError> {
-    let m = existing(ctx, &input.microvm_identifier).await?;
+    output(existing(ctx, &input.microvm_identifier).await?)
+}
+
+/// A microVM row as RunMicrovm and GetMicrovm answer it.
+fn output(m: MicrovmRow) -> Result<Microvm, ApiError> {
     let d: MicrovmDoc = from_doc("microVM", &m.microvm_id, &m.doc)?;
     Ok(Microvm {
         microvm_id: m.microvm_id,
@@ -128,19 +215,34 @@ async fn list(
 }
 
 async fn suspend(ctx: &RequestContext<'_>, input: SuspendMicrovmInput) -> Result<Empty, ApiError> {
-    existing(ctx, &input.microvm_identifier).await?;
-    Err(lifecycle_not_yet(ctx))
+    let m = existing(ctx, &input.microvm_identifier).await?;
+    ctx.state
+        .microvms
+        .suspend(&ctx.account(), &m.microvm_id)
+        .await
+        .map_err(super::control_error)?;
+    Ok(Empty {})
 }
 
 async fn resume(ctx: &RequestContext<'_>, input: ResumeMicrovmInput) -> Result<Empty, ApiError> {
-    existing(ctx, &input.microvm_identifier).await?;
-    Err(lifecycle_not_yet(ctx))
+    let m = existing(ctx, &input.microvm_identifier).await?;
+    ctx.state
+        .microvms
+        .resume(&ctx.account(), &m.microvm_id)
+        .await
+        .map_err(super::control_error)?;
+    Ok(Empty {})
 }
 
 async fn terminate(
     ctx: &RequestContext<'_>,
     input: TerminateMicrovmInput,
 ) -> Result<Empty, ApiError> {
-    existing(ctx, &input.microvm_identifier).await?;
-    Err(lifecycle_not_yet(ctx))
+    let m = existing(ctx, &input.microvm_identifier).await?;
+    ctx.state
+        .microvms
+        .terminate(&ctx.account(), &m.microvm_id)
+        .await
+        .map_err(super::control_error)?;
+    Ok(Empty {})
 }

@@ -300,9 +300,18 @@ pub(crate) fn control_error(e: hearth_control::ControlError) -> ApiError {
                 hearth_domain::ResourceKind::Image => "MicroVM image",
                 hearth_domain::ResourceKind::ImageVersion => "MicroVM image version",
                 hearth_domain::ResourceKind::ImageBuild => "MicroVM image build",
+                hearth_domain::ResourceKind::Microvm => "MicroVM",
             }),
         },
         NoLog { build_id } => ApiError::not_found("MicroVM image build log", build_id),
+        NotFound { kind, ref id } => ApiError::not_found(kind, id.clone()),
+        MicrovmConflict { ref id, .. } => ApiError::Conflict {
+            message: e.to_string(),
+            resource_id: Some(id.clone()),
+            resource_type: Some("MicroVM"),
+        },
+        Capacity(ref m) => ApiError::InsufficientCapacity(m.clone()),
+        Engine { .. } => ApiError::internal("the engine", e),
         Store(s) => crate::error::store_error("the control plane's store work", s),
         Corrupt(_) | Internal { .. } => ApiError::internal("the control plane", e),
     }

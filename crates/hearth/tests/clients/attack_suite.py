@@ -291,15 +291,15 @@ check(h.get("x-amzn-errortype") and len(h.get("x-amzn-requestid", "")) == 36, f"
 raw = exchange(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
 check(raw[3] == 4 and raw[12] == 7 and raw[22:26] == b"\x00\x00\x00\x0d", f"h2: {raw[:30]!r}")
 
-# --- 8. Client tokens: a token is never left "in progress". RunMicrovm
-# (which answers NotImplemented until microVMs can run) releases its token,
+# --- 8. Client tokens: a token is never left "in progress". A RunMicrovm
+# that fails (the seeded version has no snapshot to launch) releases its token,
 # and so does a request whose client disconnects before the answer.
 for _ in range(2):
     try:
         client.run_microvm(imageIdentifier=ARN, clientToken="tok-retry-0001")
         raise AssertionError("RunMicrovm ran")
     except ClientError as e:
-        check(e.response["Error"]["Code"] == "NotImplementedException", e.response)
+        check(e.response["Error"]["Code"] == "ResourceNotFoundException", e.response)
 body = json.dumps({"imageIdentifier": ARN, "clientToken": "tok-disconnect-01"}).encode()
 s = socket.create_connection((HOST, PORT), timeout=5)
 s.sendall(signed_head("POST", "/2025-09-09/microvms", body=body, headers={"Content-Type": "application/json"}))
@@ -309,5 +309,5 @@ try:
     client.run_microvm(imageIdentifier=ARN, clientToken="tok-disconnect-01")
     raise AssertionError("RunMicrovm ran")
 except ClientError as e:
-    check(e.response["Error"]["Code"] == "NotImplementedException", f"after a disconnect: {e.response}")
+    check(e.response["Error"]["Code"] == "ResourceNotFoundException", f"after a disconnect: {e.response}")
 print("attack suite: ok")
