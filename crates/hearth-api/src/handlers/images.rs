@@ -258,6 +258,8 @@ async fn delete(
     if !users.items.is_empty() {
         return Err(ImageError::InUse { arn: image.arn }.into());
     }
+    // Its warmed clones and waiting QEMUs hold its snapshots.
+    ctx.state.microvms.drain_image(&image.image_id, None).await;
     let state = ctx
         .state
         .images

@@ -169,6 +169,11 @@ async fn delete(
     input: DeleteMicrovmImageVersionInput,
 ) -> Result<DeleteMicrovmImageVersionOutput, ApiError> {
     let (image, v) = find_version(ctx, &input.image_identifier, &input.image_version).await?;
+    // Its warmed clones and waiting QEMUs hold its snapshot.
+    ctx.state
+        .microvms
+        .drain_image(&image.image_id, Some(&v.version))
+        .await;
     ctx.state
         .images
         .delete_version(&ctx.account(), image, v)

@@ -235,6 +235,9 @@ impl MicrovmControl {
                     ),
                     source: Box::new(source),
                 })?;
+        self.shared
+            .pool
+            .set_owner(snapshot.id.as_str(), &req.image.image_id, &version.version);
         let vm = self.take_or_launch(&backend, &snapshot).await?;
         let id = vm.id().to_string();
         let now = now_secs();
@@ -392,8 +395,16 @@ impl MicrovmControl {
         Ok(())
     }
 
-    /// Stop the warmed clones and waiting QEMUs of a snapshot (its version
-    /// is being deleted).
+    /// Stop the warmed clones and waiting QEMUs of an image's versions (of
+    /// one version when given): the image or version is being deleted, and
+    /// its snapshots can go only once nothing stands on them.
+    pub async fn drain_image(&self, image_id: &str, version: Option<&str>) {
+        for snapshot_id in self.shared.pool.snapshots_of(image_id, version) {
+            self.drain(&snapshot_id).await;
+        }
+    }
+
+    /// Stop the warmed clones and waiting QEMUs of a snapshot.
     pub async fn drain(&self, snapshot_id: &str) {
         for vm in self.shared.pool.drain(snapshot_id) {
             let _ = vm.terminate().await;

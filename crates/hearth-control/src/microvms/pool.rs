@@ -14,6 +14,8 @@ use hearth_vmm::QemuVm;
 pub(crate) struct WarmPool {
     clones: Mutex<HashMap<String, Vec<QemuVm>>>,
     refilling: Mutex<HashSet<String>>,
+    /// Whose snapshots they are: snapshot id -> (image id, version).
+    owners: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl WarmPool {
@@ -38,8 +40,28 @@ impl WarmPool {
             .map_or(0, Vec::len)
     }
 
+    /// Remember which image version a snapshot belongs to.
+    pub fn set_owner(&self, snapshot_id: &str, image_id: &str, version: &str) {
+        self.owners.lock().unwrap().insert(
+            snapshot_id.to_string(),
+            (image_id.to_string(), version.to_string()),
+        );
+    }
+
+    /// The snapshots of an image (of one of its versions when given).
+    pub fn snapshots_of(&self, image_id: &str, version: Option<&str>) -> Vec<String> {
+        self.owners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (i, v))| i == image_id && version.is_none_or(|want| want == v))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
     /// Every clone of a snapshot, taken out of the pool.
     pub fn drain(&self, snapshot_id: &str) -> Vec<QemuVm> {
+        self.owners.lock().unwrap().remove(snapshot_id);
         self.clones
             .lock()
             .unwrap()

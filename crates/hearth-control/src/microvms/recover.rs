@@ -203,9 +203,7 @@ impl MicrovmControl {
         let mut doc = row.doc.clone();
         let now = now_secs();
         if let Some(obj) = doc.as_object_mut() {
-            let hearth = obj
-                .entry("hearth")
-                .or_insert_with(|| serde_json::json!({}));
+            let hearth = obj.entry("hearth").or_insert_with(|| serde_json::json!({}));
             match observed {
                 MicrovmState::Terminated => {
                     obj.insert("terminatedAt".into(), now.into());
