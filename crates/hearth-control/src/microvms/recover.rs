@@ -212,10 +212,8 @@ impl MicrovmControl {
                         None => obj.remove("stateReason"),
                     };
                 }
-                MicrovmState::Suspended => {
-                    if hearth.get("suspendedAt").is_none() {
-                        hearth["suspendedAt"] = now.into();
-                    }
+                MicrovmState::Suspended if hearth.get("suspendedAt").is_none() => {
+                    hearth["suspendedAt"] = now.into();
                 }
                 MicrovmState::Running => {
                     if let Some(h) = hearth.as_object_mut() {
