@@ -54,6 +54,25 @@ impl LogWriter {
         })
     }
 
+    /// Open the log at `path` for appending (created when missing): a
+    /// microVM's app log goes on across suspends and server restarts.
+    pub fn append_to(path: &Path) -> std::io::Result<Self> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
+        let (progress, _) = watch::channel(LogProgress {
+            len_bytes: len,
+            finished: false,
+        });
+        Ok(Self {
+            file: Mutex::new((Some(file), len)),
+            progress,
+            keep_output: true,
+        })
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<LogProgress> {
         self.progress.subscribe()
     }
@@ -75,7 +94,7 @@ impl LogWriter {
         }
         *len += take as u64;
         if cut {
-            let note = b"\n[hearth: the build log reached its limit; further output is dropped]\n";
+            let note = b"\n[hearth: the log reached its limit; further output is dropped]\n";
             let _ = f.write_all(note);
             *len += note.len() as u64;
             *file = None;

@@ -203,6 +203,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
             warm_pool_depth: a.warm_pool_depth,
             prestart_depth: a.prestart_depth,
             max_running: a.max_running_microvms,
+            logs_dir: Some(dd.path.join("logs")),
         },
     );
     let report = microvms

@@ -1,9 +1,12 @@
-//! `GET /hearth/v1/images/{image}/versions/{version}/builds/{buildId}/logs`:
-//! a build's log, streamed. `?follow=1` keeps the answer open and sends
-//! output as the build writes it, ending when the build ends; `?offset=N`
-//! starts N bytes in. The image is named by id or name. The answer is
-//! `text/plain`, chunked; lines starting with `==> ` are phases. Runs on
-//! the request task, then on a task of its own that reads the log file.
+//! Logs, streamed:
+//! `GET /hearth/v1/images/{image}/versions/{version}/builds/{buildId}/logs`
+//! (a build's log; lines starting with `==> ` are phases; the image named
+//! by id or name) and `GET /hearth/v1/microvms/{microvmId}/logs` (the app's
+//! stdout and stderr in that microVM, across its suspends). `?follow=1`
+//! keeps the answer open and sends output as it is written, ending when
+//! the build or the microVM ends; `?offset=N` starts N bytes in. The answer
+//! is `text/plain`, chunked. Runs on the request task, then on a task of
+//! its own that reads the log file.
 
 use std::io::SeekFrom;
 
@@ -40,7 +43,25 @@ pub(crate) async fn get(
         .open_log(&account, &found.image_id, &version, &build_id)
         .await
         .map_err(control_error)?;
-    let query = r.parts.uri.query().unwrap_or("");
+    stream(r.parts.uri.query().unwrap_or(""), handle)
+}
+
+/// `GET /hearth/v1/microvms/{microvmId}/logs`.
+pub(crate) async fn get_microvm(
+    r: SignedRequest,
+    microvm_id: String,
+) -> Result<Response, ApiError> {
+    let handle = r
+        .state
+        .microvms
+        .open_log(&r.caller.account_id, &microvm_id)
+        .await
+        .map_err(control_error)?;
+    stream(r.parts.uri.query().unwrap_or(""), handle)
+}
+
+/// Answer with the log of `handle`, as the query asks.
+fn stream(query: &str, handle: hearth_control::LogHandle) -> Result<Response, ApiError> {
     let mut follow = false;
     let mut offset = 0u64;
     for pair in query.split('&').filter(|p| !p.is_empty()) {

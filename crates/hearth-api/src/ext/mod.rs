@@ -14,6 +14,7 @@
 //! | `GET /hearth/v1/ping` | none | `pong` |
 //! | `POST /hearth/v1/uploads` | SigV4 over a declared `x-amz-content-sha256` | [`uploads`] |
 //! | `GET /hearth/v1/images/{image}/versions/{v}/builds/{id}/logs` | SigV4 | `logs` (streamed) |
+//! | `GET /hearth/v1/microvms/{id}/logs` | SigV4 | `logs` (streamed) |
 //!
 //! Adding one: an arm in the `match` of [`Extensions::route`] naming the
 //! method, the kind of authentication and the handler, e.g.
@@ -166,6 +167,13 @@ impl Extensions {
                 (
                     Method::GET,
                     Endpoint::signed(move |r| logs::get(r, i, v, b)),
+                )
+            }
+            ["microvms", microvm, "logs"] => {
+                let m = microvm.to_string();
+                (
+                    Method::GET,
+                    Endpoint::signed(move |r| logs::get_microvm(r, m)),
                 )
             }
             _ => return Some(Err(unknown())),

@@ -58,6 +58,9 @@ pub struct MicrovmSetup {
     /// Running (or starting) microVMs this host takes before it answers
     /// InsufficientCapacity.
     pub max_running: usize,
+    /// Where apps' output logs go (`<logs>/<account>/microvms/<id>.log`);
+    /// `None`: not kept.
+    pub logs_dir: Option<std::path::PathBuf>,
 }
 
 impl MicrovmSetup {
@@ -71,6 +74,7 @@ impl MicrovmSetup {
             warm_pool_depth: 0,
             prestart_depth: 0,
             max_running: 0,
+            logs_dir: None,
         }
     }
 
@@ -111,6 +115,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Where a microVM's app log is kept.
+    pub fn app_log_path(&self, account: &AccountId, id: &str) -> Option<std::path::PathBuf> {
+        let root = self.setup.logs_dir.as_ref()?;
+        Some(crate::logs::log_path(
+            root,
+            account.as_str(),
+            "microvms",
+            id,
+        ))
+    }
+
     pub fn backend(&self) -> Result<QemuBackend, ControlError> {
         self.setup.backend.clone().ok_or_else(|| {
             ControlError::Capacity(
@@ -530,6 +545,31 @@ impl MicrovmControl {
             io: stream.into_io(),
             activity: Arc::new(move || activity_handle.touch()),
         })
+    }
+
+    /// A microVM's app log: its file, and while the microVM lives, its
+    /// progress (followers stop once it ends).
+    pub async fn open_log(
+        &self,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<crate::LogHandle, ControlError> {
+        let (acct, mid) = (account.clone(), id.to_string());
+        blocking(&self.shared.store, move |st| {
+            Ok(st.get_microvm(&acct, &mid)?)
+        })
+        .await?;
+        let path = self
+            .shared
+            .app_log_path(account, id)
+            .ok_or_else(|| ControlError::NotFound {
+                kind: "app log of microVM",
+                id: id.to_string(),
+            })?;
+        let progress = self
+            .handle(account, id)
+            .and_then(|h| h.log.map(|l| l.subscribe()));
+        Ok(crate::LogHandle { path, progress })
     }
 
     /// Stop every task (server shutdown): running microVMs keep running

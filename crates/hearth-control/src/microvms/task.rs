@@ -22,6 +22,7 @@ use hearth_domain::{
     MicrovmState,
 };
 use hearth_store::{AccountId, StateUpdate};
+use hearth_vmm::agent::stream::StreamEvent;
 use hearth_vmm::{AgentClient, MicroVm, QemuVm, SuspendedVm, VmBackend};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -29,11 +30,16 @@ use super::doc::MicrovmDoc;
 use super::hooks;
 use super::Shared;
 use crate::images::blocking;
+use crate::logs::LogWriter;
 use crate::writes::now_secs;
 use crate::ControlError;
 
 /// Requests waiting for one microVM's task; more wait for room.
 const QUEUE_DEPTH: usize = 256;
+/// The named process an image build starts the app as.
+const APP_PROCESS: &str = "app";
+/// How long attaching to the app's output may take.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after a failed idle suspend (a full disk, say) the next try is.
 pub const SUSPEND_RETRY_SECS: i64 = 60;
 
@@ -77,6 +83,8 @@ pub(crate) struct Handle {
     /// Unix seconds of the last inbound traffic.
     pub last_activity: Arc<AtomicI64>,
     pub state: watch::Receiver<MicrovmState>,
+    /// The app's output log, while this server writes it.
+    pub log: Option<Arc<LogWriter>>,
 }
 
 impl Handle {
@@ -107,6 +115,10 @@ pub(crate) struct Task {
     rx: mpsc::Receiver<Command>,
     /// An idle suspend failed; not before this again.
     suspend_not_before: Option<i64>,
+    /// The app's stdout and stderr go here while it runs.
+    log: Option<Arc<LogWriter>>,
+    /// The task copying the app's output into `log`.
+    log_pump: Option<tokio::task::AbortHandle>,
 }
 
 /// Start a running microVM's task (`vm` RUNNING) or a suspended one's.
@@ -121,11 +133,18 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (state_tx, state_rx) = watch::channel(state);
     let last_activity = Arc::new(AtomicI64::new(doc.hearth.last_activity_at));
+    let log = shared.app_log_path(&account, &id).and_then(|path| {
+        LogWriter::append_to(&path)
+            .map_err(|e| tracing::warn!(microvm = %id, "the app log {}: {e}", path.display()))
+            .ok()
+            .map(Arc::new)
+    });
     let handle = Handle {
         account: account.clone(),
         tx,
         last_activity: last_activity.clone(),
         state: state_rx,
+        log: log.clone(),
     };
     let task = Task {
         shared: shared.clone(),
@@ -142,6 +161,8 @@ pub(crate) fn spawn(
         state_tx,
         rx,
         suspend_not_before: None,
+        log,
+        log_pump: None,
     };
     shared.handles.lock().unwrap().insert(id, handle.clone());
     tokio::spawn(task.run());
@@ -157,6 +178,7 @@ async fn sleep_until_secs(at_secs: i64) {
 impl Task {
     async fn run(mut self) {
         tracing::debug!(microvm = %self.id, state = %self.state.as_str(), "microVM task started");
+        self.start_log_pump();
         while self.state != MicrovmState::Terminated {
             let deadline = self.deadline();
             let agent = match &self.held {
@@ -188,6 +210,14 @@ impl Task {
                 }
             }
         }
+        self.stop_log_pump();
+        if let Some(log) = &self.log {
+            log.finish(&format!(
+                "[hearth] microVM {} ended: {}",
+                self.id,
+                self.doc.state_reason.as_deref().unwrap_or("terminated")
+            ));
+        }
         self.shared.handles.lock().unwrap().remove(&self.id);
         // Requests still queued find the microVM gone.
         self.rx.close();
@@ -195,6 +225,47 @@ impl Task {
             self.refuse(cmd);
         }
         tracing::debug!(microvm = %self.id, "microVM task ended");
+    }
+
+    /// Copy the app's output into the log while the microVM runs: attach
+    /// to the named process the image's build started (`app`).
+    fn start_log_pump(&mut self) {
+        self.stop_log_pump();
+        let (Some(log), Held::Running(vm)) = (self.log.clone(), &self.held) else {
+            return;
+        };
+        let agent = vm.agent().clone();
+        let id = self.id.clone();
+        let pump = tokio::spawn(async move {
+            let mut attachment = match agent.attach(APP_PROCESS, ATTACH_TIMEOUT).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(microvm = %id, "attaching to the app's output: {e}");
+                    return;
+                }
+            };
+            while let Some(ev) = attachment.events.recv().await {
+                match ev {
+                    StreamEvent::Output { data, .. } => log.append(&data),
+                    StreamEvent::Exited { status, restarting } => log.line(&format!(
+                        "[hearth] the app exited ({status:?}){}",
+                        if restarting { "; restarting it" } else { "" }
+                    )),
+                    StreamEvent::Started { pid } => {
+                        log.line(&format!("[hearth] the app started again (pid {pid})"))
+                    }
+                    StreamEvent::Closed { .. } => break,
+                    StreamEvent::Data(_) | StreamEvent::Eof => {}
+                }
+            }
+        });
+        self.log_pump = Some(pump.abort_handle());
+    }
+
+    fn stop_log_pump(&mut self) {
+        if let Some(p) = self.log_pump.take() {
+            p.abort();
+        }
     }
 
     fn policy(&self) -> Option<hearth_domain::IdlePolicy> {
@@ -361,6 +432,7 @@ impl Task {
         let timeout = self.doc.hearth.hooks.suspend_timeout_secs;
         self.hook("suspend", timeout, hooks::microvm_body(&self.id))
             .await;
+        self.stop_log_pump();
         let Held::Running(mut vm) = std::mem::replace(&mut self.held, Held::Nothing) else {
             unreachable!("a RUNNING microVM's task holds its QEMU");
         };
@@ -379,6 +451,7 @@ impl Task {
                 };
                 if still_running {
                     self.held = Held::Running(vm);
+                    self.start_log_pump();
                     self.record(MicrovmEvent::SuspendFailed).await?;
                 } else {
                     self.held = Held::Running(vm);
@@ -400,6 +473,7 @@ impl Task {
         match backend.resume(suspended).await {
             Ok(vm) => {
                 self.held = Held::Running(vm);
+                self.start_log_pump();
                 self.doc.hearth.suspended_at = None;
                 self.last_activity.fetch_max(now_secs(), Ordering::Relaxed);
                 self.record(MicrovmEvent::Started).await?;
@@ -436,6 +510,7 @@ impl Task {
         let timeout = self.doc.hearth.hooks.terminate_timeout_secs;
         self.hook("terminate", timeout, hooks::microvm_body(&self.id))
             .await;
+        self.stop_log_pump();
         let ended = match std::mem::replace(&mut self.held, Held::Nothing) {
             Held::Running(vm) => vm.terminate().await,
             Held::Suspended(s) => match self.shared.backend() {
