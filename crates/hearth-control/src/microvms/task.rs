@@ -410,8 +410,17 @@ impl Task {
             Ok(st.update_microvm(&acct, &id, &update)?)
         })
         .await;
-        // The engine's state is what it is: the task follows it even when
-        // the write failed (the next write carries the state forward).
+        let begins = matches!(
+            event,
+            MicrovmEvent::SuspendBegan | MicrovmEvent::ResumeBegan | MicrovmEvent::TerminateBegan
+        );
+        if res.is_err() && begins {
+            // An intent that could not be recorded is not acted on: the
+            // microVM stays as it was.
+            return res.map(|_| ());
+        }
+        // An observation follows the engine even when the write failed
+        // (the next write carries the state forward).
         self.state = to;
         let _ = self.state_tx.send(to);
         res.map(|_| ())
