@@ -16,10 +16,10 @@
 //! gracefully (HTTP/1.1 closes after the request in flight, HTTP/2 sends
 //! GOAWAY), and after [`SHUTDOWN_GRACE`] whatever remains is dropped.
 
-use crate::body::ProxyBody;
+use crate::body::{empty, ProxyBody};
+use crate::ctx::{spawn_guarded, stopped, ConnCtx, Shared, Stop};
+use crate::forward;
 use crate::io::{IdleClock, Prefixed, Watched};
-use crate::ratelimit::RateLimiter;
-use crate::{forward, ProxyConfig, Upstreams};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A client must send its first byte within this.
 const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,98 +47,6 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const H2_MAX_STREAMS: u32 = 128;
 /// How long requests in flight get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// Where the proxy is in its life; connections watch it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Stop {
-    Running,
-    /// Finish what is in flight, take nothing new.
-    Draining,
-    /// Drop everything.
-    Now,
-}
-
-/// What every connection task shares.
-pub(crate) struct Shared {
-    pub(crate) cfg: ProxyConfig,
-    /// `cfg.domain`, normalized.
-    pub(crate) domain: String,
-    pub(crate) upstreams: Arc<dyn Upstreams>,
-    pub(crate) key: hearth_token::TokenKey,
-    pub(crate) limiter: RateLimiter,
-    tls: Option<TlsAcceptor>,
-    stop: watch::Sender<Stop>,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        cfg: ProxyConfig,
-        domain: String,
-        upstreams: Arc<dyn Upstreams>,
-        key: hearth_token::TokenKey,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Self {
-        Self {
-            limiter: RateLimiter::new(cfg.max_requests_per_sec_per_microvm),
-            cfg,
-            domain,
-            upstreams,
-            key,
-            tls: tls.map(TlsAcceptor::from),
-            stop: watch::channel(Stop::Running).0,
-        }
-    }
-
-    pub(crate) fn tls_on(&self) -> bool {
-        self.tls.is_some()
-    }
-
-    fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.cfg.idle_timeout_secs)
-    }
-}
-
-/// Completes once the proxy's stop level reaches `level`.
-async fn stopped(mut rx: watch::Receiver<Stop>, level: Stop) {
-    // An error means the sender is gone, which only happens once every
-    // connection is gone too.
-    let _ = rx.wait_for(|s| *s >= level).await;
-}
-
-/// One connection (or a tunnel inside one) as request handlers see it.
-#[derive(Clone)]
-pub(crate) struct ConnCtx {
-    pub(crate) peer: SocketAddr,
-    /// Requests arrived over TLS.
-    pub(crate) https: bool,
-    /// Plain HTTP while TLS is on: only CONNECT is served.
-    pub(crate) plain_only_connect: bool,
-    /// The client's own connection to the proxy (CONNECT is allowed), not a
-    /// tunnel.
-    pub(crate) outer: bool,
-    clock: Arc<IdleClock>,
-    permit: Arc<OwnedSemaphorePermit>,
-}
-
-/// Spawns `fut` for the connection `ctx`: it holds the connection's slot
-/// and is dropped when the connection goes idle or at hard stop.
-pub(crate) fn spawn_guarded<F>(shared: &Shared, ctx: &ConnCtx, fut: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let clock = ctx.clock.clone();
-    let permit = ctx.permit.clone();
-    let stop = stopped(shared.stop.subscribe(), Stop::Now);
-    let idle = shared.idle_timeout();
-    tokio::spawn(async move {
-        let _permit = permit;
-        tokio::select! {
-            _ = fut => {}
-            _ = clock.expired(idle) => tracing::debug!("idle connection's task ended"),
-            _ = stop => {}
-        }
-    });
-}
 
 /// Accepts until `shutdown` completes, then drains (see the module docs).
 pub(crate) async fn run<F: Future>(listener: TcpListener, shared: Arc<Shared>, shutdown: F) {
@@ -210,7 +117,7 @@ async fn serve_tcp(
 /// Serves a CONNECT tunnel's stream like a new connection (without
 /// CONNECT). Boxed: it is spawned from inside a request handler, which is
 /// itself inside [`serve_stream`].
-pub(crate) fn serve_tunnel(
+fn serve_tunnel(
     shared: Arc<Shared>,
     io: TokioIo<hyper::upgrade::Upgraded>,
     ctx: ConnCtx,
@@ -308,7 +215,12 @@ where
         let shared = svc_shared.clone();
         let ctx = ctx.clone();
         async move {
-            Ok::<hyper::Response<ProxyBody>, Infallible>(forward::handle(shared, ctx, req).await)
+            let resp = if req.method() == hyper::Method::CONNECT {
+                connect(&shared, &ctx, req)
+            } else {
+                forward::handle(shared, ctx, req).await
+            };
+            Ok::<hyper::Response<ProxyBody>, Infallible>(resp)
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -325,4 +237,28 @@ where
             let _ = conn.await;
         }
     }
+}
+
+/// CONNECT `<microvmId>.<domain>:<port>` ([`forward::check_connect`]):
+/// answers 200 and serves the tunnel like a new connection, on a task tied
+/// to this one.
+fn connect(
+    shared: &Arc<Shared>,
+    ctx: &ConnCtx,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<ProxyBody> {
+    if let Err(reject) = forward::check_connect(shared, ctx, &req) {
+        tracing::debug!(peer = %ctx.peer, status = reject.status.as_u16(), message = %reject.message, "CONNECT refused");
+        return reject.into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    let tunnel_shared = shared.clone();
+    let tunnel_ctx = ctx.clone();
+    spawn_guarded(shared, ctx, async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve_tunnel(tunnel_shared, TokioIo::new(upgraded), tunnel_ctx).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    hyper::Response::new(empty())
 }

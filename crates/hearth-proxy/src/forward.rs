@@ -13,7 +13,7 @@
 //! connections into a byte pipe on a task of its own.
 
 use crate::body::{empty, ActivityBody, ProxyBody, Reject};
-use crate::conn::{serve_tunnel, spawn_guarded, ConnCtx, Shared};
+use crate::ctx::{spawn_guarded, ConnCtx, Shared};
 use crate::headers::{self, Credentials, Origin};
 use crate::io::Inbound;
 use crate::{route, OpenError};
@@ -53,7 +53,12 @@ async fn handle_inner(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Reject> {
     if req.method() == Method::CONNECT {
-        return connect(shared, ctx, req);
+        // Tunnels are opened by the connection (`conn`), which checks them
+        // with `check_connect` first.
+        return Err(Reject::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is handled by the connection",
+        ));
     }
     if ctx.plain_only_connect {
         return Err(Reject::new(
@@ -272,14 +277,14 @@ fn open_reject(e: OpenError, microvm_id: &str, port: u16) -> Reject {
     }
 }
 
-/// CONNECT `<microvmId>.<domain>:<port>`: answers 200 and serves the tunnel
-/// like a new connection. Any other target is refused: this is not an open
-/// proxy.
-fn connect(
-    shared: &Arc<Shared>,
+/// Whether a CONNECT may open a tunnel: only to `<microvmId>.<domain>:<port>`
+/// over HTTP/1.x on a client's own connection. Any other target is refused:
+/// this is not an open proxy.
+pub(crate) fn check_connect(
+    shared: &Shared,
     ctx: &ConnCtx,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Reject> {
+    req: &Request<Incoming>,
+) -> Result<(), Reject> {
     // Python's http.client tunnels with `CONNECT ... HTTP/1.0`.
     let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
     if !ctx.outer || !http1 {
@@ -302,14 +307,5 @@ fn connect(
             ),
         ));
     }
-    let on_upgrade = hyper::upgrade::on(req);
-    let tunnel_shared = shared.clone();
-    let tunnel_ctx = ctx.clone();
-    spawn_guarded(shared, ctx, async move {
-        match on_upgrade.await {
-            Ok(upgraded) => serve_tunnel(tunnel_shared, TokioIo::new(upgraded), tunnel_ctx).await,
-            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
-        }
-    });
-    Ok(Response::new(empty()))
+    Ok(())
 }

@@ -29,6 +29,7 @@
 
 mod body;
 mod conn;
+mod ctx;
 mod forward;
 mod headers;
 mod io;
@@ -187,7 +188,7 @@ pub enum ProxyError {
 /// A bound proxy, ready to [`run`](Proxy::run).
 pub struct Proxy {
     listener: tokio::net::TcpListener,
-    shared: Arc<conn::Shared>,
+    shared: Arc<ctx::Shared>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -230,7 +231,7 @@ impl Proxy {
                 addr: cfg.listen,
                 source,
             })?;
-        let shared = Arc::new(conn::Shared::new(cfg, domain, upstreams, key, tls));
+        let shared = Arc::new(ctx::Shared::new(cfg, domain, upstreams, key, tls));
         Ok(Self { listener, shared })
     }
 
