@@ -10,6 +10,7 @@ mod bench_build;
 mod client;
 mod demo;
 mod image_cli;
+mod microvm_cli;
 mod proxy_glue;
 mod serve;
 mod vm;
@@ -76,6 +77,9 @@ enum Cmd {
     Key(serve::KeyCmd),
     /// MicroVM images, through the API of a running `hearth serve`.
     Image(image_cli::ImageArgs),
+    /// MicroVMs, through the API and the endpoint proxy of a running `hearth serve`.
+    #[command(flatten)]
+    Microvm(microvm_cli::MicrovmCmd),
 }
 
 #[derive(Args)]
@@ -263,6 +267,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Account(c) => serve::account(&g, c),
         Cmd::Key(c) => serve::key(&g, c),
         Cmd::Image(a) => image_cli::run(&g, a).await,
+        Cmd::Microvm(c) => microvm_cli::run(&g, c).await,
     }
 }
 
