@@ -60,6 +60,20 @@ pub enum MicrovmCmd {
     /// print the answer's body (a token is minted for it); exits 22 on a
     /// status other than 2xx.
     Curl(CurlArgs),
+    /// Print the app's stdout and stderr in a microVM (kept across its
+    /// suspends); with -f, follow it until the microVM ends.
+    Logs(LogsArgs),
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The microVM id.
+    id: String,
+    /// Keep printing output as the app writes it, until the microVM ends.
+    #[arg(short = 'f', long)]
+    follow: bool,
 }
 
 #[derive(Args)]
@@ -291,6 +305,7 @@ async fn dispatch(g: &Global, cmd: MicrovmCmd) -> Result<i32> {
         MicrovmCmd::Suspend(a) | MicrovmCmd::Resume(a) | MicrovmCmd::Terminate(a) => &a.client,
         MicrovmCmd::Token(a) => &a.client,
         MicrovmCmd::Curl(a) => &a.client,
+        MicrovmCmd::Logs(a) => &a.client,
     };
     let api = Api::new(client, &g.data_dir)?;
     match cmd {
@@ -302,6 +317,38 @@ async fn dispatch(g: &Global, cmd: MicrovmCmd) -> Result<i32> {
         MicrovmCmd::Terminate(a) => lifecycle(&api, Lifecycle::Terminate, a).await.map(|()| 0),
         MicrovmCmd::Token(a) => token(&api, a).await.map(|()| 0),
         MicrovmCmd::Curl(a) => curl_microvm(&api, g, a).await,
+        MicrovmCmd::Logs(a) => app_logs(&api, a).await.map(|()| 0),
+    }
+}
+
+/// `GET /hearth/v1/microvms/{id}/logs[?follow=1]`, streamed to stdout.
+async fn app_logs(api: &Api, a: LogsArgs) -> Result<()> {
+    let operation = "GetMicrovmLogs";
+    let path = format!(
+        "/hearth/v1/microvms/{}/logs{}",
+        a.id,
+        if a.follow { "?follow=1" } else { "" }
+    );
+    let mut r = api
+        .raw(operation, "GET", &path, crate::client::raw::RawBody::Empty)
+        .await?;
+    let mut out = std::io::stdout();
+    loop {
+        match r.next_chunk().await {
+            Ok(Some(bytes)) => {
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(ApiCallError::Transport {
+                    operation,
+                    endpoint: api.endpoint.url.clone(),
+                    detail: crate::client::error_chain(&e),
+                }
+                .into())
+            }
+        }
     }
 }
 
