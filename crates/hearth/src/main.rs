@@ -7,6 +7,7 @@
 mod bench;
 mod bench_api;
 mod bench_build;
+mod bench_microvm;
 mod client;
 mod demo;
 mod image_cli;
@@ -146,6 +147,8 @@ enum BenchCmd {
     Api(bench::ApiArgs),
     /// Image builds: CreateMicrovmImage to CREATED for the examples, per phase, with baselines.
     Build(bench_build::BuildArgs),
+    /// MicroVMs: launch, auto-resume, suspend, proxy overhead and density, with baselines.
+    Microvm(bench_microvm::MicrovmArgs),
 }
 
 fn default_data_dir() -> PathBuf {
@@ -263,6 +266,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(BenchCmd::Engine(a)) => bench::engine(&g, a).await,
         Cmd::Bench(BenchCmd::Api(a)) => bench::api(&g, a).await,
         Cmd::Bench(BenchCmd::Build(a)) => bench_build::build(&g, a).await,
+        Cmd::Bench(BenchCmd::Microvm(a)) => bench_microvm::microvm(&g, a).await,
         Cmd::Serve(a) => serve::serve(&g, a).await,
         Cmd::Account(c) => serve::account(&g, c),
         Cmd::Key(c) => serve::key(&g, c),
