@@ -34,11 +34,12 @@ setup_artifacts() {
 # server (the s3:// code artifact tests run against it), in a venv.
 setup_pyenv() {
   export HEARTH_PYENV="$HEARTH_ROOT/target/pyenv"
-  if ! "$HEARTH_PYENV/bin/python" -c 'import boto3, capo_lambda_microvms, moto.server' 2>/dev/null \
+  if ! "$HEARTH_PYENV/bin/python" -c 'import boto3, capo_lambda_microvms, moto.server, requests' 2>/dev/null \
      || [ ! -x "$HEARTH_PYENV/bin/aws" ]; then
     log "installing the AWS clients (awscli, boto3, capo-lambda-microvms) and moto into $HEARTH_PYENV"
     python3 -m venv "$HEARTH_PYENV"
     "$HEARTH_PYENV/bin/pip" install --quiet --disable-pip-version-check \
-      'awscli>=1.46' 'boto3>=1.44' 'capo-lambda-microvms>=0.10' 'moto[server]>=5.1'
+      'awscli>=1.46' 'boto3>=1.44' 'capo-lambda-microvms>=0.10' 'moto[server]>=5.1' \
+      'requests>=2.31'
   fi
 }

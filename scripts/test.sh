@@ -8,6 +8,8 @@ build_agent
 build_hearth
 setup_artifacts
 setup_pyenv
+# Tools the tests drive as real clients: curl (through the endpoint proxy).
+command -v curl >/dev/null || { log "installing curl"; apt-get install -y -q curl >/dev/null; }
 log "format and lint"
 cargo fmt --all --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings

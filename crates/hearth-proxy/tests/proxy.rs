@@ -712,10 +712,10 @@ async fn shutdown_stops_accepting_and_run_returns() {
 
 #[tokio::test]
 async fn curl_reaches_an_endpoint_through_connect_with_the_ca_file() {
-    if !std::path::Path::new("/usr/bin/curl").exists() {
-        eprintln!("skipped: /usr/bin/curl is not installed");
-        return;
-    }
+    assert!(
+        std::path::Path::new("/usr/bin/curl").exists(),
+        "this test needs /usr/bin/curl (scripts/test.sh installs it)"
+    );
     let rig = Rig::start(Tls::SelfSigned, |_| {}).await;
     let host = Rig::host(VM);
     let token = rig.token(VM, &[8080]);
@@ -800,13 +800,7 @@ async fn curl_reaches_an_endpoint_through_connect_with_the_ca_file() {
 
 #[tokio::test]
 async fn python_requests_reaches_an_endpoint_with_https_proxy_and_a_ca_bundle() {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import requests"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: python3 with requests is not installed");
-        return;
-    }
+    let python = pyenv_python();
     let rig = Rig::start(Tls::SelfSigned, |_| {}).await;
     let host = Rig::host(VM);
     let token = rig.token(VM, &[8080, 9000]);
@@ -824,7 +818,7 @@ print(r.status_code, len(r.content))
 r = requests.get(url + "/whoami", timeout=20)
 print(r.status_code, r.json()["message"][:18])
 "#;
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(&python)
         .args(["-c", script])
         .env("URL", format!("https://{host}:{port}"))
         .env("TOKEN", &token)
@@ -909,4 +903,25 @@ async fn bind_refuses_unusable_settings_with_a_message() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
+}
+
+/// The Python of the test venv (`scripts/test.sh` makes it, with
+/// `requests`). Missing is a failure, never a skip.
+fn pyenv_python() -> std::path::PathBuf {
+    let venv = std::env::var_os("HEARTH_PYENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv")
+        });
+    let python = venv.join("bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import requests"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "this test needs {} with `requests` (scripts/test.sh makes the venv)",
+        python.display()
+    );
+    python
 }
