@@ -468,11 +468,20 @@ fn e2e_tokens_open_only_their_own_microvm_on_their_ports_in_their_account() {
         },
         expires_at_secs,
     };
-    let expired = mint(&w, &claims(account_a, a_id, TokenKind::Http, now_secs() - 5));
+    let expired = mint(
+        &w,
+        &claims(account_a, a_id, TokenKind::Http, now_secs() - 5),
+    );
     let foreign = mint(&w, &claims(&b.id, a_id, TokenKind::Http, now_secs() + 600));
     let ghost = "mvm-doesnotexist0000";
-    let ghost_token = mint(&w, &claims(account_a, ghost, TokenKind::Http, now_secs() + 600));
-    let shell = mint(&w, &claims(account_a, a_id, TokenKind::Shell, now_secs() + 600));
+    let ghost_token = mint(
+        &w,
+        &claims(account_a, ghost, TokenKind::Http, now_secs() + 600),
+    );
+    let shell = mint(
+        &w,
+        &claims(account_a, a_id, TokenKind::Shell, now_secs() + 600),
+    );
     scenario(
         &w,
         &s,
@@ -569,21 +578,14 @@ fn e2e_a_sigkilled_server_restarts_with_its_running_and_suspended_microvms_intac
         "the running microVM's QEMU died with the server"
     );
     let s = Serve::start_on(&w, &api, &proxy);
-    scenario(
-        &w,
-        &s,
-        "restart-after",
-        &[("before", &before.to_string())],
-    );
+    scenario(&w, &s, "restart-after", &[("before", &before.to_string())]);
     assert!(
         still_alive(&qemu),
         "the running microVM was re-adopted, not relaunched: its QEMU is the same process"
     );
-    let resumed = wait_for(
-        "the resumed microVM's QEMU",
-        Duration::from_secs(5),
-        || qemu_of(&w, &suspended),
-    );
+    let resumed = wait_for("the resumed microVM's QEMU", Duration::from_secs(5), || {
+        qemu_of(&w, &suspended)
+    });
     assert_ne!(resumed.pid, qemu.pid);
 }
 
