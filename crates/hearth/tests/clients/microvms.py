@@ -673,8 +673,12 @@ def s_lifecycle(a):
     left = 55 - (time.monotonic() - i_started)
     if left > 0:
         time.sleep(left)
-    check(state_of(i["microvmId"])["state"] == "RUNNING",
-          f"I is still RUNNING {time.monotonic() - i_started:.0f} s after RunMicrovm")
+    early = time.monotonic() - i_started
+    if early < 58:
+        check(state_of(i["microvmId"])["state"] == "RUNNING",
+              f"I is still RUNNING {early:.0f} s after RunMicrovm")
+    else:
+        say(f"the checks above took {early:.0f} s: too late to see I RUNNING before its 60 s")
     i_susp, _ = wait_state(i["microvmId"], "SUSPENDED", 40)
     i_secs = time.monotonic() - i_started
     say(f"I SUSPENDED {i_secs:.1f} s after RunMicrovm (maxIdleDurationSeconds 60)")
