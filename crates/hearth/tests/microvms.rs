@@ -555,7 +555,10 @@ fn e2e_100_mib_each_way_streams_through_the_proxy_with_prompt_side_requests_and_
 /// QEMU lived on and is the same process, both are listed RUNNING and
 /// SUSPENDED, the running one answers with its memory (same hostname and
 /// process, counter + 1), the suspended one resumes on request with its
-/// memory, and the tokens minted before the kill still work.
+/// memory, and the tokens minted before the kill still work. A third,
+/// idle limit 60 s without auto-resume, requested every 5 s for 65 s up to
+/// the kill, keeps its idle clock: it stays RUNNING after the restart and
+/// answers.
 #[test]
 fn e2e_a_sigkilled_server_restarts_with_its_running_and_suspended_microvms_intact() {
     let _lock = e2e_lock();

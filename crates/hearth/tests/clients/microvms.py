@@ -782,7 +782,14 @@ def s_streaming(a):
 
 
 def s_restart_before(a):
+    """A running microVM, a suspended one, and a busy one: idle limit 60 s,
+    no auto-resume, a request every 5 s for 65 s since it started (so its
+    last request is recent but its last state change is not)."""
     arn = build_image(a["name"], a.get("app", "hello-stdlib"))
+    busy = run(arn, idlePolicy={"maxIdleDurationSeconds": 60, "suspendedDurationSeconds": 0,
+                                "autoResumeEnabled": False})
+    busy_started = time.monotonic()
+    busy_tok = token(busy["microvmId"], minutes=30)
     policy = {"maxIdleDurationSeconds": 900, "suspendedDurationSeconds": 0, "autoResumeEnabled": True}
     run_m, susp_m = run(arn, idlePolicy=policy), run(arn, idlePolicy=policy)
     out = {}
@@ -793,7 +800,15 @@ def s_restart_before(a):
         out[key] = {"id": m["microvmId"], "token": tok, "state": s}
     client.suspend_microvm(microvmIdentifier=susp_m["microvmId"])
     wait_state(susp_m["microvmId"], "SUSPENDED", 60)
-    say(f"before the kill: {out['running']['id']} RUNNING, {out['suspended']['id']} SUSPENDED")
+    while True:
+        s = app_state(busy, busy_tok)
+        if time.monotonic() - busy_started >= 65:
+            break
+        time.sleep(5)
+    check(state_of(busy["microvmId"])["state"] == "RUNNING", "requests every 5 s keep the busy microVM RUNNING")
+    out["busy"] = {"id": busy["microvmId"], "token": busy_tok, "state": s}
+    say(f"before the kill: {out['running']['id']} RUNNING, {out['suspended']['id']} SUSPENDED, "
+        f"{busy['microvmId']} RUNNING with its last request just now")
     emit(imageArn=arn, **out)
 
 
@@ -814,6 +829,22 @@ def s_restart_after(a):
         check(now["hostname"] == was["hostname"] and now["pid"] == was["pid"], f"{key}: the same app: {was} vs {now}")
         check(now["requests"] == was["requests"] + 1, f"{key}: its memory is intact: {was} then {now}")
         check(state_of(tok_of["id"])["state"] == "RUNNING", f"{key} RUNNING")
+    # The busy microVM's last request came seconds before the kill: its
+    # idle limit (60 s) is far off, so it stays RUNNING and answers (without
+    # auto-resume, a suspended one would answer 409).
+    b = before["busy"]
+    check(listed.get(b["id"]) == "RUNNING", f"the busy microVM is RUNNING after the restart: {listed}")
+    t = time.monotonic()
+    while time.monotonic() - t < 15:
+        m = state_of(b["id"])
+        check(m["state"] == "RUNNING",
+              f"the busy microVM, last requested seconds before the kill, is {m['state']} "
+              f"{time.monotonic() - t:.0f} s after the restart: its idle clock restarted from its last "
+              f"state change, not its last request")
+        time.sleep(1)
+    r = get(m, "/state", b["token"])
+    check(r.status_code == 200 and r.json()["requests"] == b["state"]["requests"] + 1,
+          f"the busy microVM answers with its memory: {r.status_code} {r.text}")
     emit(ok=True)
 
 
