@@ -63,6 +63,20 @@ use crate::image_cli::code::{self, CodeArg};
 use crate::image_cli::{base_image_arn, default_build_role_arn, follow};
 use crate::Global;
 
+/// When the bench started, for its progress lines.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// A progress line on stderr: `[bench microvm +12.3 s] ...`.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "[bench microvm +{:.1} s] {}",
+            STARTED.get_or_init(Instant::now).elapsed().as_secs_f64(),
+            format_args!($($arg)*)
+        )
+    };
+}
+
 #[derive(Args)]
 pub struct MicrovmArgs {
     /// Samples of each launch and auto-resume figure and of the restore
@@ -80,7 +94,7 @@ pub struct MicrovmArgs {
     #[arg(long, default_value_t = 200)]
     requests: usize,
     /// Downloads per path (proxied, direct) for the throughput figure.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     downloads: usize,
     /// Size of each download, MiB.
     #[arg(long, default_value_t = 64)]
@@ -624,7 +638,7 @@ impl Server {
         let serving = tokio::spawn(async move {
             let (a, ()) = tokio::join!(api_srv, proxy_srv);
             if let Err(e) = a {
-                eprintln!("[bench microvm] the API server ended: {e}");
+                note!("the API server ended: {e}");
             }
         });
         let account = dd
@@ -656,12 +670,12 @@ impl Server {
     async fn stop(mut self) {
         // A refill under way would put a clone in a pool after the drain.
         if let Err(e) = self.settle().await {
-            eprintln!("[bench microvm] stopping an unsettled server: {e:#}");
+            note!("stopping an unsettled server: {e:#}");
         }
         let live: Vec<String> = self.live.drain().collect();
         for id in live {
             if let Err(e) = self.control.terminate(&self.account, &id).await {
-                eprintln!("[bench microvm] terminating {id}: {e}");
+                note!("terminating {id}: {e}");
             }
         }
         for s in &self.snapshots {
@@ -1212,7 +1226,7 @@ async fn phase_warm(
     m: &mut Measured,
 ) -> Result<(Built, Built)> {
     let tag = std::process::id();
-    eprintln!("[bench microvm] building {HELLO} and the bench app");
+    note!("building {HELLO} and the bench app");
     let hello = build_image(s, dirs.0, &format!("bench-{HELLO}-{tag}")).await?;
     let dirty = build_image(s, dirs.1, &format!("bench-dirty-{tag}")).await?;
     s.prepare(&hello).await?;
@@ -1221,8 +1235,8 @@ async fn phase_warm(
     m.hello_machine = Some(machine.clone());
     let hello_py = std::fs::read(dirs.0.join("server.py"))?;
 
-    eprintln!(
-        "[bench microvm] baseline: engine cold boots to the app's answer ({})",
+    note!(
+        "baseline: engine cold boots to the app's answer ({})",
         a.boot_runs
     );
     for _ in 0..a.boot_runs {
@@ -1246,8 +1260,8 @@ async fn phase_warm(
     m.full_save_idle_ms = ms(t0.elapsed());
     m.full_stream_idle_bytes = full.stream_bytes;
 
-    eprintln!(
-        "[bench microvm] launch with the warm pool, and full-RAM restores ({} each)",
+    note!(
+        "launch with the warm pool, and full-RAM restores ({} each)",
         a.runs
     );
     for i in 0..a.runs {
@@ -1257,8 +1271,8 @@ async fn phase_warm(
         let (agent, app) = full_restore(&s.backend, &full).await?;
         m.full_restore_agent.push_ms(agent);
         m.full_restore_app.push_ms(app);
-        eprintln!(
-            "[bench microvm]   {}: launch {:.1} ms, full-RAM restore to the app's answer {:.1} ms",
+        note!(
+            "  {}: launch {:.1} ms, full-RAM restore to the app's answer {:.1} ms",
             i + 1,
             m.launch_warm.total.v.last().copied().unwrap_or(0.0),
             ms(app)
@@ -1266,8 +1280,8 @@ async fn phase_warm(
     }
     let _ = std::fs::remove_file(&full.stream);
 
-    eprintln!(
-        "[bench microvm] auto-resume, and requests to the running microVM ({} each)",
+    note!(
+        "auto-resume, and requests to the running microVM ({} each)",
         a.runs
     );
     s.settle().await?;
@@ -1306,8 +1320,8 @@ async fn phase_warm(
     s.terminate(&id).await?;
 
     for dirty_mib in [4u32, 256] {
-        eprintln!(
-            "[bench microvm] suspend with {dirty_mib} MiB dirtied, and the engine's baselines ({} each)",
+        note!(
+            "suspend with {dirty_mib} MiB dirtied, and the engine's baselines ({} each)",
             a.suspend_runs
         );
         let mut f = Suspend {
@@ -1345,9 +1359,11 @@ async fn phase_warm(
         m.suspends.push(f);
     }
 
-    eprintln!(
-        "[bench microvm] proxied vs direct: {} GET / each, {} downloads of {} MiB each",
-        a.requests, a.downloads, a.download_mib
+    note!(
+        "proxied vs direct: {} GET / each, {} downloads of {} MiB each",
+        a.requests,
+        a.downloads,
+        a.download_mib
     );
     s.settle().await?;
     let id = s.run(&hello.arn, false).await?;
@@ -1439,7 +1455,7 @@ async fn phase_cold(
     m: &mut Measured,
 ) -> Result<()> {
     s.prepare(hello).await?;
-    eprintln!("[bench microvm] launch without the warm pool ({})", a.runs);
+    note!("launch without the warm pool ({})", a.runs);
     // One launch first: a server that has run the image before has its
     // QEMU pre-started.
     s.settle().await?;
@@ -1447,8 +1463,8 @@ async fn phase_cold(
     for i in 0..a.runs {
         s.settle().await?;
         launch_sample(s, hello, &mut m.launch_cold).await?;
-        eprintln!(
-            "[bench microvm]   {}: launch {:.1} ms",
+        note!(
+            "  {}: launch {:.1} ms",
             i + 1,
             m.launch_cold.total.v.last().copied().unwrap_or(0.0)
         );
@@ -1456,10 +1472,7 @@ async fn phase_cold(
     if a.density == 0 {
         return Ok(());
     }
-    eprintln!(
-        "[bench microvm] density: up to {} idle microVMs, then one more",
-        a.density
-    );
+    note!("density: up to {} idle microVMs, then one more", a.density);
     s.settle().await?;
     let mut d = Density {
         asked: a.density,
@@ -1484,7 +1497,7 @@ async fn phase_cold(
                 d.first_response_ms.push_ms(t1.elapsed());
                 ids.push(id);
                 if (i + 1) % 10 == 0 {
-                    eprintln!("[bench microvm]   {} running", i + 1);
+                    note!("  {} running", i + 1);
                 }
             }
             Err(e) => {
@@ -1492,7 +1505,7 @@ async fn phase_cold(
                     Some(code) => code.to_string(),
                     None => e.to_string(),
                 });
-                eprintln!("[bench microvm]   RunMicrovm {} refused: {e}", i + 1);
+                note!("  RunMicrovm {} refused: {e}", i + 1);
                 break;
             }
         }
@@ -1537,8 +1550,8 @@ async fn phase_cold(
         d.cpu_percent
             .push(e.saturating_sub(*b) as f64 / hz / secs * 100.0);
     }
-    eprintln!(
-        "[bench microvm]   {} running: {:.1} MiB PSS in all, suspending them",
+    note!(
+        "  {} running: {:.1} MiB PSS in all, suspending them",
         ids.len(),
         pss_total_kib as f64 / 1024.0
     );
@@ -1552,10 +1565,7 @@ async fn phase_cold(
         d.suspended += 1;
     }
     d.free_bytes = free_bytes(&s.engine_dir);
-    eprintln!(
-        "[bench microvm]   {} suspended; terminating them",
-        d.suspended
-    );
+    note!("  {} suspended; terminating them", d.suspended);
     for id in &ids {
         s.terminate(id).await?;
     }
@@ -1573,14 +1583,14 @@ async fn measure(g: &Global, a: &MicrovmArgs, work: &Path, hello_dir: &Path) -> 
     std::fs::write(dirty_dir.join("server.py"), DIRTY_SERVER_PY)?;
     let mut m = Measured::default();
 
-    eprintln!("[bench microvm] server 1: --warm-pool-depth 1");
+    note!("server 1: --warm-pool-depth 1");
     let mut s = Server::start(g, &data, 1, SERVE_MAX_RUNNING).await?;
     let r = phase_warm(g, a, &mut s, (hello_dir, &dirty_dir), work, &mut m).await;
     s.stop().await;
     let (hello, _dirty) = r?;
 
-    eprintln!(
-        "[bench microvm] server 2: --warm-pool-depth 0 --max-running-microvms {}",
+    note!(
+        "server 2: --warm-pool-depth 0 --max-running-microvms {}",
         a.density.max(1)
     );
     let mut s = Server::start(g, &data, 0, a.density.max(1)).await?;
@@ -1652,13 +1662,13 @@ fn tables(m: &Measured) -> String {
         "engine: QEMU full-RAM restore into a QEMU started beforehand, to the app's first answer over the agent stream (no API, store, token, proxy or TLS)",
     ]);
     row(&[
-        "  of which the RunMicrovm call, ms",
+        "↳ of which the RunMicrovm call, ms",
         &lw.run.cell(1),
         "",
         &m.full_restore_agent.cell(1),
         "the same restore to agent-ready",
     ]);
-    row(&["  to the token minted, ms", &lw.token.cell(1), "", "", ""]);
+    row(&["↳ to the token minted, ms", &lw.token.cell(1), "", "", ""]);
     row(&[
         "",
         "",
@@ -1675,13 +1685,13 @@ fn tables(m: &Measured) -> String {
         "engine: QEMU full-RAM restore into a QEMU started beforehand, to the app's first answer (as above)",
     ]);
     row(&[
-        "  of which the RunMicrovm call, ms",
+        "↳ of which the RunMicrovm call, ms",
         &lc.run.cell(1),
         "",
-        "",
-        "",
+        &m.full_restore_agent.cell(1),
+        "the same restore to agent-ready",
     ]);
-    row(&["  to the token minted, ms", &lc.token.cell(1), "", "", ""]);
+    row(&["↳ to the token minted, ms", &lc.token.cell(1), "", "", ""]);
     row(&[
         "**auto-resume, ms**: `GET /` through the proxy to a SUSPENDED microVM (autoResumeEnabled) to its answer, new TLS connection",
         &format!("**{}**", m.auto_resume.cell(1)),
@@ -1697,14 +1707,14 @@ fn tables(m: &Measured) -> String {
         "engine: resume of a clone suspended after one request, into a QEMU started beforehand, to the app's first answer over the agent stream (no API, store, microVM task, token, proxy or TLS)",
     ]);
     row(&[
-        "  ResumeMicrovm call instead, ms",
+        "↳ ResumeMicrovm call instead, ms",
         &m.resume_call.cell(1),
         "",
         &m.engine_resume_agent.cell(1),
         "the same engine resume to agent-ready",
     ]);
     row(&[
-        "  then the first `GET /` through the proxy, ms",
+        "↳ then the first `GET /` through the proxy, ms",
         &m.first_request_after_resume.cell(1),
         "",
         "",
@@ -1738,7 +1748,7 @@ fn tables(m: &Measured) -> String {
             "engine: QEMU full-RAM save (migration to a file) of such a clone",
         ]);
         row(&[
-            &format!("  suspended microVM on disk, {} MiB dirtied, MiB", f.mib),
+            &format!("↳ suspended microVM on disk, {} MiB dirtied, MiB", f.mib),
             &f.api_disk_mib.cell(1),
             "",
             &f.full_stream_mib.cell(1),
@@ -1787,13 +1797,25 @@ fn tables(m: &Measured) -> String {
         );
         row(&[
             "**running idle microVMs of hello-stdlib**",
-            &format!(
-                "**at least {}** (the bench's cap, --max-running-microvms {}); RunMicrovm {} then answered {}",
-                d.running,
-                d.asked,
-                d.running + 1,
-                d.refusal.as_deref().unwrap_or("OK (no refusal)")
-            ),
+            &if d.running >= d.asked {
+                format!(
+                    "**at least {}** (the bench's cap, --max-running-microvms {}); RunMicrovm {} then answered {}",
+                    d.running,
+                    d.asked,
+                    d.running + 1,
+                    d.refusal
+                        .as_deref()
+                        .unwrap_or("OK: the limit did not hold")
+                )
+            } else {
+                format!(
+                    "**{}**: RunMicrovm {} failed before the cap of {}: {}",
+                    d.running,
+                    d.running + 1,
+                    d.asked,
+                    d.refusal.as_deref().unwrap_or("(no answer recorded)")
+                )
+            },
             &running_target,
         ]);
         row(&["RunMicrovm call while filling, ms", &d.run_ms.cell(1), ""]);
@@ -1930,6 +1952,7 @@ pub async fn microvm(g: &Global, a: MicrovmArgs) -> Result<()> {
         "{} has no Dockerfile and server.py (run from the repository root, or pass --examples)",
         hello_dir.display()
     );
+    STARTED.get_or_init(Instant::now);
     let steal = crate::bench::StealMeter::start();
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1965,6 +1988,7 @@ pub async fn microvm(g: &Global, a: MicrovmArgs) -> Result<()> {
         "accel": accel.to_string(),
         "qemu": qemu,
         "confinement": confined,
+        "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     });
     let report = report_json(&m, &host);
     let t = tables(&m);
@@ -1982,7 +2006,7 @@ pub async fn microvm(g: &Global, a: MicrovmArgs) -> Result<()> {
         let section = format!(
             "{HEADING}\n\nWritten by `hearth bench microvm` on {} (UTC). Host: {} ({} cores, {} MiB RAM, \
              {}% of CPU time stolen by the hypervisor during the run), accelerator **{}**, QEMU {}, \
-             confinement {}. Apps: `examples/{HELLO}` (launch, resume, latency, density) and the bench \
+             confinement {}, `hearth` built with the {} profile. Apps: `examples/{HELLO}` (launch, resume, latency, density) and the bench \
              app `crates/hearth/src/bench_apps/dirty` (suspend, download), both FROM `{BASE_IMAGE}`, \
              guest {guest}, built through the API at the start of the run.\n\n\
              The server runs in the bench's process, assembled as `hearth serve` assembles it (API on \
@@ -2014,12 +2038,13 @@ pub async fn microvm(g: &Global, a: MicrovmArgs) -> Result<()> {
             accel,
             qemu,
             if confined { "on" } else { "off" },
+            host["build"].as_str().unwrap_or(""),
             a.density.max(1),
             t.trim_end(),
             serde_json::to_string_pretty(&report)?
         );
         crate::bench::update_markdown_section(&a.out, HEADING, &section)?;
-        eprintln!("[bench microvm] wrote {}", a.out.display());
+        note!("wrote {}", a.out.display());
     }
     Ok(())
 }
@@ -2066,6 +2091,54 @@ mod tests {
         assert!(DIRTY_DOCKERFILE.contains("FROM debian-12-python"));
         for path in ["\"/dirty\"", "\"/bytes\"", "\"/\""] {
             assert!(DIRTY_SERVER_PY.contains(path), "{path}");
+        }
+    }
+
+    fn samples(v: &[f64]) -> Samples {
+        Samples { v: v.to_vec() }
+    }
+
+    #[test]
+    fn the_tables_put_each_figure_beside_its_baseline_target_and_honest_counts() {
+        let mut m = Measured::default();
+        m.launch_warm.total = samples(&[50.0, 70.0, 40.0]);
+        m.full_restore_app = samples(&[300.0, 400.0]);
+        m.latency_proxied = samples(&[13.0, 14.0]);
+        m.latency_direct = samples(&[12.0, 11.0]);
+        m.auto_resume = samples(&[280.0]);
+        m.suspends.push(Suspend {
+            mib: 256,
+            api: samples(&[1200.0]),
+            ..Default::default()
+        });
+        m.density = Some(Density {
+            asked: 30,
+            running: 30,
+            refusal: Some("InsufficientCapacityException".into()),
+            suspended: 30,
+            disk_mib: samples(&[5.0]),
+            free_bytes: 10 << 30,
+            ..Default::default()
+        });
+        let t = tables(&m);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[2].contains("| **50.0 (40.0 / 70.0 / 70.0, n=3)** | ≤ 60 ms p50: met | 300.0 (300.0 / 400.0 / 400.0, n=2) |"),
+            "{t}"
+        );
+        // Proxy overhead: p50 13.0 - p50 11.0.
+        assert!(t.contains("| **2.00** | ≤ 2 ms p50: met |"), "{t}");
+        assert!(
+            t.contains("| **280.0 (280.0 / 280.0 / 280.0, n=1)** | ≤ 150 ms p50: missed |"),
+            "{t}"
+        );
+        assert!(t.contains("| ≤ 1000 ms p50: missed |"), "{t}");
+        assert!(t.contains("**at least 30** (the bench's cap, --max-running-microvms 30); RunMicrovm 31 then answered InsufficientCapacityException | ≥ 50: not shown by this run |"), "{t}");
+        // 500 at 5 MiB is 2.4 GiB; 10 GiB hold 2048.
+        assert!(t.contains("**30 at once in this run**; at the p50 size, 2.4 GiB for 500; the 10 GiB free here hold about 2048"), "{t}");
+        // Every row of the first table has its five columns.
+        for l in lines.iter().take_while(|l| !l.is_empty()) {
+            assert_eq!(l.matches('|').count() - l.matches("\\|").count(), 6, "{l}");
         }
     }
 
