@@ -128,7 +128,15 @@ impl MicrovmControl {
                 }
                 _ => self.settle(&row, observed, None).await?,
             };
-            let doc = MicrovmDoc::from_value(&row.microvm_id, &row.doc)?;
+            let mut doc = MicrovmDoc::from_value(&row.microvm_id, &row.doc)?;
+            if observed == MicrovmState::Running {
+                // The last activity is written only at state changes, so
+                // the stored one may be long before the traffic a running
+                // microVM had until the server stopped: its idle clock
+                // starts again now (it never suspends early; at most one
+                // idle period late).
+                doc.hearth.last_activity_at = doc.hearth.last_activity_at.max(now_secs());
+            }
             match observed {
                 MicrovmState::Running => report.running += 1,
                 _ => report.suspended += 1,
