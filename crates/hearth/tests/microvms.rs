@@ -511,7 +511,8 @@ fn e2e_tokens_open_only_their_own_microvm_on_their_ports_in_their_account() {
 
 /// The idle policy for real, its deadlines overlapped: a microVM with
 /// maxIdleDurationSeconds 60 and no traffic is still RUNNING at 55 s and
-/// SUSPENDED by ~75 s, and a request resumes it; one whose only traffic is
+/// SUSPENDED by ~75 s, and five requests at once resume it (once: one
+/// process answers all, each counted once); one whose only traffic is
 /// a WebSocket message every 10 s stays RUNNING; suspendedDurationSeconds
 /// 5 after an explicit suspend ends TERMINATED within ~10 s with the
 /// retention reason and its files deleted; maximumDurationInSeconds 8 ends
@@ -581,11 +582,13 @@ fn e2e_a_sigkilled_server_restarts_with_its_running_and_suspended_microvms_intac
         "the running microVM's QEMU died with the server"
     );
     let s = Serve::start_on(&w, &api, &proxy);
-    scenario(&w, &s, "restart-after", &[("before", &before.to_string())]);
+    // The server prints its line once recovery is done.
     assert!(
         still_alive(&qemu),
         "the running microVM was re-adopted, not relaunched: its QEMU is the same process"
     );
+    scenario(&w, &s, "restart-after", &[("before", &before.to_string())]);
+    assert!(still_alive(&qemu), "the re-adopted QEMU still runs");
     let resumed = wait_for("the resumed microVM's QEMU", Duration::from_secs(5), || {
         qemu_of(&w, &suspended)
     });
