@@ -398,6 +398,9 @@ pub struct Answer {
     pub timings: Timings,
     /// The connection's peer (the proxy).
     pub peer: String,
+    /// The last byte written out, if any (a message that follows on a
+    /// terminal starts a line of its own when it was no newline).
+    pub last_byte: Option<u8>,
 }
 
 /// How to reach the proxy.
@@ -512,11 +515,12 @@ pub async fn exchange<W: AsyncWrite + Unpin>(
             Ok(()) => {}
             Err(e) if gone(&e) => {
                 driver.abort();
-                return Ok(answer(status, started, connect, first_byte, peer));
+                return Ok(answer(status, started, connect, first_byte, peer, None));
             }
             Err(e) => return Err(CurlError::Output(e)),
         }
     }
+    let mut last_byte = None;
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(http)?;
@@ -528,14 +532,16 @@ pub async fn exchange<W: AsyncWrite + Unpin>(
             Err(e) => Err(e),
         };
         match written {
-            Ok(()) => {}
+            Ok(()) => last_byte = data.last().copied().or(last_byte),
             Err(e) if gone(&e) => break,
             Err(e) => return Err(CurlError::Output(e)),
         }
     }
     let _ = out.flush().await;
     driver.abort();
-    Ok(answer(status, started, connect, first_byte, peer))
+    Ok(answer(
+        status, started, connect, first_byte, peer, last_byte,
+    ))
 }
 
 fn answer(
@@ -544,6 +550,7 @@ fn answer(
     connect: Duration,
     first_byte: Duration,
     peer: String,
+    last_byte: Option<u8>,
 ) -> Answer {
     Answer {
         status,
@@ -553,6 +560,7 @@ fn answer(
             total: started.elapsed(),
         },
         peer,
+        last_byte,
     }
 }
 
@@ -778,6 +786,7 @@ mod tests {
             .unwrap();
         assert_eq!(a.status, StatusCode::NOT_FOUND);
         assert_eq!(out, b"not here\n");
+        assert_eq!(a.last_byte, Some(b'\n'));
     }
 
     #[tokio::test]

@@ -631,8 +631,14 @@ async fn curl_microvm(api: &Api, g: &Global, a: CurlArgs) -> Result<i32> {
     if answer.status.is_success() {
         return Ok(0);
     }
+    // The body (on the same terminal, often) may end mid-line.
+    let newline = if answer.last_byte.is_some_and(|b| b != b'\n') {
+        "\n"
+    } else {
+        ""
+    };
     eprintln!(
-        "hearth curl: {} answered HTTP {}{}",
+        "{newline}hearth curl: {} answered HTTP {}{}",
         target.authority,
         answer.status.as_u16(),
         answer
