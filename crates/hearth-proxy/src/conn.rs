@@ -19,7 +19,7 @@
 use crate::body::{empty, ProxyBody};
 use crate::ctx::{spawn_guarded, stopped, ConnCtx, Shared, Stop};
 use crate::forward;
-use crate::io::{IdleClock, Prefixed, Watched};
+use crate::io::{IdleClock, Prefixed, Tapped};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -104,7 +104,7 @@ async fn serve_tcp(
         clock: clock.clone(),
         permit: Arc::new(permit),
     };
-    let io = Watched::new(stream, clock.clone());
+    let io = Tapped::watched(stream, clock.clone());
     let stop = stopped(shared.stop.subscribe(), Stop::Now);
     let idle = shared.idle_timeout();
     tokio::select! {

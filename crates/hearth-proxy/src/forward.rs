@@ -15,7 +15,7 @@
 use crate::body::{empty, ActivityBody, ProxyBody, Reject};
 use crate::ctx::{spawn_guarded, ConnCtx, Shared};
 use crate::headers::{self, Credentials, Origin};
-use crate::io::Inbound;
+use crate::io::Tapped;
 use crate::{route, OpenError};
 use hearth_token::{Claims, TokenKind};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -179,7 +179,7 @@ async fn handle_inner(
         spawn_guarded(shared, ctx, async move {
             match tokio::join!(client_upgrade, upstream_upgrade) {
                 (Ok(client), Ok(app)) => {
-                    let mut client = Inbound::new(TokioIo::new(client), activity);
+                    let mut client = Tapped::inbound(TokioIo::new(client), activity);
                     let mut app = TokioIo::new(app);
                     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
                         tracing::debug!(error = %e, "WebSocket pipe ended with an error");

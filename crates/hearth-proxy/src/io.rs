@@ -1,11 +1,11 @@
 //! Byte-stream wrappers used by connection tasks.
 //!
 //! - [`Prefixed`] gives back bytes already read (the sniffed first byte).
-//! - [`Watched`] stamps an [`IdleClock`] whenever a byte crosses the client
-//!   socket, so a connection and every task working for it can end after
-//!   a quiet period.
-//! - [`Inbound`] calls the upstream's activity callback for each chunk read
-//!   from the client (WebSocket client-to-app bytes).
+//! - [`Tapped`] calls back when bytes move: [`Tapped::watched`] stamps an
+//!   [`IdleClock`] whenever a byte crosses the client socket, so a
+//!   connection and every task working for it can end after a quiet
+//!   period; [`Tapped::inbound`] calls the upstream's activity callback for
+//!   each chunk read from the client (WebSocket client-to-app bytes).
 //!
 //! All are polled by whichever task owns the stream; none spawns anything.
 
@@ -116,20 +116,54 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
-/// A stream that stamps `clock` whenever bytes move either way.
-#[derive(Debug)]
-pub(crate) struct Watched<T> {
+/// A callback a [`Tapped`] stream calls when bytes move.
+pub(crate) type Tap = Arc<dyn Fn() + Send + Sync>;
+
+/// A stream that calls `on_read` whenever a read yields bytes and
+/// `on_write` whenever a write takes some.
+pub(crate) struct Tapped<T> {
     inner: T,
-    clock: Arc<IdleClock>,
+    on_read: Option<Tap>,
+    on_write: Option<Tap>,
 }
 
-impl<T> Watched<T> {
-    pub(crate) fn new(inner: T, clock: Arc<IdleClock>) -> Self {
-        Self { inner, clock }
+impl<T> Tapped<T> {
+    /// Stamps `clock` whenever bytes move either way.
+    pub(crate) fn watched(inner: T, clock: Arc<IdleClock>) -> Self {
+        let touch: Tap = Arc::new(move || clock.touch());
+        Self {
+            inner,
+            on_read: Some(touch.clone()),
+            on_write: Some(touch),
+        }
+    }
+
+    /// Calls `activity` for each chunk read (bytes from the client).
+    pub(crate) fn inbound(inner: T, activity: Tap) -> Self {
+        Self {
+            inner,
+            on_read: Some(activity),
+            on_write: None,
+        }
+    }
+
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if let (Some(tap), Poll::Ready(Ok(1..))) = (&self.on_write, r) {
+            tap();
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl<T> std::fmt::Debug for Tapped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tapped")
+            .field("on_read", &self.on_read.is_some())
+            .field("on_write", &self.on_write.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tapped<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -139,13 +173,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.clock.touch();
+            if let Some(tap) = &this.on_read {
+                tap();
+            }
         }
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tapped<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -153,9 +189,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.touch();
-        }
+        this.wrote(&r);
         r
     }
     fn poll_write_vectored(
@@ -165,57 +199,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.clock.touch();
-        }
+        this.wrote(&r);
         r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// A stream that calls `activity` for each chunk read from it.
-pub(crate) struct Inbound<T> {
-    inner: T,
-    activity: Arc<dyn Fn() + Send + Sync>,
-}
-
-impl<T> Inbound<T> {
-    pub(crate) fn new(inner: T, activity: Arc<dyn Fn() + Send + Sync>) -> Self {
-        Self { inner, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Inbound<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            (this.activity)();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Inbound<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -245,7 +233,7 @@ mod tests {
     async fn idle_clock_expires_only_after_a_quiet_period() {
         let clock = IdleClock::new();
         let (a, mut b) = tokio::io::duplex(64);
-        let mut w = Watched::new(a, clock.clone());
+        let mut w = Tapped::watched(a, clock.clone());
         let expired = tokio::spawn({
             let clock = clock.clone();
             async move { clock.expired(Duration::from_secs(10)).await }
@@ -259,5 +247,32 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(expired.is_finished());
+    }
+
+    #[tokio::test]
+    async fn inbound_taps_reads_with_bytes_and_never_writes() {
+        let count = Arc::new(AtomicU64::new(0));
+        let tap: Tap = Arc::new({
+            let count = count.clone();
+            move || {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut t = Tapped::inbound(a, tap);
+        t.write_all(b"out").await.unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), 0, "a write is not inbound");
+        b.write_all(b"in").await.unwrap();
+        let mut got = [0u8; 2];
+        t.read_exact(&mut got).await.unwrap();
+        assert!(count.load(Ordering::Relaxed) >= 1, "a read with bytes taps");
+        drop(b);
+        let before = count.load(Ordering::Relaxed);
+        assert_eq!(t.read(&mut got).await.unwrap(), 0);
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            before,
+            "end of stream does not tap"
+        );
     }
 }

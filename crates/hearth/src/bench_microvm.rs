@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use aws_sdk_lambdamicrovms::config::{Credentials, Region};
 use aws_sdk_lambdamicrovms::types::{BuildState, CodeArtifact, IdlePolicy, PortSpecification};
 use bytes::Bytes;
@@ -106,6 +106,12 @@ pub struct MicrovmArgs {
     /// How long the idle microVMs' CPU time is measured, seconds.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
+    /// Suspended microVMs held at once for the density figures: once the
+    /// running ones are suspended, more are launched, called once and
+    /// suspended one at a time up to this count (0 or at most --density:
+    /// only the suspended running ones).
+    #[arg(long, default_value_t = TARGET_SUSPENDED)]
+    suspended: usize,
     /// Print JSON instead of the tables.
     #[arg(long)]
     json: bool,
@@ -1188,6 +1194,14 @@ struct Density {
     suspended: usize,
     disk_mib: Samples,
     free_bytes: u64,
+    /// With every microVM suspended: the drop of MemAvailable from before
+    /// the fill, MiB, in all.
+    suspended_mem_drop_mib: f64,
+    /// Suspended microVMs that still had a supervisor or QEMU recorded.
+    suspended_with_process: usize,
+    /// ResumeMicrovm of the first microVM suspended, then its first
+    /// proxied answer, once every other one was suspended, ms.
+    oldest_resume_ms: Option<f64>,
 }
 
 /// Everything one run measured.
@@ -1579,12 +1593,64 @@ async fn phase_cold(
             .push(mib(SuspendedVm::load(&dir)?.allocated_bytes()));
         d.suspended += 1;
     }
-    d.free_bytes = free_bytes(&s.engine_dir);
+    suspended_fill(a, s, hello, avail_before, &mut ids, &mut d).await?;
     note!("  {} suspended; terminating them", d.suspended);
     for id in &ids {
         s.terminate(id).await?;
     }
     m.density = Some(d);
+    Ok(())
+}
+
+/// Past the running cap: launch, call once and suspend microVMs one at a
+/// time until `a.suspended` sit suspended at once; then check that none
+/// keeps a process, read the host memory they hold, and resume the oldest
+/// to show it is still whole.
+async fn suspended_fill(
+    a: &MicrovmArgs,
+    s: &mut Server,
+    hello: &Built,
+    avail_before_kib: u64,
+    ids: &mut Vec<String>,
+    d: &mut Density,
+) -> Result<()> {
+    if a.suspended > ids.len() {
+        note!(
+            "  launching, calling and suspending more, up to {} suspended",
+            a.suspended
+        );
+    }
+    while ids.len() < a.suspended {
+        let id = s
+            .run(&hello.arn, false)
+            .await
+            .map_err(|e| anyhow!("RunMicrovm {} of the suspended fill: {e}", ids.len() + 1))?;
+        ids.push(id.clone());
+        let token = s.token(&id).await?;
+        s.get_proxied(&id, &token, "/").await?;
+        s.suspend(&id).await?;
+        d.disk_mib.push(mib(
+            SuspendedVm::load(&s.engine_dir.join("vms").join(&id))?.allocated_bytes()
+        ));
+        d.suspended += 1;
+        if d.suspended.is_multiple_of(50) {
+            note!("  {} suspended", d.suspended);
+        }
+    }
+    d.free_bytes = free_bytes(&s.engine_dir);
+    d.suspended_with_process = ids
+        .iter()
+        .filter(|id| running_pids(&s.engine_dir, id).is_some())
+        .count();
+    d.suspended_mem_drop_mib = avail_before_kib.saturating_sub(mem_available_kib()) as f64 / 1024.0;
+    if let Some(oldest) = ids.first() {
+        s.settle().await?;
+        let t0 = Instant::now();
+        s.resume(oldest).await?;
+        let token = s.token(oldest).await?;
+        s.get_proxied(oldest, &token, "/").await?;
+        d.oldest_resume_ms = Some(ms(t0.elapsed()));
+    }
     Ok(())
 }
 
@@ -1927,20 +1993,33 @@ fn tables(m: &Measured) -> String {
         row(&[
             "**suspended microVMs**",
             &format!(
-                "**{} at once in this run**; at the p50 size, {:.1} GiB for {TARGET_SUSPENDED}; the {:.0} GiB free here hold about {fit}",
+                "**{} at once in this run**, {} of them with a process left; at the p50 size, {:.1} GiB for {TARGET_SUSPENDED}; the {:.0} GiB still free hold about {fit} more",
                 d.suspended,
+                d.suspended_with_process,
                 p50 * TARGET_SUSPENDED as f64 / 1024.0,
                 d.free_bytes as f64 / 1_073_741_824.0
             ),
             &format!(
                 "≥ {TARGET_SUSPENDED}: {}",
-                if d.suspended >= TARGET_SUSPENDED {
+                if d.suspended >= TARGET_SUSPENDED && d.suspended_with_process == 0 {
                     "met"
                 } else {
                     "not shown by this run (see the disk estimate)"
                 }
             ),
         ]);
+        row(&[
+            "host memory held with every microVM suspended: drop of MemAvailable from before the fill, MiB in all",
+            &format!("{:.1}", d.suspended_mem_drop_mib),
+            "",
+        ]);
+        if let Some(v) = d.oldest_resume_ms {
+            row(&[
+                "first microVM suspended, resumed after all the others: ResumeMicrovm to its first proxied answer, ms",
+                &format!("{v:.1}"),
+                "",
+            ]);
+        }
     }
     t
 }
@@ -1985,22 +2064,29 @@ fn report_json(m: &Measured, host: &Value) -> Value {
         "proxyOverheadPairedMs": m.latency_overhead().json(),
         "throughputProxiedMibPerSec": m.throughput_proxied.json(),
         "throughputDirectMibPerSec": m.throughput_direct.json(),
-        "density": m.density.as_ref().map(|d| json!({
-            "asked": d.asked,
-            "running": d.running,
-            "nextRunAnswered": d.refusal,
-            "runMicrovmMs": d.run_ms.json(),
-            "firstResponseMs": d.first_response_ms.json(),
-            "pssMibPerMicrovm": d.pss_mib.json(),
-            "ussMibPerMicrovm": d.uss_mib.json(),
-            "memAvailableDropMibPerMicrovm": round2(d.mem_available_drop_mib),
-            "idleCpuPercentPerMicrovm": d.cpu_percent.json(),
-            "idleSecs": d.idle_secs,
-            "suspendMicrovmMs": d.suspend_ms.json(),
-            "suspended": d.suspended,
-            "diskMibPerSuspended": d.disk_mib.json(),
-            "freeBytes": d.free_bytes,
-        })),
+        "density": m.density.as_ref().map(density_json),
+    })
+}
+
+fn density_json(d: &Density) -> Value {
+    json!({
+        "asked": d.asked,
+        "running": d.running,
+        "nextRunAnswered": d.refusal,
+        "runMicrovmMs": d.run_ms.json(),
+        "firstResponseMs": d.first_response_ms.json(),
+        "pssMibPerMicrovm": d.pss_mib.json(),
+        "ussMibPerMicrovm": d.uss_mib.json(),
+        "memAvailableDropMibPerMicrovm": round2(d.mem_available_drop_mib),
+        "idleCpuPercentPerMicrovm": d.cpu_percent.json(),
+        "idleSecs": d.idle_secs,
+        "suspendMicrovmMs": d.suspend_ms.json(),
+        "suspended": d.suspended,
+        "diskMibPerSuspended": d.disk_mib.json(),
+        "freeBytes": d.free_bytes,
+        "suspendedWithProcess": d.suspended_with_process,
+        "memAvailableDropMibAllSuspended": round2(d.suspended_mem_drop_mib),
+        "oldestResumeToAnswerMs": d.oldest_resume_ms.map(round2),
     })
 }
 

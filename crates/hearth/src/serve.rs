@@ -268,8 +268,8 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
     };
     let (a, (), ()) = tokio::join!(api_srv, proxy_srv, until_shutdown);
     // MicroVMs keep running (they are persistent); the next server adopts
-    // them.
-    microvms.detach_all();
+    // them. Warmed clones and pre-started QEMUs end.
+    microvms.shutdown().await;
     a.context("API server")?;
     Ok(())
 }

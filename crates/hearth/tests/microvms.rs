@@ -11,197 +11,14 @@
 //! Every test boots microVMs: all are named `e2e_*` (one at a time, see
 //! .config/nextest.toml) and hold the shared e2e lock for their whole run.
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support_e2e;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hearth_token::{Claims, TokenKey, TokenKind};
 use serde_json::Value;
-
-/// One TCG guest workload at a time across test binaries (as the other
-/// end-to-end tests do).
-fn e2e_lock() -> std::fs::File {
-    let lock = std::fs::File::create(std::env::temp_dir().join("hearth-e2e.lock")).unwrap();
-    let asked = Instant::now();
-    // SAFETY: flock on a valid fd we own.
-    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0);
-    eprintln!(
-        "e2e lock taken after {:.1} s",
-        asked.elapsed().as_secs_f64()
-    );
-    lock
-}
-
-/// A test's directories: the server's data and state dirs, the artifact
-/// root, and the server's log. Kept across restarts of the server.
-struct Work {
-    dir: tempfile::TempDir,
-}
-
-impl Work {
-    fn new() -> Self {
-        let w = Work {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        for d in ["data", "state", "artifacts"] {
-            std::fs::create_dir_all(w.dir.path().join(d)).unwrap();
-        }
-        w
-    }
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn artifacts(&self) -> PathBuf {
-        self.dir.path().join("artifacts")
-    }
-    /// The engine's state directory of `hearth serve` (`<data>/engine`).
-    fn engine(&self) -> PathBuf {
-        self.data().join("engine")
-    }
-    /// A microVM's files in the engine.
-    fn microvm_files(&self, id: &str) -> PathBuf {
-        self.engine().join("vms").join(id)
-    }
-    fn server_log(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-    /// The last lines of every server run's stderr, for failure messages.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.server_log()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
-    }
-}
-
-/// A running `hearth serve`.
-struct Serve {
-    child: Child,
-    api: String,
-    /// `127.0.0.1:<port>` of the endpoint proxy.
-    proxy_addr: String,
-    proxy_ca: PathBuf,
-    access_key_id: String,
-    secret: String,
-}
-
-impl Serve {
-    /// On loopback ports it picks, with the default microVM settings
-    /// (one warmed clone and one pre-started QEMU per image version).
-    fn start(w: &Work) -> Serve {
-        Serve::start_on(w, "127.0.0.1:0", "127.0.0.1:0")
-    }
-
-    /// On these API and proxy addresses (a restart keeps its ports, so
-    /// the endpoints it handed out stay right).
-    fn start_on(w: &Work, api: &str, proxy: &str) -> Serve {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(w.server_log())
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .arg("--data-dir")
-            .arg(w.data())
-            .arg("--state-dir")
-            .arg(w.state())
-            .args(["serve", "--listen", api, "--proxy-listen", proxy])
-            .arg("--artifact-root")
-            .arg(w.artifacts())
-            .arg("--no-egress")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start hearth serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "hearth serve did not start ({e}): {line:?}\n{}",
-                w.log_tail()
-            )
-        });
-        let creds = std::fs::read_to_string(w.data().join("credentials")).unwrap();
-        let field = |k: &str| {
-            creds
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{k} = ")))
-                .unwrap_or_else(|| panic!("no {k} in the credentials file"))
-                .to_string()
-        };
-        let proxy = info["proxy"].as_str().unwrap();
-        Serve {
-            api: info["api"].as_str().unwrap().to_string(),
-            proxy_addr: proxy
-                .strip_prefix("https://")
-                .unwrap_or_else(|| panic!("the proxy speaks HTTPS: {info}"))
-                .to_string(),
-            proxy_ca: PathBuf::from(info["proxyCa"].as_str().unwrap()),
-            access_key_id: field("aws_access_key_id"),
-            secret: field("aws_secret_access_key"),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn api_addr(&self) -> &str {
-        self.api.strip_prefix("http://").unwrap()
-    }
-
-    /// SIGKILL, as a crash would; reaped.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Ends every microVM a test left (they are persistent: they outlive the
-/// server, warmed clones included): the supervisors and QEMUs that hold a
-/// file of this test's data dir open. Nothing else is touched.
-struct Cleanup<'a>(&'a Work);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let mine = self.0.data();
-        for p in all_procs() {
-            if (is_qemu(&p) || p.comm.starts_with("hearth-super")) && holds_file_under(p.pid, &mine)
-            {
-                // SAFETY: kill(2) of a process of this test; at worst it is gone.
-                unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-/// Whether the process has a file below `dir` open.
-fn holds_file_under(pid: u32, dir: &Path) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(dir)))
-}
+use support_e2e::*;
 
 /// An account made with `hearth account create` on the server's data dir.
 struct Account {
@@ -230,78 +47,9 @@ fn create_account(w: &Work, name: &str) -> Account {
     }
 }
 
-/// The Python venv with boto3, requests and the aws CLI (`scripts/test.sh`
-/// creates it). Missing = failure, never a skip.
-fn pyenv() -> PathBuf {
-    let p = std::env::var_os("HEARTH_PYENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv"));
-    assert!(
-        p.join("bin/python").is_file() && p.join("bin/aws").is_file(),
-        "microVM tests need the Python venv with boto3 and the aws CLI at {} (scripts/test.sh creates it)",
-        p.display()
-    );
-    p
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Run a scenario of clients/microvms.py against `s`; returns its
-/// `RESULT` document. Panics with the script's output and the server's
-/// log when the scenario fails.
+/// Run a scenario of clients/microvms.py against `s`.
 fn scenario(w: &Work, s: &Serve, name: &str, args: &[(&str, &str)]) -> Value {
-    let started = Instant::now();
-    let py = pyenv();
-    let out = Command::new(py.join("bin/python"))
-        .arg(manifest_dir().join("tests/clients/microvms.py"))
-        .arg(name)
-        .args(args.iter().map(|(k, v)| format!("{k}={v}")))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", w.dir.path())
-        .env("HEARTH_ENDPOINT", &s.api)
-        .env("AWS_ACCESS_KEY_ID", &s.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &s.secret)
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .env("AWS_CLI", py.join("bin/aws"))
-        .env("CREDENTIALS_FILE", w.data().join("credentials"))
-        .env("ARTIFACT_DIR", w.artifacts())
-        .env("EXAMPLES_DIR", manifest_dir().join("../../examples"))
-        .env("APPS_DIR", manifest_dir().join("tests/apps"))
-        .env("PROXY_ADDR", &s.proxy_addr)
-        .env("PROXY_CA", &s.proxy_ca)
-        .env("HTTPS_PROXY", format!("http://{}", s.proxy_addr))
-        .env("REQUESTS_CA_BUNDLE", &s.proxy_ca)
-        .env("ENGINE_DIR", w.engine())
-        .env("SERVE_PID", s.pid().to_string())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    // Shown with --nocapture (and by nextest for a failed test).
-    eprintln!(
-        "--- scenario {name} ({:.1} s)\n{stdout}",
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        out.status.success(),
-        "scenario {name} failed:\n--- stdout\n{stdout}\n--- stderr\n{}\n--- server log (tail)\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        w.log_tail()
-    );
-    let result = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("scenario {name} printed no RESULT:\n{stdout}"));
-    serde_json::from_str(result).unwrap()
-}
-
-fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("no string {k} in {v}"))
+    client_scenario(w, s, "microvms.py", name, args)
 }
 
 /// The 12-digit account of an ARN.
@@ -324,78 +72,6 @@ fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-// --- processes ---------------------------------------------------------------
-
-/// A process as /proc shows it: pid, command name, real uid, start time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Proc {
-    pid: u32,
-    comm: String,
-    uid: u32,
-    start_ticks: u64,
-}
-
-fn proc_of(pid: u32) -> Option<Proc> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let comm = head.split_once('(')?.1.to_string();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(0) ppid(1) ... starttime(19).
-    if f.first() == Some(&"Z") {
-        return None;
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(Proc {
-        pid,
-        comm,
-        uid,
-        start_ticks: f.get(19)?.parse().ok()?,
-    })
-}
-
-fn all_procs() -> Vec<Proc> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(proc_of)
-        .collect()
-}
-
-fn is_qemu(p: &Proc) -> bool {
-    p.comm.starts_with("qemu-system")
-}
-
-/// Whether the same process (pid and start time) still lives.
-fn still_alive(p: &Proc) -> bool {
-    proc_of(p.pid).is_some_and(|now| now.start_ticks == p.start_ticks)
-}
-
-/// The QEMU of a running microVM: the one that holds its files open.
-fn qemu_of(w: &Work, id: &str) -> Option<Proc> {
-    let dir = w.microvm_files(id);
-    all_procs()
-        .into_iter()
-        .find(|p| is_qemu(p) && holds_file_under(p.pid, &dir))
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 // --- tests -------------------------------------------------------------------
@@ -561,7 +237,7 @@ fn e2e_100_mib_each_way_streams_through_the_proxy_with_prompt_side_requests_and_
 /// the kill, keeps its idle clock: it stays RUNNING after the restart and
 /// answers.
 #[test]
-fn e2e_a_sigkilled_server_restarts_with_its_running_and_suspended_microvms_intact() {
+fn e2e_a_sigkilled_server_restarts_with_its_microvms_intact_and_a_stopped_one_leaves_only_them() {
     let _lock = e2e_lock();
     let w = Work::new();
     let _cleanup = Cleanup(&w);
@@ -593,6 +269,32 @@ fn e2e_a_sigkilled_server_restarts_with_its_running_and_suspended_microvms_intac
         qemu_of(&w, &suspended)
     });
     assert_ne!(resumed.pid, qemu.pid);
+    // A graceful stop leaves the microVMs it handed out running (the next
+    // server adopts them) and ends the warmed clones and pre-started QEMUs,
+    // which belong to none.
+    s.stop(&w);
+    let mut want = vec![qemu.pid, resumed.pid];
+    want.sort_unstable();
+    let qemus_left = || {
+        let mut left: Vec<u32> = all_procs()
+            .into_iter()
+            .filter(|p| is_qemu(p) && holds_file_under(p.pid, &w.data()))
+            .map(|p| p.pid)
+            .collect();
+        left.sort_unstable();
+        left
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while qemus_left() != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        qemus_left(),
+        want,
+        "after SIGTERM only the running and the resumed microVM keep a QEMU\n{}",
+        w.log_tail()
+    );
+    assert!(still_alive(&qemu) && still_alive(&resumed));
 }
 
 /// Many microVMs of one image at once: SUSPENDED ones, each having

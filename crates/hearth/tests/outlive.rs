@@ -3,29 +3,17 @@
 //! with the same QEMU processes and their state intact; microVMs that were
 //! not persistent die with it, and `hearth gc` removes what they left.
 
+mod support_e2e;
+
 use std::io::{BufRead, BufReader};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next())
-                .is_some_and(|st| st != "Z")
-        })
-        .unwrap_or(false)
-}
+use support_e2e::{e2e_lock, proc_of};
 
-/// One TCG guest at a time across test binaries (see hearth-vmm's tests).
-fn e2e_lock() -> std::fs::File {
-    let lock = std::fs::File::create(std::env::temp_dir().join("hearth-e2e.lock")).unwrap();
-    // SAFETY: flock on a valid fd we own.
-    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0);
-    lock
+fn pid_alive(pid: u32) -> bool {
+    proc_of(pid).is_some()
 }
 
 fn hearth(state: &Path, args: &[&str]) -> std::process::Output {

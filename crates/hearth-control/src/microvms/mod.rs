@@ -140,7 +140,7 @@ impl Shared {
             return;
         };
         let depth = self.setup.prestart_depth;
-        if depth == 0 {
+        if depth == 0 || self.pool.is_closed() {
             return;
         }
         tokio::spawn(async move {
@@ -371,7 +371,12 @@ impl MicrovmControl {
             };
             while shared.pool.len(snapshot.id.as_str()) < depth {
                 match warmed_clone(&backend, &snapshot, warm).await {
-                    Ok(vm) => shared.pool.put(snapshot.id.as_str(), vm),
+                    Ok(vm) => {
+                        if let Some(vm) = shared.pool.put(snapshot.id.as_str(), vm) {
+                            let _ = vm.terminate().await;
+                            break;
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(snapshot = %snapshot.id, "warming a clone: {e}");
                         break;
@@ -576,6 +581,21 @@ impl MicrovmControl {
     /// (they are persistent) and are adopted by the next server.
     pub fn detach_all(&self) {
         self.shared.handles.lock().unwrap().clear();
+    }
+
+    /// A graceful stop of the server: every microVM handed out is left as
+    /// it is (persistent: the next server adopts it), but the warmed clones
+    /// and the pre-started QEMUs, which belong to no microVM, end now
+    /// rather than linger until the next start removes them.
+    pub async fn shutdown(&self) {
+        self.detach_all();
+        self.shared.pool.close();
+        for snapshot_id in self.shared.pool.snapshots() {
+            self.drain(&snapshot_id).await;
+        }
+        if let Ok(b) = self.shared.backend() {
+            b.drain_all_pools();
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! await happens under it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use hearth_vmm::QemuVm;
@@ -16,6 +17,8 @@ pub(crate) struct WarmPool {
     refilling: Mutex<HashSet<String>>,
     /// Whose snapshots they are: snapshot id -> (image id, version).
     owners: Mutex<HashMap<String, (String, String)>>,
+    /// Set when the server stops: nothing is put in or refilled any more.
+    closed: AtomicBool,
 }
 
 impl WarmPool {
@@ -23,13 +26,27 @@ impl WarmPool {
         self.clones.lock().unwrap().get_mut(snapshot_id)?.pop()
     }
 
-    pub fn put(&self, snapshot_id: &str, vm: QemuVm) {
-        self.clones
-            .lock()
-            .unwrap()
-            .entry(snapshot_id.to_string())
-            .or_default()
-            .push(vm);
+    /// Keep a warmed clone; once the pool is closed it is given back
+    /// (`Some`), for the caller to end.
+    #[must_use]
+    pub fn put(&self, snapshot_id: &str, vm: QemuVm) -> Option<QemuVm> {
+        let mut clones = self.clones.lock().unwrap();
+        if self.is_closed() {
+            return Some(vm);
+        }
+        clones.entry(snapshot_id.to_string()).or_default().push(vm);
+        None
+    }
+
+    /// Take nothing more: the server is stopping.
+    pub fn close(&self) {
+        // Under the clones lock, so that no put lands after the last drain.
+        let _clones = self.clones.lock().unwrap();
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     pub fn len(&self, snapshot_id: &str) -> usize {
@@ -59,6 +76,13 @@ impl WarmPool {
             .collect()
     }
 
+    /// Every snapshot the pool holds clones of or knows the owner of.
+    pub fn snapshots(&self) -> Vec<String> {
+        let mut all: HashSet<String> = self.owners.lock().unwrap().keys().cloned().collect();
+        all.extend(self.clones.lock().unwrap().keys().cloned());
+        all.into_iter().collect()
+    }
+
     /// Every clone of a snapshot, taken out of the pool.
     pub fn drain(&self, snapshot_id: &str) -> Vec<QemuVm> {
         self.owners.lock().unwrap().remove(snapshot_id);
@@ -71,10 +95,12 @@ impl WarmPool {
 
     /// Claim the refill of a snapshot's pool; false when one runs.
     pub fn begin_refill(&self, snapshot_id: &str) -> bool {
-        self.refilling
-            .lock()
-            .unwrap()
-            .insert(snapshot_id.to_string())
+        !self.is_closed()
+            && self
+                .refilling
+                .lock()
+                .unwrap()
+                .insert(snapshot_id.to_string())
     }
 
     pub fn end_refill(&self, snapshot_id: &str) {

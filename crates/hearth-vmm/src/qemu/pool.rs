@@ -135,6 +135,13 @@ impl QemuBackend {
         drop(drained);
     }
 
+    /// Stop every waiting QEMU, of every snapshot (a server shutting
+    /// down: they belong to no microVM).
+    pub fn drain_all_pools(&self) {
+        let drained = std::mem::take(&mut *self.inner.pool.lock().unwrap());
+        drop(drained);
+    }
+
     /// Start one QEMU waiting for `snapshot`.
     pub(crate) async fn prestart_one(&self, snapshot: &Snapshot) -> Result<Prestarted, VmError> {
         let mut entry = self.new_pool_entry()?;

@@ -39,6 +39,29 @@ pub struct ClientArgs {
 /// The exit code of a command that failed with an API error, as the aws CLI.
 pub const API_ERROR_EXIT_CODE: i32 = 255;
 
+/// End a client command: an API error is printed (after whatever the
+/// command printed) and exits with [`API_ERROR_EXIT_CODE`]; any other
+/// nonzero code the command asked for exits with that code once stdout is
+/// flushed; other errors are returned to `main`.
+pub fn finish(outcome: anyhow::Result<i32>) -> anyhow::Result<()> {
+    let code = match outcome {
+        Ok(code) => code,
+        Err(e) => match e.downcast_ref::<ApiCallError>() {
+            Some(api) => {
+                eprintln!("\n{api}");
+                API_ERROR_EXIT_CODE
+            }
+            None => return Err(e),
+        },
+    };
+    if code != 0 {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 /// An API call that failed; printed as the aws CLI prints it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiCallError {

@@ -18,7 +18,7 @@ use aws_sdk_lambdamicrovms::types::{CodeArtifact, HookState, Hooks, MicrovmImage
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::client::{Api, ApiCallError, ClientArgs, API_ERROR_EXIT_CODE};
+use crate::client::{finish, Api, ClientArgs};
 use crate::Global;
 use code::CodeArg;
 use follow::{BuildRef, LinePrinter};
@@ -258,22 +258,7 @@ impl VersionArgs {
 /// Run `hearth image ...`; exits the process with 255 on an API error and
 /// with 1 when a followed build fails.
 pub async fn run(g: &Global, a: ImageArgs) -> Result<()> {
-    let code = match dispatch(g, a).await {
-        Ok(code) => code,
-        Err(e) => match e.downcast_ref::<ApiCallError>() {
-            Some(api) => {
-                eprintln!("\n{api}");
-                API_ERROR_EXIT_CODE
-            }
-            None => return Err(e),
-        },
-    };
-    if code != 0 {
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        std::process::exit(code);
-    }
-    Ok(())
+    finish(dispatch(g, a).await)
 }
 
 async fn dispatch(g: &Global, a: ImageArgs) -> Result<i32> {

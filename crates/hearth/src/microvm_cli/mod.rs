@@ -21,7 +21,7 @@ use aws_sdk_lambdamicrovms::types::{IdlePolicy, PortRange, PortSpecification};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::client::{Api, ApiCallError, ClientArgs, API_ERROR_EXIT_CODE};
+use crate::client::{finish, Api, ApiCallError, ClientArgs};
 use crate::Global;
 use view::{microvm_view, MicrovmView};
 
@@ -280,21 +280,7 @@ fn allowed_ports(ports: &[Ports], all: bool) -> Result<Vec<PortSpecification>> {
 /// Run a microVM command; exits the process with 255 on an API error and
 /// with 22 when `hearth curl` got a status other than 2xx.
 pub async fn run(g: &Global, cmd: MicrovmCmd) -> Result<()> {
-    let code = match dispatch(g, cmd).await {
-        Ok(code) => code,
-        Err(e) => match e.downcast_ref::<ApiCallError>() {
-            Some(api) => {
-                eprintln!("\n{api}");
-                API_ERROR_EXIT_CODE
-            }
-            None => return Err(e),
-        },
-    };
-    if code != 0 {
-        let _ = std::io::stdout().flush();
-        std::process::exit(code);
-    }
-    Ok(())
+    finish(dispatch(g, cmd).await)
 }
 
 async fn dispatch(g: &Global, cmd: MicrovmCmd) -> Result<i32> {
