@@ -295,8 +295,8 @@ pub fn admit(state: MicrovmState, request: MicrovmRequest) -> Admission {
 /// duration elapses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdlePolicy {
-    /// `maxIdleDurationSeconds`: a RUNNING microVM with no inbound traffic
-    /// through the proxy for this long is suspended. 0 means never suspend for
+    /// `maxIdleDurationSeconds`: a RUNNING microVM with no traffic through
+    /// the proxy (requests in, responses out) for this long is suspended. 0 means never suspend for
     /// idleness (the API requires at least 60).
     pub max_idle_secs: u32,
     /// `suspendedDurationSeconds`: a microVM SUSPENDED for this long is

@@ -1,5 +1,5 @@
-//! Body types: the proxy's response body, the activity-counting request
-//! body, and the JSON error responses the proxy answers itself. Polled by
+//! Body types: the proxy's response body, the activity-counting body
+//! (requests and responses), and the JSON error responses the proxy answers itself. Polled by
 //! whichever task serves the request; nothing here buffers a streamed body.
 
 use bytes::Bytes;

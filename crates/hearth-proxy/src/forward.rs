@@ -179,7 +179,7 @@ async fn handle_inner(
         spawn_guarded(shared, ctx, async move {
             match tokio::join!(client_upgrade, upstream_upgrade) {
                 (Ok(client), Ok(app)) => {
-                    let mut client = Tapped::inbound(TokioIo::new(client), activity);
+                    let mut client = Tapped::both(TokioIo::new(client), activity);
                     let mut app = TokioIo::new(app);
                     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut app).await {
                         tracing::debug!(error = %e, "WebSocket pipe ended with an error");
@@ -196,7 +196,8 @@ async fn handle_inner(
     }
 
     let (parts, body) = resp.into_parts();
-    let mut out = Response::new(body.boxed());
+    // Response bytes count as use too: a long download is not idle.
+    let mut out = Response::new(ActivityBody::new(body, activity).boxed());
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers::response_headers(parts.headers);
     Ok(out)

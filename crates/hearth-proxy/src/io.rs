@@ -1,11 +1,11 @@
 //! Byte-stream wrappers used by connection tasks.
 //!
 //! - [`Prefixed`] gives back bytes already read (the sniffed first byte).
-//! - [`Tapped`] calls back when bytes move: [`Tapped::watched`] stamps an
-//!   [`IdleClock`] whenever a byte crosses the client socket, so a
-//!   connection and every task working for it can end after a quiet
-//!   period; [`Tapped::inbound`] calls the upstream's activity callback for
-//!   each chunk read from the client (WebSocket client-to-app bytes).
+//! - [`Tapped`] calls back when bytes move either way: [`Tapped::watched`]
+//!   stamps an [`IdleClock`] whenever a byte crosses the client socket, so
+//!   a connection and every task working for it can end after a quiet
+//!   period; [`Tapped::both`] calls the upstream's activity callback (a
+//!   WebSocket's bytes, both ways, count as the microVM's use).
 //!
 //! All are polled by whichever task owns the stream; none spawns anything.
 
@@ -130,20 +130,15 @@ pub(crate) struct Tapped<T> {
 impl<T> Tapped<T> {
     /// Stamps `clock` whenever bytes move either way.
     pub(crate) fn watched(inner: T, clock: Arc<IdleClock>) -> Self {
-        let touch: Tap = Arc::new(move || clock.touch());
-        Self {
-            inner,
-            on_read: Some(touch.clone()),
-            on_write: Some(touch),
-        }
+        Self::both(inner, Arc::new(move || clock.touch()))
     }
 
-    /// Calls `activity` for each chunk read (bytes from the client).
-    pub(crate) fn inbound(inner: T, activity: Tap) -> Self {
+    /// Calls `tap` whenever bytes move either way.
+    pub(crate) fn both(inner: T, tap: Tap) -> Self {
         Self {
             inner,
-            on_read: Some(activity),
-            on_write: None,
+            on_read: Some(tap.clone()),
+            on_write: Some(tap),
         }
     }
 
@@ -250,7 +245,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn inbound_taps_reads_with_bytes_and_never_writes() {
+    async fn both_taps_reads_and_writes_that_move_bytes_and_not_the_end_of_stream() {
         let count = Arc::new(AtomicU64::new(0));
         let tap: Tap = Arc::new({
             let count = count.clone();
@@ -258,21 +253,18 @@ mod tests {
                 count.fetch_add(1, Ordering::Relaxed);
             }
         });
+        let taps = || count.load(Ordering::Relaxed);
         let (a, mut b) = tokio::io::duplex(64);
-        let mut t = Tapped::inbound(a, tap);
+        let mut t = Tapped::both(a, tap);
         t.write_all(b"out").await.unwrap();
-        assert_eq!(count.load(Ordering::Relaxed), 0, "a write is not inbound");
+        assert_eq!(taps(), 1, "a write that takes bytes taps");
         b.write_all(b"in").await.unwrap();
         let mut got = [0u8; 2];
         t.read_exact(&mut got).await.unwrap();
-        assert!(count.load(Ordering::Relaxed) >= 1, "a read with bytes taps");
+        assert!(taps() >= 2, "a read with bytes taps");
         drop(b);
-        let before = count.load(Ordering::Relaxed);
+        let before = taps();
         assert_eq!(t.read(&mut got).await.unwrap(), 0);
-        assert_eq!(
-            count.load(Ordering::Relaxed),
-            before,
-            "end of stream does not tap"
-        );
+        assert_eq!(taps(), before, "end of stream does not tap");
     }
 }

@@ -112,8 +112,9 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncReadWr
 pub struct Upstream {
     /// The stream the request is forwarded over (as HTTP/1.1).
     pub io: Box<dyn AsyncReadWrite>,
-    /// Called on inbound traffic: once per request and once per chunk of a
-    /// request body or of client-to-app WebSocket bytes. Must be cheap.
+    /// Called on traffic: once per request, once per chunk of a request or
+    /// response body, and per chunk of WebSocket bytes either way. Must be
+    /// cheap.
     pub activity: Arc<dyn Fn() + Send + Sync>,
 }
 

@@ -401,6 +401,32 @@ async fn bad_tokens_are_refused_with_403_and_never_echoed() {
     );
 }
 
+/// A download is use of the microVM: each chunk of a response body the
+/// proxy passes on counts as activity (beyond the one count of opening the
+/// stream; a GET has no request body), so a long one is never idle.
+#[tokio::test]
+async fn chunks_of_a_downloaded_body_count_as_activity() {
+    let rig = Rig::start(Tls::SelfSigned, |_| {}).await;
+    let host = Rig::host(VM);
+    let token = rig.token(VM, &[8080]);
+    let before = rig.upstreams.activity.load(Ordering::Relaxed);
+    // 16 chunks of 64 KiB from the app (hyper may pass them on merged).
+    let (status, _, body) = https_get(
+        &rig,
+        &host,
+        "/download?bytes=1048576",
+        &[("x-aws-proxy-auth", &token)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 1 << 20);
+    let counted = rig.upstreams.activity.load(Ordering::Relaxed) - before;
+    assert!(
+        counted >= 3,
+        "a 1 MiB download counted {counted} times as activity: its opening only"
+    );
+}
+
 #[tokio::test]
 async fn x_aws_proxy_port_selects_the_apps_port() {
     let rig = Rig::start(Tls::SelfSigned, |_| {}).await;

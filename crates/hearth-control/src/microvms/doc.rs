@@ -65,7 +65,7 @@ pub struct EngineDoc {
     pub hooks: MicrovmHooksConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suspended_at: Option<i64>,
-    /// Unix seconds of the last inbound traffic (written at suspend and on
+    /// Unix seconds of the last traffic through the proxy (written at suspend and on
     /// state changes; the running task keeps the live value in memory).
     pub last_activity_at: i64,
 }

@@ -163,7 +163,8 @@ pub struct MicrovmControl {
 /// A stream to a guest port, for the proxy.
 pub struct Connection {
     pub io: tokio::io::DuplexStream,
-    /// Call on inbound traffic: it resets the idle clock.
+    /// Call on traffic through the proxy (either way): it resets the idle
+    /// clock.
     pub activity: Arc<dyn Fn() + Send + Sync>,
 }
 

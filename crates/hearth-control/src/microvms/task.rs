@@ -80,7 +80,7 @@ pub(crate) enum Command {
 pub(crate) struct Handle {
     pub account: AccountId,
     pub tx: mpsc::Sender<Command>,
-    /// Unix seconds of the last inbound traffic.
+    /// Unix seconds of the last traffic through the proxy.
     pub last_activity: Arc<AtomicI64>,
     pub state: watch::Receiver<MicrovmState>,
     /// The app's output log, while this server writes it.
