@@ -27,6 +27,10 @@ use crate::logs::{LogProgress, LogWriter};
 use crate::writes::{self, now_secs};
 use crate::ControlError;
 
+/// How often `hearth serve` finishes image deletions that waited for
+/// their microVMs ([`ImageControl::finish_deletions`]).
+pub const DELETION_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How the server builds images.
 pub struct BuildSetup {
     pub data_dir: PathBuf,
@@ -269,13 +273,23 @@ impl ImageControl {
             .unwrap_or_default();
         if !kept.is_empty() {
             // A microVM still stands on it: the image stays DELETING and its
-            // files stay until the last one ends.
+            // files stay until the last one ends ([`Self::finish_deletions`]).
             tracing::warn!(image = %image.image_id, ?kept, "image snapshots still in use");
             return Ok(next);
         }
+        self.remove_image_records(account, &image.image_id).await?;
+        Ok(ImageState::Deleted)
+    }
+
+    /// The records of a deleted image, and its build logs.
+    async fn remove_image_records(
+        &self,
+        account: &AccountId,
+        image_id: &str,
+    ) -> Result<(), ControlError> {
         let (acct, id, logs) = (
             account.clone(),
-            image.image_id.clone(),
+            image_id.to_string(),
             self.inner.layout.logs.clone(),
         );
         blocking(&self.inner.store, move |st| {
@@ -284,8 +298,46 @@ impl ImageControl {
             remove_files(&log_files);
             Ok(())
         })
+        .await
+    }
+
+    /// Finish deleting the images left DELETING because microVMs stood on
+    /// their snapshots: each whose last microVM has ended loses its files
+    /// and records now; the others wait for the next call. `hearth serve`
+    /// calls it at start and then every [`DELETION_SWEEP`]. Answers
+    /// how many images went.
+    pub async fn finish_deletions(&self) -> Result<usize, ControlError> {
+        let deleting = blocking(&self.inner.store, |st| {
+            let states = [ImageState::Deleting.as_str().to_string()];
+            let mut images = Vec::new();
+            let mut page = PageRequest::first(100);
+            loop {
+                let p = st.list_images_all_accounts(&states, &page)?;
+                images.extend(p.items);
+                match p.next {
+                    Some(c) => page = PageRequest::after(100, c),
+                    None => return Ok(images),
+                }
+            }
+        })
         .await?;
-        Ok(ImageState::Deleted)
+        let mut gone = 0;
+        for image in deleting {
+            let dir = self.inner.layout.image_dir(&image.image_id);
+            let catalog = self.catalog();
+            let kept =
+                tokio::task::spawn_blocking(move || files::remove_owned(catalog.as_ref(), &dir))
+                    .await
+                    .unwrap_or_default();
+            if !kept.is_empty() {
+                continue;
+            }
+            self.remove_image_records(&image.account_id, &image.image_id)
+                .await?;
+            tracing::info!(image = %image.image_id, "image deleted: its last microVM has ended");
+            gone += 1;
+        }
+        Ok(gone)
     }
 
     /// DeleteMicrovmImageVersion.

@@ -29,7 +29,7 @@ mod writes;
 
 pub use config::{BaseImageFile, VersionConfig};
 pub use error::ControlError;
-pub use images::{BuildSetup, Created, ImageControl, LogHandle};
+pub use images::{BuildSetup, Created, ImageControl, LogHandle, DELETION_SWEEP};
 pub use logs::LogProgress;
 pub use microvms::{
     ConnectError, Connection, MicrovmControl, MicrovmSetup, OpenRefusal, RunRequest,

@@ -212,6 +212,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         .context("reconciling microVMs with the engine")?;
     tracing::info!("microVMs at start: {report:?}");
     let _ = control_cell.set(microvms.clone());
+    let deletions = finish_image_deletions(images.clone());
     let state = Arc::new(AppState {
         store: dd.store.clone(),
         sealer: hearth_api::paging::TokenSealer::new(dd.token_key),
@@ -263,6 +264,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
         tokio::select! {
             _ = shutdown => {}
             _ = purge => {}
+            _ = deletions => {}
         }
         let _ = stop_tx.send(true);
     };
@@ -428,6 +430,19 @@ async fn purge_idempotency_records(store: Arc<dyn Store>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!("purging idempotency records: {e}"),
             Err(e) => tracing::warn!("purging idempotency records: {e}"),
+        }
+    }
+}
+
+/// Images left DELETING because microVMs stood on their snapshots go once
+/// the last of those has ended: checked at start (after the microVMs were
+/// reconciled) and every `hearth_control::DELETION_SWEEP`. Never returns.
+async fn finish_image_deletions(images: hearth_control::ImageControl) {
+    let mut every = tokio::time::interval(hearth_control::DELETION_SWEEP);
+    loop {
+        every.tick().await;
+        if let Err(e) = images.finish_deletions().await {
+            tracing::warn!("finishing image deletions: {e}");
         }
     }
 }

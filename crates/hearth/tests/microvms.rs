@@ -189,7 +189,8 @@ fn e2e_tokens_open_only_their_own_microvm_on_their_ports_in_their_account() {
 /// maxIdleDurationSeconds 60 and no traffic is still RUNNING at 55 s and
 /// SUSPENDED by ~75 s, and five requests at once resume it (once: one
 /// process answers all, each counted once); one whose only traffic is
-/// a WebSocket message every 10 s stays RUNNING; suspendedDurationSeconds
+/// a WebSocket message every 10 s stays RUNNING, and so does one serving a
+/// single 75 s download (a chunk every 5 s); suspendedDurationSeconds
 /// 5 after an explicit suspend ends TERMINATED within ~10 s with the
 /// retention reason and its files deleted; maximumDurationInSeconds 8 ends
 /// TERMINATED with "maximum duration of the microVM elapsed". Without

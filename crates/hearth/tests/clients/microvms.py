@@ -581,7 +581,8 @@ def s_cross_account(a):
 def s_lifecycle(a):
     """The idle policy's deadlines, each for real, overlapped to share the
     waiting: I idles to SUSPENDED (and a request resumes it); W gets
-    WebSocket traffic only and stays RUNNING past the same idle limit; R
+    WebSocket traffic only and stays RUNNING past the same idle limit; L
+    serves one slow download past it and stays RUNNING too; R
     is terminated for its retention after an explicit suspend; D for its
     maximum duration; N has no auto-resume (409 until ResumeMicrovm).
     Invalid transitions are ConflictExceptions."""
@@ -608,6 +609,24 @@ def s_lifecycle(a):
 
     chat = threading.Thread(target=chatter, daemon=True)
     chat.start()
+
+    # L: one slow download (an 8-byte chunk every 5 s for 75 s) and nothing
+    # inbound after its request: the response bytes keep L from idling
+    # past its 60 s.
+    l_vm = run(arn, idlePolicy=idle)
+    l_tok = token(l_vm["microvmId"])
+    drip = {}
+
+    def slow_download():
+        try:
+            t0 = time.monotonic()
+            r = get(l_vm, "/drip?secs=75&every=5", l_tok, timeout=60)
+            drip.update(status=r.status_code, body=r.text, secs=time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            drip.update(error=repr(e))
+
+    dl = threading.Thread(target=slow_download, daemon=True)
+    dl.start()
 
     i = run(arn, idlePolicy=idle)
     i_started = time.monotonic()
@@ -687,6 +706,13 @@ def s_lifecycle(a):
     say(f"W (WebSocket traffic every 10 s) is {w_now['state']}")
     check(not ws_errors, f"W's WebSocket failed: {ws_errors}")
     check(w_now["state"] == "RUNNING", f"WebSocket traffic keeps W from idling: {w_now}")
+    dl.join(90)
+    say(f"L's slow download: {drip.get('status')} after {drip.get('secs', 0):.0f} s; L is "
+        f"{state_of(l_vm['microvmId'])['state']}")
+    check(drip.get("status") == 200 and drip.get("body", "").count("drip") == 15,
+          f"L's 75 s download went through whole: {drip}")
+    check(state_of(l_vm["microvmId"])["state"] == "RUNNING",
+          "a download in progress keeps L from idling")
     # Five requests at once to the SUSPENDED microVM: one resume, all
     # answered by the same process, each counted once.
     t = time.monotonic()
@@ -712,11 +738,11 @@ def s_lifecycle(a):
     ws_stop.set()
     chat.join(30)
     ws.close()
-    for m in (w, i, n):
+    for m in (w, i, n, l_vm):
         client.terminate_microvm(microvmIdentifier=m["microvmId"])
-    for m in (w, i, n):
+    for m in (w, i, n, l_vm):
         wait_state(m["microvmId"], "TERMINATED", 60)
-    emit(ids=[m["microvmId"] for m in (w, i, r, d, n)], iSuspendSecs=round(i_secs, 1),
+    emit(ids=[m["microvmId"] for m in (w, i, r, d, n, l_vm)], iSuspendSecs=round(i_secs, 1),
          retentionSecs=round(r_secs, 1), maxDurationSecs=round(d_secs, 1))
 
 

@@ -12,6 +12,8 @@ Listens on 8080 and, to test `X-aws-proxy-port`, on 9090:
   JSON with its length and SHA-256, without keeping it.
 * `GET /download?bytes=N`: streams N bytes of a fixed pattern (the bytes
   0..255 repeated), 64 KiB at a time.
+* `GET /drip?secs=S&every=E`: a slow download, an 8-byte chunk every E
+  seconds for S seconds (Content-Length known up front).
 * `GET /ws`: a WebSocket (RFC 6455) echo. The app picks the `echo`
   subprotocol when offered; its first message is a JSON text frame of the
   handshake headers it received; then every text or binary message comes
@@ -25,6 +27,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -116,6 +119,21 @@ class Handler(BaseHTTPRequestHandler):
                 chunk = PATTERN[:min(n, len(PATTERN))]
                 self.wfile.write(chunk)
                 n -= len(chunk)
+        elif url.path == "/drip":
+            # A slow download: an 8-byte chunk every `every` seconds for
+            # `secs` seconds, the length known up front.
+            q = parse_qs(url.query)
+            every = max(1, int(q.get("every", ["1"])[0]))
+            chunks = max(1, int(q.get("secs", ["0"])[0]) // every)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(chunks * 8))
+            self.end_headers()
+            for i in range(chunks):
+                if i:
+                    time.sleep(every)
+                self.wfile.write(b"drip %02d\n" % (i % 100))
+                self.wfile.flush()
         elif url.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket()
         else:
