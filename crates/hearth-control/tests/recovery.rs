@@ -29,6 +29,10 @@ fn setup() -> (
 }
 
 fn image(store: &dyn Store, acct: &hearth_store::AccountId, name: &str) -> String {
+    image_in(store, acct, name, "CREATING")
+}
+
+fn image_in(store: &dyn Store, acct: &hearth_store::AccountId, name: &str, state: &str) -> String {
     let id = hearth_store::ids::new_image_id();
     store
         .create_image(
@@ -37,7 +41,7 @@ fn image(store: &dyn Store, acct: &hearth_store::AccountId, name: &str) -> Strin
                 arn: format!("arn:aws:lambda:us-east-1:{acct}:microvm-image:{id}"),
                 image_id: id.clone(),
                 name: name.into(),
-                state: "CREATING".into(),
+                state: state.into(),
                 created_at_secs: 1,
                 doc: json!({}),
                 tags: BTreeMap::new(),
@@ -119,4 +123,26 @@ fn an_interrupted_build_fails_its_version_and_image() {
         "FAILED"
     );
     assert_eq!(store.get_image(&acct, &img).unwrap().state, "CREATE_FAILED");
+}
+
+/// An image left DELETING (a microVM stood on its snapshot when it was
+/// deleted) goes with its files once nothing stands on it (here: a server
+/// without an engine, so no snapshot can); images in other states stay.
+#[tokio::test]
+async fn finish_deletions_removes_images_left_deleting_and_nothing_else() {
+    let (d, store, control, acct) = setup();
+    let deleting = image_in(&*store, &acct, "deleting", "DELETING");
+    let created = image_in(&*store, &acct, "created", "CREATED");
+    let files = d.path().join("images").join(&deleting);
+    std::fs::create_dir_all(files.join("1")).unwrap();
+    std::fs::write(files.join("1").join("disk.qcow2"), b"layer").unwrap();
+
+    assert_eq!(control.finish_deletions().await.unwrap(), 1);
+    assert!(
+        store.get_image(&acct, &deleting).is_err(),
+        "its records went"
+    );
+    assert!(!files.exists(), "its files went");
+    assert_eq!(store.get_image(&acct, &created).unwrap().state, "CREATED");
+    assert_eq!(control.finish_deletions().await.unwrap(), 0, "idempotent");
 }
