@@ -669,11 +669,18 @@ impl QemuBackend {
         }
         undo.disarm();
         // The guest owns its state again; the suspended generation is stale.
-        let _ = std::fs::remove_dir_all(&gen_dir);
+        // Its memory file can be large: unlinked off the caller's path (a
+        // later suspend picks a generation number of its own either way).
+        let mut stale = vec![gen_dir];
         if let Some((pool_dir, _)) = pooled {
             confine::release_uid(&state_dir, old_uid);
-            let _ = std::fs::remove_dir_all(pool_dir);
+            stale.push(pool_dir);
         }
+        tokio::task::spawn_blocking(move || {
+            for dir in stale {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        });
         Ok(vm)
     }
 }
