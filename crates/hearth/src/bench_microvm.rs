@@ -2294,7 +2294,7 @@ mod tests {
         assert!(t.contains("| ≤ 1000 ms p50: missed |"), "{t}");
         assert!(t.contains("**at least 30** (the bench's cap, --max-running-microvms 30); RunMicrovm 31 then answered InsufficientCapacityException | ≥ 50: not shown by this run |"), "{t}");
         // 500 at 5 MiB is 2.4 GiB; 10 GiB hold 2048.
-        assert!(t.contains("**30 at once in this run**; at the p50 size, 2.4 GiB for 500; the 10 GiB free here hold about 2048"), "{t}");
+        assert!(t.contains("**30 at once in this run**, 0 of them with a process left; at the p50 size, 2.4 GiB for 500; the 10 GiB still free hold about 2048 more"), "{t}");
         // Every row of the first table has its five columns.
         for l in lines.iter().take_while(|l| !l.is_empty()) {
             assert_eq!(l.matches('|').count() - l.matches("\\|").count(), 6, "{l}");

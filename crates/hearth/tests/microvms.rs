@@ -273,8 +273,9 @@ fn e2e_a_sigkilled_server_restarts_with_its_microvms_intact_and_a_stopped_one_le
     // A graceful stop leaves the microVMs it handed out running (the next
     // server adopts them) and ends the warmed clones and pre-started QEMUs,
     // which belong to none.
+    let busy = qemu_of(&w, str_of(&before["busy"], "id")).expect("the busy microVM's QEMU");
     s.stop(&w);
-    let mut want = vec![qemu.pid, resumed.pid];
+    let mut want = vec![qemu.pid, resumed.pid, busy.pid];
     want.sort_unstable();
     let qemus_left = || {
         let mut left: Vec<u32> = all_procs()
@@ -292,10 +293,10 @@ fn e2e_a_sigkilled_server_restarts_with_its_microvms_intact_and_a_stopped_one_le
     assert_eq!(
         qemus_left(),
         want,
-        "after SIGTERM only the running and the resumed microVM keep a QEMU\n{}",
+        "after SIGTERM only the three handed-out microVMs (running, busy, resumed) keep a QEMU\n{}",
         w.log_tail()
     );
-    assert!(still_alive(&qemu) && still_alive(&resumed));
+    assert!(still_alive(&qemu) && still_alive(&resumed) && still_alive(&busy));
 }
 
 /// Many microVMs of one image at once: SUSPENDED ones, each having
