@@ -178,16 +178,7 @@ async fn plain_http_is_refused_when_tls_is_on() {
     let tcp = TcpStream::connect(rig.addr).await.unwrap();
     let mut s = h1(tcp).await;
     let token = rig.token(VM, &[8080]);
-    let (status, headers, body) = read(
-        s.go(get(
-            &Rig::host(VM),
-            "/whoami",
-            &[("x-aws-proxy-auth", &token)],
-        ))
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (status, headers, body) = whoami(&mut s, &token).await;
     assert_eq!(status, 400);
     assert!(message(&headers, &body).contains("HTTPS"));
     assert!(rig.app.seen.lock().unwrap().is_empty());
@@ -263,16 +254,7 @@ async fn tls_files_mode_serves_the_given_certificate() {
     let tls = tls_connect(rig.addr, &cert_path, &Rig::host(VM), &[b"http/1.1"]).await;
     let mut s = h1(tls).await;
     let token = rig.token(VM, &[8080]);
-    let (status, _, body) = read(
-        s.go(get(
-            &Rig::host(VM),
-            "/whoami",
-            &[("x-aws-proxy-auth", &token)],
-        ))
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (status, _, body) = whoami(&mut s, &token).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "app-8080"));
 }
 
@@ -450,16 +432,7 @@ async fn default_port_comes_from_the_config() {
     let rig = Rig::start(Tls::Off, |c| c.default_port = 9000).await;
     let token = rig.token(VM, &[9000]);
     let mut s = h1(TcpStream::connect(rig.addr).await.unwrap()).await;
-    let (_, _, body) = read(
-        s.go(get(
-            &Rig::host(VM),
-            "/whoami",
-            &[("x-aws-proxy-auth", &token)],
-        ))
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (_, _, body) = whoami(&mut s, &token).await;
     assert_eq!(body, "app-9000");
 }
 
@@ -519,16 +492,7 @@ async fn requests_above_the_rate_get_429_with_retry_after() {
     let mut s = h1(TcpStream::connect(rig.addr).await.unwrap()).await;
     let mut statuses = vec![];
     for _ in 0..8 {
-        let (status, headers, body) = read(
-            s.go(get(
-                &Rig::host(VM),
-                "/whoami",
-                &[("x-aws-proxy-auth", &token)],
-            ))
-            .await
-            .unwrap(),
-        )
-        .await;
+        let (status, headers, body) = whoami(&mut s, &token).await;
         if status == 429 {
             assert_eq!(headers["retry-after"], "1");
             assert!(message(&headers, &body).contains("too many requests"));
@@ -668,16 +632,7 @@ async fn connections_beyond_the_limit_are_closed() {
     let mut held = vec![];
     for _ in 0..2 {
         let mut s = h1(TcpStream::connect(rig.addr).await.unwrap()).await;
-        let (status, _, _) = read(
-            s.go(get(
-                &Rig::host(VM),
-                "/whoami",
-                &[("x-aws-proxy-auth", &token)],
-            ))
-            .await
-            .unwrap(),
-        )
-        .await;
+        let (status, _, _) = whoami(&mut s, &token).await;
         assert_eq!(status, 200);
         held.push(s);
     }
@@ -693,16 +648,7 @@ async fn connections_beyond_the_limit_are_closed() {
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut s = h1(TcpStream::connect(rig.addr).await.unwrap()).await;
-    let (status, _, _) = read(
-        s.go(get(
-            &Rig::host(VM),
-            "/whoami",
-            &[("x-aws-proxy-auth", &token)],
-        ))
-        .await
-        .unwrap(),
-    )
-    .await;
+    let (status, _, _) = whoami(&mut s, &token).await;
     assert_eq!(status, 200);
 }
 

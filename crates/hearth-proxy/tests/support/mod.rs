@@ -513,6 +513,24 @@ pub fn message(headers: &http::HeaderMap, body: &str) -> String {
     v["message"].as_str().unwrap().to_string()
 }
 
+/// `GET /whoami` for [`VM`] with `token` on an open HTTP/1.1 connection:
+/// status, headers and body.
+pub async fn whoami(
+    s: &mut hyper::client::conn::http1::SendRequest<ReqBody>,
+    token: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    read(
+        s.go(get(
+            &Rig::host(VM),
+            "/whoami",
+            &[("x-aws-proxy-auth", token)],
+        ))
+        .await
+        .unwrap(),
+    )
+    .await
+}
+
 /// One HTTPS/1.1 request on a fresh connection with SNI = host.
 pub async fn https_get(
     rig: &Rig,
