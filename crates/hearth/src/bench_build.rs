@@ -45,6 +45,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::bench_stats::Samples;
 use aws_sdk_lambdamicrovms::config::{Credentials, Region};
 use aws_sdk_lambdamicrovms::types::{BuildState, CodeArtifact};
 use clap::Args;
@@ -112,72 +114,6 @@ const FLASK: Example = Example {
 };
 
 // ------------------------------------------------------------ statistics
-
-/// Samples of one figure, in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Samples {
-    ms: Vec<f64>,
-}
-
-impl Samples {
-    fn push(&mut self, d: Duration) {
-        self.ms.push(d.as_secs_f64() * 1000.0);
-    }
-
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.ms.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-
-    /// Nearest-rank percentile; `None` without samples.
-    fn pct(&self, p: f64) -> Option<f64> {
-        let s = self.sorted();
-        if s.is_empty() {
-            return None;
-        }
-        let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-        Some(s[rank.min(s.len()) - 1])
-    }
-
-    fn p50(&self) -> Option<f64> {
-        self.pct(50.0)
-    }
-
-    /// `p50 (min / p90 / max, n=N)` of `ms / divisor`, with `decimals`.
-    fn cell_scaled(&self, divisor: f64, decimals: usize) -> String {
-        let s = self.sorted();
-        match (s.first(), s.last(), self.p50(), self.pct(90.0)) {
-            (Some(lo), Some(hi), Some(p50), Some(p90)) => format!(
-                "{:.d$} ({:.d$} / {:.d$} / {:.d$}, n={})",
-                p50 / divisor,
-                lo / divisor,
-                p90 / divisor,
-                hi / divisor,
-                s.len(),
-                d = decimals
-            ),
-            _ => "n/a".into(),
-        }
-    }
-
-    /// The cell in seconds.
-    fn cell_secs(&self) -> String {
-        self.cell_scaled(1000.0, 2)
-    }
-
-    fn json(&self) -> Value {
-        let s = self.sorted();
-        json!({
-            "min": s.first().copied().map(round1),
-            "p50": self.p50().map(round1),
-            "p90": self.pct(90.0).map(round1),
-            "max": s.last().copied().map(round1),
-            "n": s.len(),
-            "samples": self.ms.iter().map(|v| round1(*v)).collect::<Vec<_>>(),
-        })
-    }
-}
 
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
@@ -307,7 +243,7 @@ fn phase_rows(runs: &[Run]) -> Vec<PhaseRow> {
                     at
                 }
             };
-            rows[i].samples.ms.push(p.ms);
+            rows[i].samples.push(p.ms);
             after = Some(i);
         }
     }
@@ -318,7 +254,7 @@ fn phase_rows(runs: &[Run]) -> Vec<PhaseRow> {
 /// writes before and after the build, and the polling granularity.
 fn outside_phases(runs: &[Run]) -> Samples {
     Samples {
-        ms: runs
+        v: runs
             .iter()
             .map(|r| r.total_ms - r.phases.iter().map(|p| p.ms).sum::<f64>())
             .collect(),
@@ -407,7 +343,7 @@ fn target_cell(target_p50_secs: f64, p50_ms: Option<f64>) -> String {
 fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> String {
     let mut t = String::new();
     let total = Samples {
-        ms: runs.iter().map(|r| r.total_ms).collect(),
+        v: runs.iter().map(|r| r.total_ms).collect(),
     };
     let _ = writeln!(
         t,
@@ -419,7 +355,7 @@ fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> St
         "{}",
         md_row(&[
             "**CreateMicrovmImage to CREATED**",
-            &format!("**{}**", total.cell_secs()),
+            &format!("**{}**", total.cell_scaled(1000.0, 2)),
             &target_cell(example.target_p50_secs, total.p50()),
             "",
             "",
@@ -427,7 +363,7 @@ fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> St
     );
     for row in phase_rows(runs) {
         let (base, what) = match baselines.iter().find(|b| b.beside.matches(&row)) {
-            Some(b) => (b.samples.cell_secs(), md_cell(&b.what)),
+            Some(b) => (b.samples.cell_scaled(1000.0, 2), md_cell(&b.what)),
             None => (String::new(), String::new()),
         };
         let _ = writeln!(
@@ -435,7 +371,7 @@ fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> St
             "{}",
             md_row(&[
                 &md_cell(&phase_label(&row)),
-                &row.samples.cell_secs(),
+                &row.samples.cell_scaled(1000.0, 2),
                 "",
                 &base,
                 &what,
@@ -450,7 +386,7 @@ fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> St
                 "outside the phases: queueing, state writes, polling every {} ms",
                 POLL.as_millis()
             ),
-            &outside_phases(runs).cell_secs(),
+            &outside_phases(runs).cell_scaled(1000.0, 2),
             "",
             "",
             "",
@@ -461,7 +397,7 @@ fn example_table(example: &Example, runs: &[Run], baselines: &[&Baseline]) -> St
     let _ = writeln!(t, "|---|---|");
     for (i, what) in Sizes::LABELS.iter().enumerate() {
         let bytes = Samples {
-            ms: runs
+            v: runs
                 .iter()
                 .filter_map(|r| r.sizes.in_order()[i])
                 .map(|b| b as f64)
@@ -484,7 +420,7 @@ fn size_unit(p50_bytes: Option<f64>) -> (&'static str, f64) {
 /// An example's figures as JSON.
 fn example_json(example: &Example, runs: &[Run]) -> Value {
     let total = Samples {
-        ms: runs.iter().map(|r| r.total_ms).collect(),
+        v: runs.iter().map(|r| r.total_ms).collect(),
     };
     let sizes = |get: fn(&Sizes) -> Option<u64>| -> Vec<Option<u64>> {
         runs.iter().map(|r| get(&r.sizes)).collect()
@@ -1066,7 +1002,7 @@ async fn measure(
         m.hello.push(run);
         eprintln!("[bench build] baseline: engine cold boot {i}/{}", a.runs);
         m.boots
-            .push(engine_cold_boot(g, backend, builder_mem_mib, builder_vcpus).await?);
+            .push_ms(engine_cold_boot(g, backend, builder_mem_mib, builder_vcpus).await?);
     }
     for i in 1..=a.flask_runs {
         eprintln!("[bench build] {} build {i}/{}", FLASK.name, a.flask_runs);
@@ -1089,7 +1025,7 @@ async fn measure(
             a.flask_runs
         );
         let (took, pip_version) = host_pip_install(flask_dir, &work.join("venv")).await?;
-        m.pips.push(took);
+        m.pips.push_ms(took);
         m.pip_version = pip_version;
     }
     Ok(m)
@@ -1119,30 +1055,6 @@ mod tests {
                 code_install_bytes: Some(6046),
             },
         }
-    }
-
-    #[test]
-    fn percentiles_are_nearest_rank_and_never_the_best_run() {
-        let s = Samples {
-            ms: (1..=20).map(f64::from).rev().collect(),
-        };
-        assert_eq!(s.p50(), Some(10.0));
-        assert_eq!(s.pct(90.0), Some(18.0));
-        assert_eq!(s.pct(100.0), Some(20.0));
-        assert_eq!(s.pct(0.0), Some(1.0));
-        // Five runs: p50 is the third, p90 the fifth.
-        let five = Samples {
-            ms: vec![15_000.0, 14_000.0, 30_000.0, 14_500.0, 16_000.0],
-        };
-        assert_eq!(five.p50(), Some(15_000.0));
-        assert_eq!(five.pct(90.0), Some(30_000.0));
-        assert_eq!(five.cell_secs(), "15.00 (14.00 / 30.00 / 30.00, n=5)");
-        assert_eq!(Samples::default().p50(), None);
-        assert_eq!(Samples::default().cell_secs(), "n/a");
-        let j = five.json();
-        assert_eq!(j["p50"], 15000.0);
-        assert_eq!(j["n"], 5);
-        assert_eq!(j["samples"].as_array().unwrap().len(), 5);
     }
 
     #[test]
@@ -1200,10 +1112,10 @@ mod tests {
         let rows = phase_rows(&[a.clone(), b.clone()]);
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["fetch", "app_ready", "validate", "snapshot"]);
-        assert_eq!(rows[0].samples.ms, vec![10.0, 20.0]);
-        assert_eq!(rows[2].samples.ms, vec![50.0]);
+        assert_eq!(rows[0].samples.v, vec![10.0, 20.0]);
+        assert_eq!(rows[2].samples.v, vec![50.0]);
         // Outside the phases: the total less the sum of its phases, per run.
-        assert_eq!(outside_phases(&[a, b]).ms, vec![8_890.0, 8_630.0]);
+        assert_eq!(outside_phases(&[a, b]).v, vec![8_890.0, 8_630.0]);
     }
 
     #[test]
@@ -1229,14 +1141,14 @@ mod tests {
         let boot = Baseline {
             beside: Beside::Phase("builder_start"),
             samples: Samples {
-                ms: vec![4_000.0, 5_000.0, 4_500.0],
+                v: vec![4_000.0, 5_000.0, 4_500.0],
             },
             what: "engine cold boot".into(),
         };
         let pip = Baseline {
             beside: Beside::StepContaining("pip install"),
             samples: Samples {
-                ms: vec![3_000.0, 2_000.0],
+                v: vec![3_000.0, 2_000.0],
             },
             what: "host pip | natively".into(),
         };

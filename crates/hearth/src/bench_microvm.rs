@@ -38,6 +38,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use crate::bench_stats::{ms, round2, Samples};
 use aws_sdk_lambdamicrovms::config::{Credentials, Region};
 use aws_sdk_lambdamicrovms::types::{BuildState, CodeArtifact, IdlePolicy, PortSpecification};
 use bytes::Bytes;
@@ -165,75 +167,6 @@ const TARGET_RUNNING: usize = 50;
 const TARGET_SUSPENDED: usize = 500;
 
 // ------------------------------------------------------------ statistics
-
-/// Samples of one figure (the unit is the figure's).
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Samples {
-    v: Vec<f64>,
-}
-
-impl Samples {
-    fn push(&mut self, v: f64) {
-        self.v.push(v);
-    }
-
-    fn push_ms(&mut self, d: Duration) {
-        self.v.push(ms(d));
-    }
-
-    fn sorted(&self) -> Vec<f64> {
-        let mut s = self.v.clone();
-        s.sort_by(f64::total_cmp);
-        s
-    }
-
-    /// Nearest-rank percentile; `None` without samples.
-    fn pct(&self, p: f64) -> Option<f64> {
-        let s = self.sorted();
-        if s.is_empty() {
-            return None;
-        }
-        let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-        Some(s[rank.min(s.len()) - 1])
-    }
-
-    fn p50(&self) -> Option<f64> {
-        self.pct(50.0)
-    }
-
-    /// `p50 (min / p90 / max, n=N)` with `decimals`.
-    fn cell(&self, decimals: usize) -> String {
-        let s = self.sorted();
-        match (s.first(), s.last(), self.p50(), self.pct(90.0)) {
-            (Some(lo), Some(hi), Some(p50), Some(p90)) => format!(
-                "{p50:.d$} ({lo:.d$} / {p90:.d$} / {hi:.d$}, n={})",
-                s.len(),
-                d = decimals
-            ),
-            _ => "n/a".into(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        let s = self.sorted();
-        json!({
-            "min": s.first().copied().map(round2),
-            "p50": self.p50().map(round2),
-            "p90": self.pct(90.0).map(round2),
-            "max": s.last().copied().map(round2),
-            "n": s.len(),
-            "samples": self.v.iter().map(|v| round2(*v)).collect::<Vec<_>>(),
-        })
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn round2(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
@@ -2204,18 +2137,6 @@ pub async fn microvm(g: &Global, a: MicrovmArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_are_nearest_rank_and_never_the_best_run() {
-        let s = Samples {
-            v: (1..=20).map(f64::from).rev().collect(),
-        };
-        assert_eq!(s.p50(), Some(10.0));
-        assert_eq!(s.pct(90.0), Some(18.0));
-        assert_eq!(s.cell(1), "10.0 (1.0 / 18.0 / 20.0, n=20)");
-        assert_eq!(Samples::default().cell(1), "n/a");
-        assert_eq!(Samples::default().p50(), None);
-    }
 
     #[test]
     fn targets_say_met_or_missed_from_the_p50() {

@@ -8,6 +8,7 @@ mod bench;
 mod bench_api;
 mod bench_build;
 mod bench_microvm;
+mod bench_stats;
 mod client;
 mod demo;
 mod image_cli;
