@@ -48,7 +48,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bench_stats::Samples;
 use aws_sdk_lambdamicrovms::config::{Credentials, Region};
-use aws_sdk_lambdamicrovms::types::{BuildState, CodeArtifact};
+use aws_sdk_lambdamicrovms::types::CodeArtifact;
 use clap::Args;
 use hearth_api::DataDir;
 use hearth_store::{AccountId, Store};
@@ -604,50 +604,12 @@ async fn build_once(
         .with_context(|| format!("{name}: version {version} shows no build"))?
         .build_id()
         .to_string();
-    loop {
-        let b = api
-            .sdk
-            .get_microvm_image_build()
-            .image_identifier(&image_arn)
-            .image_version(&version)
-            .build_id(&build_id)
-            .send()
-            .await
-            .map_err(|e| api.error("GetMicrovmImageBuild", e))?;
-        match b.build_state() {
-            BuildState::Successful => break,
-            BuildState::Failed => bail!(
-                "the build {build_id} of {name} FAILED: {}",
-                b.state_reason().unwrap_or("(no reason given)")
-            ),
-            _ => {}
-        }
-        if t0.elapsed() > BUILD_TIMEOUT {
-            bail!(
-                "the build {build_id} of {name} has not ended after {} s",
-                BUILD_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    loop {
-        let i = api
-            .sdk
-            .get_microvm_image()
-            .image_identifier(&image_arn)
-            .send()
-            .await
-            .map_err(|e| api.error("GetMicrovmImage", e))?;
-        match i.state().as_str() {
-            "CREATED" => break,
-            "CREATING" => {}
-            other => bail!("{name}: its build succeeded but the image is {other}"),
-        }
-        if t0.elapsed() > BUILD_TIMEOUT {
-            bail!("{name} is not CREATED after {} s", BUILD_TIMEOUT.as_secs());
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let build = follow::BuildRef {
+        image_arn: image_arn.clone(),
+        version: version.clone(),
+        build_id: build_id.clone(),
+    };
+    follow::wait_created(api, &build, name, t0, BUILD_TIMEOUT, POLL).await?;
     let total = t0.elapsed();
     let image_id = follow::image_id(&image_arn);
     let doc = store

@@ -41,7 +41,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::bench_stats::{ms, round2, Samples};
 use aws_sdk_lambdamicrovms::config::{Credentials, Region};
-use aws_sdk_lambdamicrovms::types::{BuildState, CodeArtifact, IdlePolicy, PortSpecification};
+use aws_sdk_lambdamicrovms::types::{CodeArtifact, IdlePolicy, PortSpecification};
 use bytes::Bytes;
 use clap::Args;
 use hearth_api::{AppState, DataDir, ManagedImage};
@@ -851,47 +851,12 @@ async fn build_image(s: &Server, dir: &Path, name: &str) -> Result<Built> {
         .with_context(|| format!("{name}: version {version} shows no build"))?
         .build_id()
         .to_string();
-    let t0 = Instant::now();
-    loop {
-        let b = api
-            .sdk
-            .get_microvm_image_build()
-            .image_identifier(&arn)
-            .image_version(&version)
-            .build_id(&build_id)
-            .send()
-            .await
-            .map_err(|e| api.error("GetMicrovmImageBuild", e))?;
-        match b.build_state() {
-            BuildState::Successful => break,
-            BuildState::Failed => bail!(
-                "the build of {name} FAILED: {}",
-                b.state_reason().unwrap_or("(no reason given)")
-            ),
-            _ => {}
-        }
-        ensure!(
-            t0.elapsed() < BUILD_TIMEOUT,
-            "the build of {name} did not end"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-    loop {
-        let i = api
-            .sdk
-            .get_microvm_image()
-            .image_identifier(&arn)
-            .send()
-            .await
-            .map_err(|e| api.error("GetMicrovmImage", e))?;
-        match i.state().as_str() {
-            "CREATED" => break,
-            "CREATING" => {}
-            other => bail!("{name}: its build succeeded but the image is {other}"),
-        }
-        ensure!(t0.elapsed() < BUILD_TIMEOUT, "{name} is not CREATED");
-        tokio::time::sleep(POLL).await;
-    }
+    let build = follow::BuildRef {
+        image_arn: arn.clone(),
+        version: version.clone(),
+        build_id,
+    };
+    follow::wait_created(api, &build, name, Instant::now(), BUILD_TIMEOUT, POLL).await?;
     let image_id = follow::image_id(&arn).to_string();
     let image = s.store.get_image(&s.account, &image_id)?;
     let v = s.store.get_image_version(&s.account, &image_id, &version)?;

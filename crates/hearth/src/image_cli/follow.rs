@@ -5,7 +5,7 @@
 //! GetMicrovmImageBuild. Runs on the command's task.
 
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_lambdamicrovms::operation::get_microvm_image_build::GetMicrovmImageBuildOutput;
 use aws_sdk_lambdamicrovms::types::{
@@ -328,6 +328,63 @@ pub fn final_state_text(b: &GetMicrovmImageBuildOutput) -> String {
         }
     }
     s
+}
+
+/// Poll every `poll` until build `b` is SUCCESSFUL and its image CREATED
+/// (the benches wait so). A FAILED build, an image that leaves CREATING
+/// for anything but CREATED, or `timeout` past `since` is an error naming
+/// `name`.
+pub async fn wait_created(
+    api: &Api,
+    b: &BuildRef,
+    name: &str,
+    since: Instant,
+    timeout: Duration,
+    poll: Duration,
+) -> anyhow::Result<()> {
+    let late = || since.elapsed() > timeout;
+    loop {
+        let build = api
+            .sdk
+            .get_microvm_image_build()
+            .image_identifier(&b.image_arn)
+            .image_version(&b.version)
+            .build_id(&b.build_id)
+            .send()
+            .await
+            .map_err(|e| api.error("GetMicrovmImageBuild", e))?;
+        match build.build_state() {
+            BuildState::Successful => break,
+            BuildState::Failed => anyhow::bail!(
+                "the build {} of {name} FAILED: {}",
+                b.build_id,
+                build.state_reason().unwrap_or("(no reason given)")
+            ),
+            _ if late() => anyhow::bail!(
+                "the build {} of {name} has not ended after {} s",
+                b.build_id,
+                timeout.as_secs()
+            ),
+            _ => tokio::time::sleep(poll).await,
+        }
+    }
+    loop {
+        let image = api
+            .sdk
+            .get_microvm_image()
+            .image_identifier(&b.image_arn)
+            .send()
+            .await
+            .map_err(|e| api.error("GetMicrovmImage", e))?;
+        match image.state().as_str() {
+            "CREATED" => return Ok(()),
+            "CREATING" if late() => {
+                anyhow::bail!("{name} is not CREATED after {} s", timeout.as_secs())
+            }
+            "CREATING" => tokio::time::sleep(poll).await,
+            other => anyhow::bail!("{name}: its build succeeded but the image is {other}"),
+        }
+    }
 }
 
 #[cfg(test)]
