@@ -294,7 +294,12 @@ impl ImageControl {
         );
         blocking(&self.inner.store, move |st| {
             let log_files = build_logs(st, &logs, &acct, &id, None)?;
-            st.delete_image(&acct, &id)?;
+            match st.delete_image(&acct, &id) {
+                // The API's delete and the deletion sweep can both get
+                // here; whichever is second finds the work done.
+                Err(e) if e.is_not_found() => return Ok(()),
+                r => r?,
+            }
             remove_files(&log_files);
             Ok(())
         })
@@ -332,10 +337,18 @@ impl ImageControl {
             if !kept.is_empty() {
                 continue;
             }
-            self.remove_image_records(&image.account_id, &image.image_id)
-                .await?;
-            tracing::info!(image = %image.image_id, "image deleted: its last microVM has ended");
-            gone += 1;
+            match self
+                .remove_image_records(&image.account_id, &image.image_id)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(image = %image.image_id, "image deleted: its last microVM has ended");
+                    gone += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(image = %image.image_id, "finishing an image's deletion: {e}")
+                }
+            }
         }
         Ok(gone)
     }
