@@ -95,6 +95,42 @@ fn e2e_reference_scenario_through_the_aws_cli() {
         "a terminated microVM's files remain: {}",
         w.microvm_files(id).display()
     );
+    // Stopped right after a RunMicrovm (the warm pool refills behind the
+    // clone it handed out, and may still be at it): that microVM stays
+    // (the next server adopts it); no other QEMU does.
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("--data-dir")
+        .arg(w.data())
+        .args(["run", "hello", "--json"])
+        .env("HEARTH_ENDPOINT", &s.api)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hearth run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = qemu_of(&w, str_of(&run, "microvmId")).expect("the new microVM's QEMU");
+    s.stop(&w);
+    let qemus_left = || -> Vec<u32> {
+        all_procs()
+            .into_iter()
+            .filter(|p| is_qemu(p) && holds_file_under(p.pid, &w.data()))
+            .map(|p| p.pid)
+            .collect()
+    };
+    // Killed ones take a moment to go.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while qemus_left() != [kept.pid] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        qemus_left(),
+        [kept.pid],
+        "after SIGTERM only the handed-out microVM keeps a QEMU\n{}",
+        w.log_tail()
+    );
 }
 
 /// Python `requests` through HTTPS_PROXY with REQUESTS_CA_BUNDLE reaches

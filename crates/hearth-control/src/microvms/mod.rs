@@ -186,6 +186,8 @@ pub enum ConnectError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a warm-up request may take.
 const WARM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a graceful stop waits for warm-pool refills under way.
+const SHUTDOWN_REFILL_WAIT: Duration = Duration::from_secs(60);
 
 impl MicrovmControl {
     pub fn new(store: Arc<dyn Store>, setup: MicrovmSetup) -> Self {
@@ -591,6 +593,13 @@ impl MicrovmControl {
     pub async fn shutdown(&self) {
         self.detach_all();
         self.shared.pool.close();
+        // A refill under way holds a clone the pool does not know yet: let
+        // it finish (it ends that clone, as the pool is closed) rather than
+        // drop it with the runtime, which would leave it running.
+        let waited = tokio::time::Instant::now();
+        while self.shared.pool.refilling() && waited.elapsed() < SHUTDOWN_REFILL_WAIT {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         for snapshot_id in self.shared.pool.snapshots() {
             self.drain(&snapshot_id).await;
         }

@@ -103,6 +103,12 @@ impl WarmPool {
                 .insert(snapshot_id.to_string())
     }
 
+    /// Whether a refill is still under way (it ends its clone itself once
+    /// the pool is closed).
+    pub fn refilling(&self) -> bool {
+        !self.refilling.lock().unwrap().is_empty()
+    }
+
     pub fn end_refill(&self, snapshot_id: &str) {
         self.refilling.lock().unwrap().remove(snapshot_id);
     }
