@@ -314,16 +314,7 @@ impl ImageControl {
     pub async fn finish_deletions(&self) -> Result<usize, ControlError> {
         let deleting = blocking(&self.inner.store, |st| {
             let states = [ImageState::Deleting.as_str().to_string()];
-            let mut images = Vec::new();
-            let mut page = PageRequest::first(100);
-            loop {
-                let p = st.list_images_all_accounts(&states, &page)?;
-                images.extend(p.items);
-                match p.next {
-                    Some(c) => page = PageRequest::after(100, c),
-                    None => return Ok(images),
-                }
-            }
+            writes::all_pages(|page| st.list_images_all_accounts(&states, page))
         })
         .await?;
         let mut gone = 0;

@@ -14,7 +14,7 @@ use hearth_store::{PageRequest, Store};
 use serde_json::json;
 
 use crate::images::{refresh_latest, ImageControl};
-use crate::writes;
+use crate::writes::{self, all_pages};
 use crate::ControlError;
 
 /// The reason an interrupted build is given.
@@ -30,16 +30,7 @@ impl ImageControl {
             BuildState::Pending.as_str().to_string(),
             BuildState::InProgress.as_str().to_string(),
         ];
-        let mut builds = Vec::new();
-        let mut page = PageRequest::first(100);
-        loop {
-            let p = st.list_builds_all_accounts(&states, &page)?;
-            builds.extend(p.items);
-            match p.next {
-                Some(c) => page = PageRequest::after(100, c),
-                None => break,
-            }
-        }
+        let builds = all_pages(|page| st.list_builds_all_accounts(&states, page))?;
         let catalog = self.catalog();
         for b in &builds {
             let _ = std::fs::remove_dir_all(self.inner.layout.build_dir(&b.build_id));
@@ -51,20 +42,11 @@ impl ImageControl {
                 tracing::error!(build = %b.build_id, "cannot end an interrupted build: {e}");
             }
         }
-        let mut images = Vec::new();
         let states = vec![
             ImageState::Creating.as_str().to_string(),
             ImageState::Updating.as_str().to_string(),
         ];
-        let mut page = PageRequest::first(100);
-        loop {
-            let p = st.list_images_all_accounts(&states, &page)?;
-            images.extend(p.items);
-            match p.next {
-                Some(c) => page = PageRequest::after(100, c),
-                None => break,
-            }
-        }
+        let images = all_pages(|page| st.list_images_all_accounts(&states, page))?;
         for i in &images {
             if let Err(e) = self.end_stuck_image(st, i) {
                 tracing::error!(image = %i.image_id, "cannot end an interrupted image: {e}");

@@ -3,7 +3,10 @@
 //! update). Blocking store calls, run on the blocking pool by callers.
 
 use hearth_domain::{BuildState, ImageEvent, ImageState, Version};
-use hearth_store::{AccountId, Build, Image, ImageVersion, StateUpdate, Store, VersionUpdate};
+use hearth_store::{
+    AccountId, Build, Image, ImageVersion, Page, PageRequest, StateUpdate, Store, StoreError,
+    VersionUpdate,
+};
 use serde_json::Value;
 
 use crate::ControlError;
@@ -14,6 +17,22 @@ pub(crate) fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Every item of a paged store listing, 100 at a time.
+pub(crate) fn all_pages<T>(
+    mut list: impl FnMut(&PageRequest) -> Result<Page<T>, StoreError>,
+) -> Result<Vec<T>, ControlError> {
+    let mut items = Vec::new();
+    let mut page = PageRequest::first(100);
+    loop {
+        let p = list(&page)?;
+        items.extend(p.items);
+        match p.next {
+            Some(c) => page = PageRequest::after(100, c),
+            None => return Ok(items),
+        }
+    }
 }
 
 /// Move a build from its current state to `to`, with `doc`.

@@ -243,12 +243,13 @@ pub fn is_done(s: &BuildState) -> bool {
     }
 }
 
-/// Read the build until it has ended; with `show_states`, say each state
-/// it passes through on stderr.
+/// Read the build every `poll` until it has ended; with `show_states`,
+/// say each state it passes through on stderr.
 pub async fn wait_for_end(
     api: &Api,
     b: &BuildRef,
     show_states: bool,
+    poll: Duration,
 ) -> Result<GetMicrovmImageBuildOutput, ApiCallError> {
     let mut last: Option<BuildState> = None;
     loop {
@@ -268,7 +269,7 @@ pub async fn wait_for_end(
         if is_done(got.build_state()) {
             return Ok(got);
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -290,7 +291,7 @@ pub async fn follow(
             false
         }
     };
-    wait_for_end(api, b, !streamed).await
+    wait_for_end(api, b, !streamed, POLL_INTERVAL).await
 }
 
 /// `12.3 MiB`.
@@ -343,30 +344,22 @@ pub async fn wait_created(
     poll: Duration,
 ) -> anyhow::Result<()> {
     let late = || since.elapsed() > timeout;
-    loop {
-        let build = api
-            .sdk
-            .get_microvm_image_build()
-            .image_identifier(&b.image_arn)
-            .image_version(&b.version)
-            .build_id(&b.build_id)
-            .send()
-            .await
-            .map_err(|e| api.error("GetMicrovmImageBuild", e))?;
-        match build.build_state() {
-            BuildState::Successful => break,
-            BuildState::Failed => anyhow::bail!(
-                "the build {} of {name} FAILED: {}",
-                b.build_id,
-                build.state_reason().unwrap_or("(no reason given)")
-            ),
-            _ if late() => anyhow::bail!(
+    let left = timeout.saturating_sub(since.elapsed());
+    let build = tokio::time::timeout(left, wait_for_end(api, b, false, poll))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
                 "the build {} of {name} has not ended after {} s",
                 b.build_id,
                 timeout.as_secs()
-            ),
-            _ => tokio::time::sleep(poll).await,
-        }
+            )
+        })??;
+    if *build.build_state() != BuildState::Successful {
+        anyhow::bail!(
+            "the build {} of {name} FAILED: {}",
+            b.build_id,
+            build.state_reason().unwrap_or("(no reason given)")
+        );
     }
     loop {
         let image = api
