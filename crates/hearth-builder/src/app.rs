@@ -41,6 +41,7 @@ impl Run<'_> {
                 "app",
                 vec![disk_layer.to_path_buf()],
                 None,
+                true,
                 self.req.app_mem_size_mib,
             )
             .await?;
@@ -80,6 +81,21 @@ impl Run<'_> {
         let result = self.await_app(plan, &mut vm).await;
         drain.abort();
         let port = result?;
+        // The snapshot keeps an unplugged network slot with no driver on
+        // it: a clone without egress has no interface, one with egress
+        // binds it (hearth_net::guest_attach_command).
+        let release = hearth_net::guest_release_command();
+        let argv: Vec<&str> = release.iter().map(String::as_str).collect();
+        let out = agent
+            .run(&argv, AGENT_TIMEOUT)
+            .await
+            .map_err(Failure::Agent)?;
+        if !out.status.success() {
+            return Err(Failure::Io(format!(
+                "releasing the network slot before the snapshot failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
         Ok((
             vm.snapshot(SnapshotMode::Consume)
                 .await

@@ -151,6 +151,7 @@ impl Run<'_> {
         role: &str,
         overlays: Vec<std::path::PathBuf>,
         nic: Option<hearth_vmm::NicSpec>,
+        nic_slot: bool,
         mem_size_mib: u32,
     ) -> Result<hearth_vmm::QemuVm, Failure> {
         let cfg = &self.builder.cfg;
@@ -162,6 +163,7 @@ impl Run<'_> {
             root_disk: Some(self.req.base.root_disk.clone()),
             root_overlays: overlays,
             nic,
+            nic_slot,
             mem_size_mib,
             vcpu_count: cfg.vcpu_count,
             extra_cmdline: vec![],

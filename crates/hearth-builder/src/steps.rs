@@ -56,7 +56,7 @@ impl Run<'_> {
         self.enter(Phase::BuilderStart);
         let nic = self.req.egress.as_ref().map(|e| e.nic.clone());
         let mem = self.builder.cfg.builder_mem_size_mib;
-        let vm = self.boot("builder", vec![], nic, mem).await?;
+        let vm = self.boot("builder", vec![], nic, false, mem).await?;
         let agent = vm.agent().clone();
         if let Some(egress) = &self.req.egress {
             for argv in &egress.setup_commands {

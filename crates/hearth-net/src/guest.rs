@@ -83,6 +83,55 @@ pub fn guest_setup_commands(cfg: &GuestNetConfig) -> Vec<Vec<String>> {
     ]
 }
 
+/// A virtio device's id for a network card (`/sys/bus/virtio/devices/*/device`).
+const VIRTIO_NET_DEVICE_ID: &str = "0x0001";
+
+/// Unbind the guest's virtio-net driver from every network device (the
+/// interface disappears; the device is reset). An image's app microVM runs
+/// it before its snapshot, so clones start with no network interface.
+pub fn guest_release_command() -> Vec<String> {
+    let script = format!(
+        "for d in /sys/bus/virtio/devices/*; do \
+           [ \"$(cat \"$d/device\" 2>/dev/null)\" = {VIRTIO_NET_DEVICE_ID} ] || continue; \
+           [ -e \"$d/driver\" ] || continue; \
+           basename \"$d\" > /sys/bus/virtio/drivers/virtio_net/unbind || exit 1; \
+         done; \
+         [ ! -e /sys/class/net/{GUEST_INTERFACE} ]"
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// Bind the virtio-net driver to the guest's network device (released by
+/// [`guest_release_command`]), wait for the interface, and give it `mac`
+/// (each clone its own). Run before [`guest_setup_commands`].
+pub fn guest_attach_command(mac: &str) -> Vec<String> {
+    let script = format!(
+        "for d in /sys/bus/virtio/devices/*; do \
+           [ \"$(cat \"$d/device\" 2>/dev/null)\" = {VIRTIO_NET_DEVICE_ID} ] || continue; \
+           [ -e \"$d/driver\" ] || basename \"$d\" > /sys/bus/virtio/drivers/virtio_net/bind || exit 1; \
+         done; \
+         i=0; while [ ! -e /sys/class/net/{GUEST_INTERFACE} ]; do \
+           i=$((i+1)); [ $i -gt 100 ] && {{ echo 'no {GUEST_INTERFACE} appeared' >&2; exit 1; }}; sleep 0.05; \
+         done; \
+         ip link set dev {GUEST_INTERFACE} down && ip link set dev {GUEST_INTERFACE} address {mac}"
+    );
+    vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// A locally administered unicast MAC address derived from `seed` (a
+/// microVM id), so clones of one snapshot do not share one.
+pub fn guest_mac(seed: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut h);
+    let b = h.finish().to_be_bytes();
+    // 0x02: locally administered, unicast.
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
+}
+
 /// Where [`guest_resolv_conf`] goes in the guest.
 pub const GUEST_RESOLV_CONF_PATH: &str = "/etc/resolv.conf";
 

@@ -82,7 +82,8 @@ pub use cidr::Ipv4Cidr;
 pub use egress::{teardown, EgressConfig, EgressNet, DEFAULT_LINK_NET, NETNS_DIR, NS_INTERFACE};
 pub use error::NetError;
 pub use guest::{
-    guest_resolv_conf, guest_setup_commands, GuestNetConfig, GUEST_GATEWAY, GUEST_RESOLV_CONF_PATH,
+    guest_attach_command, guest_mac, guest_release_command, guest_resolv_conf,
+    guest_setup_commands, GuestNetConfig, GUEST_GATEWAY, GUEST_RESOLV_CONF_PATH,
 };
 pub use netns::in_netns;
 pub use rules::{NS_TABLE, REFUSED_RANGES};

@@ -436,6 +436,7 @@ mod tests {
                 vcpu_count: 1,
                 cmdline: "console=ttyS0".into(),
                 disk_size_bytes: Some(1 << 30),
+                nic_slot: false,
             },
             requirements: requirements(),
             disk,

@@ -185,6 +185,7 @@ mod tests {
             vcpu_count: 2,
             cmdline: String::new(),
             disk_size_bytes: None,
+            nic_slot: false,
         };
         let c = cgroup_spec("vm-1", &m);
         assert_eq!(c.memory_max_bytes, (512 << 20) + QEMU_OVERHEAD_BYTES);

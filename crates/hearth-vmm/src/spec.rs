@@ -35,6 +35,11 @@ pub struct BootSpec {
     /// A network interface for the guest, or none (the default: a microVM
     /// has no network unless egress is asked for).
     pub nic: Option<NicSpec>,
+    /// Without `nic`: a virtio-net device with no backend anyway, so that
+    /// clones of this microVM's snapshots can be given a network
+    /// ([`MachineConfig::nic_slot`]). An image's app microVM boots with it
+    /// and unbinds the guest's driver before its snapshot.
+    pub nic_slot: bool,
     pub mem_size_mib: u32,
     pub vcpu_count: u32,
     /// Extra kernel command line words (e.g. `hearth.noroot`).
@@ -48,7 +53,14 @@ pub struct BootSpec {
 /// The guest gets a virtio-net device on QEMU's user-mode network (slirp)
 /// and QEMU runs in `netns`. The guest configures the interface itself
 /// (`hearth_net::guest_setup_commands`, `guest_resolv_conf`, through the
-/// agent). Such a microVM cannot be snapshotted or suspended (yet).
+/// agent).
+///
+/// A clone launched with a NIC from a snapshot taken without one finds the
+/// device on a virtio-mmio slot that was empty at boot: the guest binds it
+/// (`hearth_net::guest_attach_command`) before configuring it. Such a
+/// microVM can be suspended and resumed (its QEMU comes back in the same
+/// namespace, the guest keeps its configuration; slirp's connections do
+/// not survive), but not snapshotted: its clones would all need the NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NicSpec {
     /// The network namespace QEMU runs in (`/run/netns/NAME`).
@@ -60,6 +72,8 @@ pub struct NicSpec {
 pub struct LaunchSpec {
     pub id: VmId,
     pub lifetime: Lifetime,
+    /// A network interface the snapshot did not have (see [`NicSpec`]).
+    pub nic: Option<NicSpec>,
 }
 
 impl LaunchSpec {
@@ -68,6 +82,7 @@ impl LaunchSpec {
         Self {
             id,
             lifetime: Lifetime::Process,
+            nic: None,
         }
     }
 }
@@ -82,6 +97,11 @@ pub struct MachineConfig {
     pub cmdline: String,
     /// Virtual size of the root disk, when there is one.
     pub disk_size_bytes: Option<u64>,
+    /// It has a virtio-net device (the guest's `eth0`). A clone or a
+    /// resumed microVM gets the device whether or not it gets a network:
+    /// without a [`NicSpec`] it is unplugged (no backend, nothing passes).
+    #[serde(default)]
+    pub nic_slot: bool,
 }
 
 impl MachineConfig {

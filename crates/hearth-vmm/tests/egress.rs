@@ -20,10 +20,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hearth_net::{
-    guest_resolv_conf, guest_setup_commands, in_netns, EgressConfig, EgressNet, GUEST_GATEWAY,
-    GUEST_RESOLV_CONF_PATH,
+    guest_attach_command, guest_mac, guest_release_command, guest_resolv_conf,
+    guest_setup_commands, in_netns, EgressConfig, EgressNet, GUEST_GATEWAY, GUEST_RESOLV_CONF_PATH,
 };
-use hearth_vmm::{MicroVm, NicSpec, SnapshotMode, VmBackend, VmError, VmState};
+use hearth_vmm::{MicroVm, NicSpec, SnapshotMode, VmBackend, VmError, VmId, VmState};
 use serde_json::Value;
 use support::*;
 
@@ -390,20 +390,168 @@ async fn e2e_a_guest_with_a_nic_reaches_public_addresses_and_dns_but_not_the_hos
         report["connect_ms_median"].as_f64().unwrap()
     );
 
-    // Not snapshotted or suspended (yet), and refusing leaves it running.
-    for result in [
-        vm.snapshot(SnapshotMode::KeepRunning).await.map(drop),
-        vm.suspend().await.map(drop),
-    ] {
-        match result {
-            Err(VmError::Invalid(msg)) => {
-                assert!(msg.contains("network interface"), "{msg}")
-            }
-            other => panic!("a microVM with a NIC was snapshotted or suspended: {other:?}"),
-        }
+    // Not snapshotted (its clones would all need the NIC), and refusing
+    // leaves it running.
+    match vm.snapshot(SnapshotMode::KeepRunning).await.map(drop) {
+        Err(VmError::Invalid(msg)) => assert!(msg.contains("network interface"), "{msg}"),
+        other => panic!("a microVM with a NIC was snapshotted: {other:?}"),
     }
     assert_eq!(vm.state(), VmState::Running);
     assert_eq!(sh(&vm, "echo still-here").await, "still-here");
     vm.terminate().await.expect("terminate");
     env.assert_no_leftovers();
+}
+
+/// Bring a clone's released network slot up as the control plane does.
+async fn attach_and_configure(vm: &hearth_vmm::QemuVm, egress: &EgressNet) {
+    let gcfg = egress.guest_config();
+    let mut cmds = vec![guest_attach_command(&guest_mac(vm.id().as_str()))];
+    cmds.extend(guest_setup_commands(&gcfg));
+    for argv in cmds {
+        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = vm.agent().run(&words, T).await.expect("agent run");
+        assert!(
+            out.status.success(),
+            "{argv:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    vm.agent()
+        .write_file(
+            GUEST_RESOLV_CONF_PATH,
+            guest_resolv_conf(&gcfg).as_bytes(),
+            Some(0o644),
+            T,
+        )
+        .await
+        .expect("write resolv.conf");
+}
+
+/// Connect from the guest and read the 5-byte greeting: "hello", or the
+/// error.
+async fn guest_greet(vm: &hearth_vmm::QemuVm, to: SocketAddr) -> String {
+    let script = format!(
+        "import socket\ntry:\n s=socket.create_connection(('{}',{}),timeout=3); s.settimeout(3); print(s.recv(5).decode())\nexcept Exception as e:\n print('error', repr(e))",
+        to.ip(),
+        to.port()
+    );
+    let out = vm
+        .agent()
+        .run(&["python3", "-c", &script], T)
+        .await
+        .expect("agent run");
+    out.stdout_str().trim().to_string()
+}
+
+/// A snapshot taken with an unplugged, released network slot: a clone
+/// without egress has no interface at all; clones with egress bind the
+/// slot, each with its own MAC, and reach a public peer but not the host;
+/// egress keeps working across suspend and resume.
+#[tokio::test]
+async fn e2e_clones_of_a_snapshot_get_egress_only_when_asked_and_keep_it_across_suspend() {
+    let env = env();
+    let name = "hearth-test-vmm-egc";
+    let _ = hearth_net::teardown(name);
+    let mut cfg = EgressConfig::new(name);
+    cfg.link_net = Ipv4Addr::new(10, 213, 252, 0);
+    let egress = EgressNet::ensure(&cfg).expect("ensure the egress network");
+    let _egress_guard = EgressGuard(name.into());
+    let public = Peer::create(
+        "hearth-test-vmm-pub2",
+        "hxv-pub2",
+        Ipv4Addr::new(198, 51, 100, 8),
+    );
+    let public_srv = serve(Some(&public.path()), public.addr, 0);
+    let loopback_srv = serve(None, Ipv4Addr::LOCALHOST, 0);
+
+    let mut spec = env.boot_spec("egc-src", Some("debian-12-python"));
+    spec.nic_slot = true;
+    let mut src = env
+        .backend
+        .boot(spec)
+        .await
+        .expect("boot with a network slot");
+    assert_eq!(
+        sh(&src, "ls /sys/class/net | tr '\\n' ' '").await,
+        "eth0 lo"
+    );
+    let release = guest_release_command();
+    let words: Vec<&str> = release.iter().map(String::as_str).collect();
+    let out = src.agent().run(&words, T).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sh(&src, "ls /sys/class/net").await, "lo");
+    let snap = src.snapshot(SnapshotMode::Consume).await.expect("snapshot");
+    assert!(snap.record.machine.nic_slot);
+
+    // Without egress: no interface, and nothing to bind that goes anywhere.
+    let plain = env
+        .backend
+        .launch(
+            &snap,
+            hearth_vmm::LaunchSpec::ephemeral(VmId::new("egc-plain").unwrap()),
+        )
+        .await
+        .expect("launch without a NIC");
+    assert_eq!(sh(&plain, "ls /sys/class/net").await, "lo");
+    assert!(guest_greet(&plain, public_srv).await.starts_with("error"));
+
+    // With egress: two clones at once, each its own MAC.
+    let mut clones = Vec::new();
+    for n in ["egc-a", "egc-b"] {
+        let mut ls = hearth_vmm::LaunchSpec::ephemeral(VmId::new(n).unwrap());
+        ls.nic = Some(NicSpec {
+            netns: egress.netns_path().to_path_buf(),
+        });
+        ls.lifetime = hearth_vmm::Lifetime::Persistent;
+        let vm = env
+            .backend
+            .launch(&snap, ls)
+            .await
+            .expect("launch with a NIC");
+        attach_and_configure(&vm, &egress).await;
+        clones.push(vm);
+    }
+    let macs: Vec<String> = futures_join(&clones, "cat /sys/class/net/eth0/address").await;
+    assert_ne!(macs[0], macs[1], "clones share a MAC");
+    for vm in &clones {
+        assert_eq!(guest_greet(vm, public_srv).await, "hello");
+        let to_host = SocketAddr::new(GUEST_GATEWAY.into(), loopback_srv.port());
+        assert!(guest_greet(vm, to_host).await.starts_with("error"));
+    }
+
+    // Suspend and resume one: its network comes back with it.
+    let a = clones.remove(0);
+    let mac_a = macs[0].clone();
+    let suspended = {
+        let mut a = a;
+        a.suspend().await.expect("suspend a microVM with a NIC")
+    };
+    assert!(suspended.record.nic.is_some());
+    let a = env.backend.resume(suspended).await.expect("resume it");
+    assert_eq!(sh(&a, "cat /sys/class/net/eth0/address").await, mac_a);
+    assert_eq!(guest_greet(&a, public_srv).await, "hello");
+    // Still no snapshots of it.
+    let mut a = a;
+    assert!(matches!(
+        a.snapshot(SnapshotMode::KeepRunning).await,
+        Err(VmError::Invalid(m)) if m.contains("network interface")
+    ));
+    a.terminate().await.unwrap();
+    for vm in clones {
+        vm.terminate().await.unwrap();
+    }
+    plain.terminate().await.unwrap();
+    env.backend
+        .delete_snapshot(&snap)
+        .expect("delete the snapshot");
+    env.assert_no_leftovers();
+}
+
+async fn futures_join(vms: &[hearth_vmm::QemuVm], script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for vm in vms {
+        out.push(sh(vm, script).await);
+    }
+    out
 }

@@ -95,6 +95,7 @@ fn hostile_spec(env: &Env, id: &str, initramfs: PathBuf) -> BootSpec {
         root_disk: None,
         root_overlays: vec![],
         nic: None,
+        nic_slot: false,
         mem_size_mib: 128,
         vcpu_count: 1,
         extra_cmdline: vec![],

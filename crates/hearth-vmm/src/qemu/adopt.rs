@@ -130,6 +130,7 @@ fn unreadable_record(dir: &Path) -> VmRecord {
             vcpu_count: 0,
             cmdline: String::new(),
             disk_size_bytes: None,
+            nic_slot: false,
         },
         lifetime: Lifetime::Process,
         uid: 0,

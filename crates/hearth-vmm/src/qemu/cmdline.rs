@@ -43,6 +43,19 @@ pub const PLACEHOLDER_NODE: &str = "placeholder";
 pub const NIC_NETDEV: &str = "user,id=net0,ipv6=off,net=10.0.2.0/24,host=10.0.2.2";
 /// Its device (the guest's `eth0`).
 pub const NIC_DEVICE: &str = "virtio-net-device,netdev=net0,mac=52:54:00:12:34:56";
+/// The same device with no backend: an unplugged network slot.
+pub const NIC_DEVICE_UNPLUGGED: &str = "virtio-net-device,mac=52:54:00:12:34:56";
+
+/// The network device on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicArg {
+    /// No device.
+    None,
+    /// The device with no backend (see [`crate::MachineConfig::nic_slot`]).
+    Unplugged,
+    /// The device on QEMU's user-mode network.
+    User,
+}
 
 pub fn cpu_model(accel: Accel) -> &'static str {
     match accel {
@@ -90,8 +103,8 @@ pub struct Plan<'a> {
     pub incoming: bool,
     /// `-sandbox on` with every deny option.
     pub sandbox: bool,
-    /// A network interface (user-mode networking).
-    pub nic: bool,
+    /// The network device, if any.
+    pub nic: NicArg,
 }
 
 /// The arguments (without the program).
@@ -187,8 +200,10 @@ pub fn args(p: &Plan<'_>) -> Vec<String> {
             push(&["-device", &format!("virtio-blk-device,drive={ROOT_NODE}")]);
         }
     }
-    if p.nic {
-        push(&["-netdev", NIC_NETDEV, "-device", NIC_DEVICE]);
+    match p.nic {
+        NicArg::None => {}
+        NicArg::Unplugged => push(&["-device", NIC_DEVICE_UNPLUGGED]),
+        NicArg::User => push(&["-netdev", NIC_NETDEV, "-device", NIC_DEVICE]),
     }
     if p.incoming {
         push(&["-incoming", "defer"]);
@@ -206,6 +221,7 @@ mod tests {
             vcpu_count: 1,
             cmdline: "console=ttyS0".into(),
             disk_size_bytes: Some(1 << 30),
+            nic_slot: false,
         }
     }
 
@@ -220,7 +236,7 @@ mod tests {
             },
             incoming: true,
             sandbox: true,
-            nic: false,
+            nic: NicArg::None,
         }
     }
 
@@ -266,7 +282,7 @@ mod tests {
         let mut p = plan(Accel::Tcg, &m);
         let without = args(&p);
         assert!(!without.iter().any(|a| a.contains("netdev")));
-        p.nic = true;
+        p.nic = NicArg::User;
         let with = args(&p);
         let devices: Vec<&String> = with
             .windows(2)

@@ -20,6 +20,7 @@ use crate::disk;
 use crate::disk::DiskChain;
 use crate::error::VmError;
 use crate::owner::OWNER_FILE;
+use crate::spec::NicSpec;
 use crate::SnapshotId;
 use crate::VmId;
 
@@ -107,7 +108,7 @@ impl QemuBackend {
     /// Keep `depth` QEMUs started and waiting for `snapshot`'s state.
     pub async fn prestart(&self, snapshot: &Snapshot, depth: usize) -> Result<(), VmError> {
         while self.pooled(snapshot) < depth {
-            let p = self.prestart_one(snapshot).await?;
+            let p = self.prestart_one(snapshot, None).await?;
             self.inner
                 .pool
                 .lock()
@@ -143,7 +144,13 @@ impl QemuBackend {
     }
 
     /// Start one QEMU waiting for `snapshot`.
-    pub(crate) async fn prestart_one(&self, snapshot: &Snapshot) -> Result<Prestarted, VmError> {
+    /// Start one QEMU waiting for `snapshot`, with `nic` when given (such
+    /// a QEMU is never pooled).
+    pub(crate) async fn prestart_one(
+        &self,
+        snapshot: &Snapshot,
+        nic: Option<&NicSpec>,
+    ) -> Result<Prestarted, VmError> {
         let mut entry = self.new_pool_entry()?;
         let (name, dir, uid) = (entry.name.clone(), entry.dir.clone(), entry.uid);
         let machine = &snapshot.record.machine;
@@ -157,19 +164,22 @@ impl QemuBackend {
         };
         let image = self.image(snapshot).await?;
         let proc = self
-            .start(StartSpec {
-                name: &name,
-                vm_dir: &dir,
-                machine,
-                ram: Ram::Image(image),
-                boot: None,
-                disk,
-                incoming: true,
-                uid,
-                channel: ChannelStart::Restored {
-                    version: snapshot.record.requirements.agent_protocol,
+            .start_with_nic(
+                StartSpec {
+                    name: &name,
+                    vm_dir: &dir,
+                    machine,
+                    ram: Ram::Image(image),
+                    boot: None,
+                    disk,
+                    incoming: true,
+                    uid,
+                    channel: ChannelStart::Restored {
+                        version: snapshot.record.requirements.agent_protocol,
+                    },
                 },
-            })
+                nic,
+            )
             .await?;
         self.park(&mut entry, proc, snapshot.record.disk.as_ref())
             .await?;

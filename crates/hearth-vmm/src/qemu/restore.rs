@@ -31,6 +31,7 @@ use crate::error::VmError;
 use crate::fault::{FaultContext, FaultPoint};
 use crate::memory::{self, MemoryDiff};
 use crate::record::{MemoryBase, MemoryRecord, RecordedState, SuspendedVm, VmRecord, RUN_DIR};
+use crate::spec::NicSpec;
 use crate::spec::{BootSpec, LaunchSpec, MachineConfig};
 use crate::{VmBackend, VmId};
 
@@ -256,10 +257,20 @@ impl QemuBackend {
     }
 
     /// A waiting QEMU for `snapshot`: from the pool, or started now.
-    async fn claim(&self, snapshot: &Snapshot) -> Result<Prestarted, VmError> {
+    /// A QEMU waiting for `snapshot`: a pre-started one, or a new one. With
+    /// a NIC always a new one, in the NIC's namespace (the pool's QEMUs have
+    /// no network).
+    async fn claim(
+        &self,
+        snapshot: &Snapshot,
+        nic: Option<&NicSpec>,
+    ) -> Result<Prestarted, VmError> {
+        if nic.is_some() {
+            return self.prestart_one(snapshot, nic).await;
+        }
         match self.take_pooled(&snapshot.id) {
             Some(p) => Ok(p),
-            None => self.prestart_one(snapshot).await,
+            None => self.prestart_one(snapshot, None).await,
         }
     }
 
@@ -279,12 +290,7 @@ impl QemuBackend {
         let kernel = open("kernel", &spec.kernel)?;
         let initrd = open("initramfs", &spec.initramfs)?;
         if let Some(nic) = &spec.nic {
-            if !nic.netns.is_absolute() || !nic.netns.exists() {
-                return Err(VmError::Invalid(format!(
-                    "network namespace {} does not exist (prepare the egress network first)",
-                    nic.netns.display()
-                )));
-            }
+            check_netns(nic)?;
         }
         let id = spec.id.clone();
         let name = id.to_string();
@@ -353,6 +359,7 @@ impl QemuBackend {
             vcpu_count: spec.vcpu_count,
             cmdline: cmdline.join(" "),
             disk_size_bytes: chain.as_ref().map(|c| c.size_bytes),
+            nic_slot: spec.nic_slot || spec.nic.is_some(),
         };
         let (ram, memory) = if anonymous_ram {
             (Ram::Anonymous, MemoryBase::Anonymous)
@@ -459,7 +466,17 @@ impl QemuBackend {
             undo.refs
                 .push((catalog.clone(), s, Dependent::Vm(id.clone())));
         }
-        let entry = self.claim(&snapshot).await?;
+        if let Some(nic) = &spec.nic {
+            if !snapshot.record.machine.nic_slot {
+                return Err(VmError::Invalid(format!(
+                    "snapshot {} has no network slot, so its clones cannot have a network \
+                     interface (snapshot a microVM booted with one)",
+                    snapshot.id
+                )));
+            }
+            check_netns(nic)?;
+        }
+        let entry = self.claim(&snapshot, spec.nic.as_ref()).await?;
         let (mut proc, pool_dir, uid) = entry.take();
         let state_dir = self.inner.cfg.state_dir.clone();
         undo.uid = Some((state_dir.clone(), uid));
@@ -499,7 +516,7 @@ impl QemuBackend {
                 shared: false,
             },
             disk: chain,
-            nic: None,
+            nic: spec.nic,
             state: RecordedState::Suspended {
                 generation: 0,
                 suspended_at_unix_ms: 0,
@@ -537,7 +554,7 @@ impl QemuBackend {
         let (mut proc, spare, pooled) = match &record.memory.base {
             MemoryBase::Snapshot(sid) => {
                 let snap = self.inner.catalog.get(sid)?;
-                let entry = self.claim(&snap).await?;
+                let entry = self.claim(&snap, record.nic.as_ref()).await?;
                 let (proc, pool_dir, uid) = entry.take();
                 undo.paths.push(pool_dir.clone());
                 undo.uid = Some((state_dir.clone(), uid));
@@ -562,25 +579,28 @@ impl QemuBackend {
                 chown(&path, Some(record.uid), Some(record.uid))
                     .map_err(io(&name, "chown", &path))?;
                 let proc = self
-                    .start(StartSpec {
-                        name: &name,
-                        vm_dir: &dir,
-                        machine: &record.machine,
-                        ram: Ram::File {
-                            file: f,
-                            shared: false,
+                    .start_with_nic(
+                        StartSpec {
+                            name: &name,
+                            vm_dir: &dir,
+                            machine: &record.machine,
+                            ram: Ram::File {
+                                file: f,
+                                shared: false,
+                            },
+                            boot: None,
+                            disk: record
+                                .machine
+                                .disk_size_bytes
+                                .map_or(Disk::None, |size_bytes| Disk::Placeholder { size_bytes }),
+                            incoming: true,
+                            uid: record.uid,
+                            channel: ChannelStart::Restored {
+                                version: record.requirements.agent_protocol,
+                            },
                         },
-                        boot: None,
-                        disk: record
-                            .machine
-                            .disk_size_bytes
-                            .map_or(Disk::None, |size_bytes| Disk::Placeholder { size_bytes }),
-                        incoming: true,
-                        uid: record.uid,
-                        channel: ChannelStart::Restored {
-                            version: record.requirements.agent_protocol,
-                        },
-                    })
+                        record.nic.as_ref(),
+                    )
                     .await?;
                 undo.paths.push(dir.join(RUN_DIR));
                 (proc, None, None)
@@ -683,6 +703,17 @@ impl QemuBackend {
         });
         Ok(vm)
     }
+}
+
+/// A NIC's namespace must exist before a QEMU is started in it.
+fn check_netns(nic: &NicSpec) -> Result<(), VmError> {
+    if !nic.netns.is_absolute() || !nic.netns.exists() {
+        return Err(VmError::Invalid(format!(
+            "network namespace {} does not exist (prepare the egress network first)",
+            nic.netns.display()
+        )));
+    }
+    Ok(())
 }
 
 /// What a clone of `snapshot` depends on: the snapshot, and those its disk

@@ -230,7 +230,11 @@ impl QemuBackend {
             disk,
             incoming: s.incoming,
             sandbox: cfg.confinement.is_some(),
-            nic: nic.is_some(),
+            nic: match (nic, s.machine.nic_slot) {
+                (Some(_), _) => cmdline::NicArg::User,
+                (None, true) => cmdline::NicArg::Unplugged,
+                (None, false) => cmdline::NicArg::None,
+            },
         });
         let (jail, cgroup) = match &cfg.confinement {
             Some(c) => (

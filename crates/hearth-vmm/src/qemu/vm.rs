@@ -528,14 +528,13 @@ impl QemuVm {
         Ok(())
     }
 
-    /// A microVM with a network interface cannot be snapshotted or
-    /// suspended: slirp's connections live in QEMU, and a clone or a resumed
-    /// QEMU would need the same device and namespace, which the snapshot
-    /// and restore paths do not carry yet.
+    /// A microVM with a network interface cannot be snapshotted: every
+    /// clone of it would need the same device (a suspend keeps the NIC in
+    /// its record, and its resume brings it back in the same namespace).
     fn refuse_nic(&self) -> Result<(), VmError> {
         if self.record.nic.is_some() {
             return Err(VmError::Invalid(format!(
-                "{}: microVMs with a network interface cannot be snapshotted or suspended yet",
+                "{}: a microVM with a network interface cannot be snapshotted",
                 self.id
             )));
         }
@@ -832,7 +831,6 @@ impl MicroVm for QemuVm {
             });
         }
         self.refuse_anonymous("suspended")?;
-        self.refuse_nic()?;
         self.apply(VmEvent::BeginSuspend)?;
         let generation = self.next_generation();
         let gen_dir = VmRecord::generation_dir(&self.dir, generation);

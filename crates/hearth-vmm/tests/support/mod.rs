@@ -71,6 +71,7 @@ impl Env {
             root_disk: image.map(|i| self.image(i)),
             root_overlays: vec![],
             nic: None,
+            nic_slot: false,
             mem_size_mib: GUEST_MEM_MIB,
             vcpu_count: 1,
             extra_cmdline: vec![],
