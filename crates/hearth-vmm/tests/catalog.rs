@@ -19,6 +19,7 @@ fn launch_spec(id: &str) -> LaunchSpec {
     LaunchSpec {
         id: VmId::new(id).unwrap(),
         lifetime: Lifetime::Process,
+        nic: None,
     }
 }
 
@@ -221,6 +222,7 @@ async fn e2e_an_adopted_clone_suspends_and_resumes() {
             LaunchSpec {
                 id: VmId::new("adopt-clone").unwrap(),
                 lifetime: Lifetime::Persistent,
+                nic: None,
             },
         )
         .await

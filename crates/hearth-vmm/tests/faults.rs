@@ -1808,6 +1808,7 @@ async fn e2e_a_failed_linger_leaves_a_persistent_microvm_resumable() {
             LaunchSpec {
                 id: rig.id("persist"),
                 lifetime: Lifetime::Persistent,
+                nic: None,
             },
         )
         .await
