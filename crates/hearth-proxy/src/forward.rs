@@ -1,22 +1,27 @@
-//! One request: CONNECT, routing, auth, rate limit, and forwarding to the
-//! app over a stream from [`Upstreams::open`](crate::Upstreams::open).
+//! One request: CONNECT, routing, auth, rate limit, ingress, and forwarding
+//! to the app over a stream from [`Upstreams::open`](crate::Upstreams::open).
 //!
 //! Runs on the task hyper polls the request on (the connection's task for
 //! HTTP/1.1, a stream task for HTTP/2). Checks happen in this order, each
 //! answering the client itself when it fails: CONNECT is tunnelled only to
 //! endpoint names; plain HTTP with TLS on is refused; the host must be an
-//! endpoint (404); the token must verify, be an HTTP token for this microVM,
-//! and allow the port (403); the microVM must be under its rate (429); the
-//! stream must open (404/409/502/503/429). The request then goes to the app
-//! as HTTP/1.1 over its own upstream connection, whose task is spawned per
-//! request; bodies stream through both ways. A WebSocket `101` turns both
-//! connections into a byte pipe on a task of its own.
+//! endpoint (404); the token must verify and be for this microVM (403). The
+//! token's kind then decides what the request is: a shell token goes to
+//! [`crate::shell`] (which refuses anything but a WebSocket without a port);
+//! an HTTP token must allow the port (403), the microVM must be under its
+//! rate (429), its ingress connectors must let HTTP in (403, asked of
+//! [`Upstreams::ingress`](crate::Upstreams::ingress) before anything is
+//! opened), and the stream must open (404/409/502/503/429). The request
+//! then goes to the app as HTTP/1.1 over its own upstream connection, whose
+//! task is spawned per request; bodies stream through both ways. A
+//! WebSocket `101` turns both connections into a byte pipe on a task of its
+//! own.
 
 use crate::body::{empty, ActivityBody, ProxyBody, Reject};
 use crate::ctx::{spawn_guarded, ConnCtx, Shared};
 use crate::headers::{self, Credentials, Origin};
 use crate::io::Tapped;
-use crate::{route, OpenError};
+use crate::{route, shell, OpenError};
 use hearth_token::{Claims, TokenKind};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -82,6 +87,12 @@ async fn handle_inner(
     let websocket = headers::is_websocket_upgrade(req.version(), req.headers());
     let creds = headers::credentials(req.headers(), websocket);
     let claims = authorize(shared, &microvm_id, &creds)?;
+    match claims.kind {
+        TokenKind::Http => {}
+        TokenKind::Shell => {
+            return shell::open(shared, ctx, req, websocket, &creds, &claims, &microvm_id).await
+        }
+    }
     let port = match &creds.port {
         Some(raw) => headers::parse_port(raw)?,
         None => shared.cfg.default_port,
@@ -92,26 +103,15 @@ async fn handle_inner(
             format!("port {port} is not allowed by this auth token"),
         ));
     }
-    shared
-        .limiter
-        .check(&claims.microvm_id, Instant::now())
-        .map_err(|wait| {
-            Reject::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "too many requests to microVM {microvm_id} (limit {} per second)",
-                    shared.cfg.max_requests_per_sec_per_microvm
-                ),
-            )
-            .retry_after(wait)
-        })?;
+    rate_limit(shared, &claims, &microvm_id)?;
+    require_ingress(shared, &claims, &microvm_id, Admit::Http).await?;
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
     let upstream = shared
         .upstreams
         .open(&claims.account_id, &claims.microvm_id, port)
         .await
-        .map_err(|e| open_reject(e, &microvm_id, port))?;
+        .map_err(|e| open_reject(e, &microvm_id, Opening::Port(port)))?;
     let activity = upstream.activity;
     activity();
 
@@ -216,7 +216,8 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, Reject> {
         .ok_or_else(|| Reject::new(StatusCode::BAD_REQUEST, "the request names no host"))
 }
 
-/// Verifies the token and that it is an HTTP token for `microvm_id`.
+/// Verifies the token and that it is for `microvm_id`; the caller looks at
+/// its kind.
 fn authorize(shared: &Shared, microvm_id: &str, creds: &Credentials) -> Result<Claims, Reject> {
     let forbidden = |m: String| Reject::new(StatusCode::FORBIDDEN, m);
     let token = creds.token.as_deref().ok_or_else(|| {
@@ -230,14 +231,6 @@ fn authorize(shared: &Shared, microvm_id: &str, creds: &Credentials) -> Result<C
         .key
         .verify(token, now_secs())
         .map_err(|e| forbidden(e.to_string()))?;
-    match claims.kind {
-        TokenKind::Http => {}
-        TokenKind::Shell => {
-            return Err(forbidden(
-                "this auth token is for shell sessions, not HTTP requests".into(),
-            ))
-        }
-    }
     if !claims.microvm_id.eq_ignore_ascii_case(microvm_id) {
         return Err(forbidden(format!(
             "this auth token is not for microVM {microvm_id}"
@@ -246,13 +239,82 @@ fn authorize(shared: &Shared, microvm_id: &str, creds: &Credentials) -> Result<C
     Ok(claims)
 }
 
+/// 429 (with `Retry-After`) when the token's microVM is above its rate.
+pub(crate) fn rate_limit(shared: &Shared, claims: &Claims, microvm_id: &str) -> Result<(), Reject> {
+    shared
+        .limiter
+        .check(&claims.microvm_id, Instant::now())
+        .map_err(|wait| {
+            Reject::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many requests to microVM {microvm_id} (limit {} per second)",
+                    shared.cfg.max_requests_per_sec_per_microvm
+                ),
+            )
+            .retry_after(wait)
+        })
+}
+
+/// What a request asks a microVM's ingress connectors to let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// An HTTP request or a WebSocket to an app's port.
+    Http,
+    /// The interactive shell.
+    Shell,
+}
+
+/// Asks [`Upstreams::ingress`](crate::Upstreams::ingress) whether the
+/// microVM's ingress connectors let `admit` in: 403 naming the connectors
+/// when they do not, the mapped [`OpenError`] when the question fails.
+/// Opens nothing (a refused request never resumes a microVM).
+pub(crate) async fn require_ingress(
+    shared: &Shared,
+    claims: &Claims,
+    microvm_id: &str,
+    admit: Admit,
+) -> Result<(), Reject> {
+    let ingress = shared
+        .upstreams
+        .ingress(&claims.account_id, &claims.microvm_id)
+        .await
+        .map_err(|e| open_reject(e, microvm_id, Opening::Ingress))?;
+    let (allowed, what, connector) = match admit {
+        Admit::Http => (ingress.http, "HTTP requests", "HTTP_INGRESS"),
+        Admit::Shell => (ingress.shell, "shell sessions", "SHELL_INGRESS"),
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(Reject::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "microVM {microvm_id} does not accept {what}: its ingress network connectors \
+             do not include {connector} or ALL_INGRESS"
+        ),
+    ))
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn open_reject(e: OpenError, microvm_id: &str, port: u16) -> Reject {
+/// What was being opened when an [`OpenError`] came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// The ingress question ([`require_ingress`]).
+    Ingress,
+    /// A stream to this port.
+    Port(u16),
+    /// A shell.
+    Shell,
+}
+
+/// The answer the client gets for an [`OpenError`].
+pub(crate) fn open_reject(e: OpenError, microvm_id: &str, opening: Opening) -> Reject {
     match e {
         OpenError::NotFound => Reject::new(
             StatusCode::NOT_FOUND,
@@ -264,7 +326,13 @@ fn open_reject(e: OpenError, microvm_id: &str, port: u16) -> Reject {
         ),
         OpenError::Refused => Reject::new(
             StatusCode::BAD_GATEWAY,
-            format!("nothing is listening on port {port} in microVM {microvm_id}"),
+            match opening {
+                Opening::Port(port) => {
+                    format!("nothing is listening on port {port} in microVM {microvm_id}")
+                }
+                Opening::Shell => format!("microVM {microvm_id} refused to start a shell"),
+                Opening::Ingress => format!("microVM {microvm_id} refused the connection"),
+            },
         ),
         OpenError::Unavailable(why) => Reject::new(
             StatusCode::SERVICE_UNAVAILABLE,

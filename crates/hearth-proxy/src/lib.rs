@@ -4,10 +4,15 @@
 //! it: TLS (with certificates issued on demand by a local CA, or given as
 //! files), HTTP/1.1 and HTTP/2, CONNECT tunnels, WebSocket upgrades, routing
 //! by host name `<microvmId>.<domain>`, the auth token and port checks, a
-//! per-microVM rate limit, and forwarding each request as HTTP/1.1 over a byte
-//! stream that the [`Upstreams`] implementation opens into the microVM. The
-//! proxy never touches VMs: opening a stream (and resuming a suspended
-//! microVM first) is the [`Upstreams`] implementation's job.
+//! per-microVM rate limit, the microVM's ingress connectors (asked of
+//! [`Upstreams::ingress`] before anything is opened), forwarding each
+//! request as HTTP/1.1 over a byte stream that the [`Upstreams`]
+//! implementation opens into the microVM, and the interactive shell: a
+//! WebSocket opened with a shell token, whose frames the proxy moves to and
+//! from a [`Shell`] (see the `shell` module for its frames). The token's
+//! kind decides which of the two a request is. The proxy never touches VMs:
+//! opening a stream or a shell (and resuming a suspended microVM first) is
+//! the [`Upstreams`] implementation's job.
 //!
 //! Tasks:
 //! - [`Proxy::run`] runs the accept loop on the caller's task.
@@ -22,6 +27,11 @@
 //! - A CONNECT tunnel and a WebSocket byte pipe each run on a task spawned
 //!   when the upgrade completes; they hold the connection's slot (counted
 //!   against `max_connections`) until they end.
+//! - A shell session's pump (client frames into [`Shell::input`],
+//!   [`Shell::output`] into client frames) runs on a task of its own,
+//!   spawned with the `101` once [`Upstreams::open_shell`] has succeeded; it
+//!   holds the connection's slot too, and at shutdown it closes the session
+//!   with 1001 before the connection is dropped.
 //! - Every connection and its tasks end when no byte has crossed the client
 //!   socket for `idle_timeout_secs`, or at shutdown.
 
@@ -35,6 +45,7 @@ mod headers;
 mod io;
 mod ratelimit;
 mod route;
+mod shell;
 mod tls;
 
 use std::future::Future;
@@ -151,10 +162,92 @@ pub enum OpenError {
     Busy,
 }
 
+/// What a microVM's ingress network connectors let through its endpoint
+/// (`NO_INGRESS`: neither; `HTTP_INGRESS`: HTTP and WebSocket requests to
+/// the token's ports; `SHELL_INGRESS`: the shell; `ALL_INGRESS`: both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingress {
+    /// HTTP requests and WebSockets to the app's ports.
+    pub http: bool,
+    /// The interactive shell.
+    pub shell: bool,
+}
+
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+impl Default for TermSize {
+    /// 80 by 24, until the client sends its own.
+    fn default() -> Self {
+        Self { cols: 80, rows: 24 }
+    }
+}
+
+/// What the client sends into a shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellInput {
+    /// Keystrokes (bytes for the terminal).
+    Data(Vec<u8>),
+    /// The client's terminal changed size.
+    Resize(TermSize),
+}
+
+/// What a shell sends to the client. After [`ShellOutput::Exited`] or
+/// [`ShellOutput::Closed`] nothing more comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellOutput {
+    /// Terminal output.
+    Data(Vec<u8>),
+    /// The shell process ended by itself.
+    Exited {
+        /// Its exit code, when it exited.
+        code: Option<i32>,
+        /// The signal that ended it, when one did.
+        signal: Option<i32>,
+    },
+    /// The session was ended from the platform's side (the microVM was
+    /// suspended or terminated, or its agent failed); `reason` says which.
+    Closed {
+        /// For the user (at most 120 bytes).
+        reason: String,
+    },
+}
+
+/// An interactive shell in a microVM, opened by [`Upstreams::open_shell`].
+/// Dropping `input` ends the shell (the terminal hangs up).
+pub struct Shell {
+    /// Unique per session; sent to the client in `session_init`.
+    pub session_id: String,
+    /// Keystrokes and resizes, in order.
+    pub input: tokio::sync::mpsc::Sender<ShellInput>,
+    /// Output, then one `Exited` or `Closed`.
+    pub output: tokio::sync::mpsc::Receiver<ShellOutput>,
+    /// Called on traffic either way, as [`Upstream::activity`].
+    pub activity: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shell")
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Opens byte streams into microVMs. The integrator implements it on top of
 /// the control plane; tests implement it over local TCP.
 #[async_trait::async_trait]
 pub trait Upstreams: Send + Sync + 'static {
+    /// What microVM `microvm_id`'s ingress connectors allow; checked before
+    /// anything is opened (a refused request never resumes a microVM).
+    async fn ingress(&self, account_id: &str, microvm_id: &str) -> Result<Ingress, OpenError>;
+
     /// Opens a byte stream to `port` inside microVM `microvm_id` for a
     /// request authorised for `account_id`. May take long (it resumes a
     /// suspended microVM); the proxy just awaits it.
@@ -164,6 +257,15 @@ pub trait Upstreams: Send + Sync + 'static {
         microvm_id: &str,
         port: u16,
     ) -> Result<Upstream, OpenError>;
+
+    /// Starts an interactive shell on a new terminal of `size` in microVM
+    /// `microvm_id` (resuming it first, as [`Upstreams::open`] does).
+    async fn open_shell(
+        &self,
+        account_id: &str,
+        microvm_id: &str,
+        size: TermSize,
+    ) -> Result<Shell, OpenError>;
 }
 
 /// Why the proxy could not start.

@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use hearth_proxy::{OpenError, Proxy, ProxyConfig, TlsMode, Upstream, Upstreams};
+use hearth_proxy::{
+    Ingress, OpenError, Proxy, ProxyConfig, Shell, ShellInput, ShellOutput, TermSize, TlsMode,
+    Upstream, Upstreams,
+};
 use hearth_token::{Claims, TokenKey, TokenKind};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -36,6 +39,32 @@ pub fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// `NO_INGRESS`, `HTTP_INGRESS`, `SHELL_INGRESS` and `ALL_INGRESS`.
+pub const NO_INGRESS: Ingress = Ingress {
+    http: false,
+    shell: false,
+};
+pub const HTTP_INGRESS: Ingress = Ingress {
+    http: true,
+    shell: false,
+};
+pub const SHELL_INGRESS: Ingress = Ingress {
+    http: false,
+    shell: true,
+};
+pub const ALL_INGRESS: Ingress = Ingress {
+    http: true,
+    shell: true,
+};
+
+pub fn shell_claims(microvm: &str) -> Claims {
+    Claims {
+        kind: TokenKind::Shell,
+        ports: vec![],
+        ..claims(microvm, &[])
+    }
 }
 
 pub fn claims(microvm: &str, ports: &[u16]) -> Claims {
@@ -258,7 +287,10 @@ impl AppState {
     }
 }
 
-/// Opens real TCP connections to the apps registered per (microVM, port).
+/// Opens real TCP connections to the apps registered per (microVM, port),
+/// and fake terminals ([`fake_terminal`]) as shells in any known microVM.
+/// Ingress is `ALL_INGRESS` for known microVMs unless [`TestUpstreams::
+/// set_ingress`] says otherwise; unknown microVMs are `NotFound`.
 #[derive(Default)]
 pub struct TestUpstreams {
     pub apps: Mutex<HashMap<(String, u16), SocketAddr>>,
@@ -267,6 +299,16 @@ pub struct TestUpstreams {
     /// A local port nothing listens on.
     pub closed_port_addr: Mutex<Option<SocketAddr>>,
     pub rude_addr: Mutex<Option<SocketAddr>>,
+    /// Per-microVM ingress, overriding the default.
+    pub ingress: Mutex<HashMap<String, Ingress>>,
+    /// Every `ingress` call: (account, microVM).
+    pub ingress_calls: Mutex<Vec<(String, String)>>,
+    /// Every `open_shell` call: (account, microVM, size).
+    pub shell_opens: Mutex<Vec<(String, String, TermSize)>>,
+    /// The shells opened, in order.
+    pub shells: Mutex<Vec<Arc<FakeShell>>>,
+    /// Counted by every shell's activity callback.
+    pub shell_activity: Arc<AtomicU64>,
 }
 
 impl TestUpstreams {
@@ -276,10 +318,242 @@ impl TestUpstreams {
             .unwrap()
             .insert((microvm.to_string(), port), addr);
     }
+
+    pub fn set_ingress(&self, microvm: &str, ingress: Ingress) {
+        self.ingress
+            .lock()
+            .unwrap()
+            .insert(microvm.to_string(), ingress);
+    }
+
+    fn knows(&self, microvm: &str) -> bool {
+        self.apps.lock().unwrap().keys().any(|(m, _)| m == microvm)
+    }
+
+    /// The last shell opened.
+    pub fn last_shell(&self) -> Arc<FakeShell> {
+        self.shells
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a shell was opened")
+    }
+
+    pub fn opened_nothing(&self) -> bool {
+        self.opens.lock().unwrap().is_empty() && self.shell_opens.lock().unwrap().is_empty()
+    }
+}
+
+/// The test's handle on one fake terminal.
+pub struct FakeShell {
+    pub session_id: String,
+    /// Everything the proxy sent into the shell, in order.
+    pub inputs: Arc<Mutex<Vec<ShellInput>>>,
+    /// Sending a reason ends the session from the platform's side
+    /// (`ShellOutput::Closed`).
+    pub close: tokio::sync::mpsc::Sender<String>,
+    /// Turns true when the shell's input channel closes (the proxy dropped
+    /// `Shell::input`).
+    pub input_closed: tokio::sync::watch::Receiver<bool>,
+    /// Bytes of output the fake managed to put into the output channel.
+    pub output_bytes: Arc<AtomicU64>,
+}
+
+impl FakeShell {
+    pub fn resizes(&self) -> Vec<TermSize> {
+        self.inputs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|i| match i {
+                ShellInput::Resize(s) => Some(*s),
+                ShellInput::Data(_) => None,
+            })
+            .collect()
+    }
+
+    /// Waits (at most [`PROMPT`]) until the proxy dropped the input sender.
+    pub async fn wait_input_closed(&self) {
+        let mut rx = self.input_closed.clone();
+        assert_prompt(
+            tokio::time::timeout(PROMPT, rx.wait_for(|closed| *closed)).await,
+            "the shell's input closing",
+        )
+        .unwrap();
+    }
+}
+
+/// Chunks of `flood N` output.
+pub const FLOOD_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A small fake terminal over bounded channels:
+/// - input bytes are echoed back uppercased;
+/// - a resize answers `size COLSxROWS\n`;
+/// - the input line `exit N` ends it with `Exited { code: N }`, `kill N`
+///   with `Exited { signal: N }`;
+/// - the input line `flood N` sends N chunks of [`FLOOD_CHUNK_BYTES`] bytes
+///   of `f`, as fast as the output channel takes them;
+/// - a reason on `close` ends it with `Closed { reason }`.
+///
+/// After its end it sends nothing more but keeps reading input until the
+/// channel closes, which it reports on `input_closed`.
+async fn fake_terminal(
+    mut input: tokio::sync::mpsc::Receiver<ShellInput>,
+    output: tokio::sync::mpsc::Sender<ShellOutput>,
+    mut close: tokio::sync::mpsc::Receiver<String>,
+    inputs: Arc<Mutex<Vec<ShellInput>>>,
+    input_closed: tokio::sync::watch::Sender<bool>,
+    output_bytes: Arc<AtomicU64>,
+) {
+    let send = |out: ShellOutput| {
+        let output = output.clone();
+        let output_bytes = output_bytes.clone();
+        async move {
+            let n = match &out {
+                ShellOutput::Data(d) => d.len() as u64,
+                _ => 0,
+            };
+            if output.send(out).await.is_ok() {
+                output_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    };
+    let mut line = Vec::new();
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            item = input.recv() => {
+                let Some(item) = item else {
+                    input_closed.send_replace(true);
+                    return;
+                };
+                inputs.lock().unwrap().push(item.clone());
+                if ended {
+                    continue;
+                }
+                match item {
+                    ShellInput::Resize(size) => {
+                        send(ShellOutput::Data(
+                            format!("size {}x{}\n", size.cols, size.rows).into_bytes(),
+                        ))
+                        .await;
+                    }
+                    ShellInput::Data(bytes) => {
+                        send(ShellOutput::Data(bytes.to_ascii_uppercase())).await;
+                        for b in bytes {
+                            if b != b'\n' {
+                                line.push(b);
+                                continue;
+                            }
+                            let text = String::from_utf8_lossy(&line).into_owned();
+                            line.clear();
+                            let mut words = text.split_whitespace();
+                            let (cmd, n) = (words.next(), words.next().and_then(|n| n.parse::<i32>().ok()));
+                            match (cmd, n) {
+                                (Some("exit"), Some(code)) => {
+                                    send(ShellOutput::Exited { code: Some(code), signal: None }).await;
+                                    ended = true;
+                                }
+                                (Some("kill"), Some(signal)) => {
+                                    send(ShellOutput::Exited { code: None, signal: Some(signal) }).await;
+                                    ended = true;
+                                }
+                                (Some("flood"), Some(chunks)) => {
+                                    for _ in 0..chunks {
+                                        send(ShellOutput::Data(vec![b'f'; FLOOD_CHUNK_BYTES])).await;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            if ended {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            reason = close.recv(), if !ended => {
+                if let Some(reason) = reason {
+                    send(ShellOutput::Closed { reason }).await;
+                    ended = true;
+                }
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl Upstreams for TestUpstreams {
+    async fn ingress(&self, account: &str, microvm: &str) -> Result<Ingress, OpenError> {
+        self.ingress_calls
+            .lock()
+            .unwrap()
+            .push((account.into(), microvm.into()));
+        if let Some(ingress) = self.ingress.lock().unwrap().get(microvm) {
+            return Ok(*ingress);
+        }
+        match microvm {
+            SUSPENDED_VM | BROKEN_VM | RUDE_VM => Ok(ALL_INGRESS),
+            _ if self.knows(microvm) => Ok(ALL_INGRESS),
+            _ => Err(OpenError::NotFound),
+        }
+    }
+
+    async fn open_shell(
+        &self,
+        account: &str,
+        microvm: &str,
+        size: TermSize,
+    ) -> Result<Shell, OpenError> {
+        self.shell_opens
+            .lock()
+            .unwrap()
+            .push((account.into(), microvm.into(), size));
+        match microvm {
+            SUSPENDED_VM => {
+                return Err(OpenError::NotRunning {
+                    state: "SUSPENDED".into(),
+                    hint: "resume it with ResumeMicrovm".into(),
+                })
+            }
+            BROKEN_VM => return Err(OpenError::Unavailable("its host is gone".into())),
+            _ if !self.knows(microvm) => return Err(OpenError::NotFound),
+            _ => {}
+        }
+        let n = self.shells.lock().unwrap().len();
+        let session_id = format!("5e55{n:04x}-0000-4000-8000-000000000000");
+        let (input_tx, input_rx) = tokio::sync::mpsc::channel(4);
+        let (output_tx, output_rx) = tokio::sync::mpsc::channel(4);
+        let (close_tx, close_rx) = tokio::sync::mpsc::channel(1);
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let fake = Arc::new(FakeShell {
+            session_id: session_id.clone(),
+            inputs: Arc::default(),
+            close: close_tx,
+            input_closed: closed_rx,
+            output_bytes: Arc::default(),
+        });
+        tokio::spawn(fake_terminal(
+            input_rx,
+            output_tx,
+            close_rx,
+            fake.inputs.clone(),
+            closed_tx,
+            fake.output_bytes.clone(),
+        ));
+        self.shells.lock().unwrap().push(fake);
+        let activity = self.shell_activity.clone();
+        Ok(Shell {
+            session_id,
+            input: input_tx,
+            output: output_rx,
+            activity: Arc::new(move || {
+                activity.fetch_add(1, Ordering::Relaxed);
+            }),
+        })
+    }
+
     async fn open(&self, account: &str, microvm: &str, port: u16) -> Result<Upstream, OpenError> {
         self.opens
             .lock()
@@ -406,6 +680,10 @@ impl Rig {
 
     pub fn token(&self, microvm: &str, ports: &[u16]) -> String {
         self.key.mint(&claims(microvm, ports))
+    }
+
+    pub fn shell_token(&self, microvm: &str) -> String {
+        self.key.mint(&shell_claims(microvm))
     }
 
     pub fn host(microvm: &str) -> String {
