@@ -52,6 +52,7 @@ pub use log::BuildLog;
 pub use phase::Phase;
 pub use request::{
     BaseImage, BuildOutput, BuildRequest, BuilderConfig, GuestEgress, ImageHooks, PhaseTiming,
+    ShellProfile,
 };
 
 use hearth_vmm::QemuBackend;
@@ -215,6 +216,11 @@ impl Run<'_> {
             snapshot,
             disk_layer,
             app_port,
+            shell: ShellProfile {
+                user: plan.config.user.as_deref().map(steps::user_part),
+                workdir: plan.config.workdir.clone(),
+                env: steps::step_env(&plan.config.env, &self.req.environment),
+            },
             timings: std::mem::take(&mut self.timings),
         })
     }

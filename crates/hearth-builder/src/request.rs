@@ -120,5 +120,33 @@ pub struct BuildOutput {
     pub code_install_size_bytes: u64,
     /// Port the app listens on (the first EXPOSEd one), if any.
     pub app_port: Option<u16>,
+    /// How an interactive shell in the image's microVMs runs.
+    pub shell: ShellProfile,
     pub timings: Vec<PhaseTiming>,
+}
+
+/// How an interactive shell runs in an image's microVMs: as the app does,
+/// with the image's USER, WORKDIR and environment (ENV and the image's
+/// `environmentVariables`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShellProfile {
+    /// User name or uid (the user part of USER); root when none.
+    pub user: Option<String>,
+    pub workdir: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ShellProfile {
+    /// Root in `/` with the agent's default environment (versions built
+    /// before shell profiles were kept).
+    fn default() -> Self {
+        Self {
+            user: None,
+            workdir: "/".into(),
+            env: vec![
+                ("PATH".into(), crate::guest::DEFAULT_PATH.into()),
+                ("HOME".into(), "/root".into()),
+            ],
+        }
+    }
 }

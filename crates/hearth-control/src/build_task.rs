@@ -251,6 +251,7 @@ impl ImageControl {
             "snapshotId": out.snapshot.id.to_string(),
             "diskLayer": out.disk_layer,
             "appPort": out.app_port,
+            "shell": out.shell,
         });
         self.finish(
             job,

@@ -126,6 +126,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 impl ImageControl {
+    /// The egress network builds use (microVMs with `INTERNET_EGRESS` use
+    /// the same one).
+    pub fn egress(&self) -> Option<GuestEgress> {
+        self.inner.setup.egress.clone()
+    }
+
     pub fn new(store: Arc<dyn Store>, setup: BuildSetup) -> Self {
         let layout = Layout::new(&setup.data_dir);
         let slots = Semaphore::new(setup.max_concurrent_builds.max(1));

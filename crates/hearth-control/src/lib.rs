@@ -17,6 +17,7 @@
 //! its blocking pool.
 
 pub mod config;
+pub mod connectors;
 pub mod error;
 pub mod files;
 pub mod images;

@@ -547,6 +547,7 @@ impl Server {
                 prestart_depth: 1,
                 max_running,
                 logs_dir: Some(dd.path.join("logs")),
+                egress: None,
             },
         );
         control

@@ -209,6 +209,7 @@ impl Global {
             root_disk,
             root_overlays: vec![],
             nic: None,
+            nic_slot: false,
             mem_size_mib,
             vcpu_count,
             extra_cmdline: vec![],

@@ -204,6 +204,7 @@ pub async fn serve(g: &Global, a: ServeArgs) -> Result<()> {
             prestart_depth: a.prestart_depth,
             max_running: a.max_running_microvms,
             logs_dir: Some(dd.path.join("logs")),
+            egress: images.egress(),
         },
     );
     let report = microvms

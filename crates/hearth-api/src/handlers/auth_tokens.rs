@@ -1,12 +1,13 @@
 //! Handlers of the auth-token operations: CreateMicrovmAuthToken mints a
 //! token for the endpoint proxy (HMAC-signed with the server's proxy key:
 //! account, microVM, allowed ports, expiry); CreateMicrovmShellAuthToken
-//! arrives with the shell connector (501 until then, after looking the
-//! microVM up, so an absent one is a 404). Runs on the request task.
+//! mints a shell token (no ports) for a microVM whose ingress connectors
+//! let shells in (`SHELL_INGRESS` or `ALL_INGRESS`; any other microVM is a
+//! ValidationException that says so). Runs on the request task.
 
 use hearth_token::{Claims, TokenKind};
 
-use super::{handler, microvms, NotYet, Registration};
+use super::{handler, microvms, Registration};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::ops::shapes::PortSpecification;
@@ -56,18 +57,19 @@ fn port_ranges(specs: &[PortSpecification]) -> Result<Vec<(u16, u16)>, ApiError>
         .collect()
 }
 
-async fn create(
+/// Checks the expiry asked for and mints a token of `kind` for `m`.
+fn mint(
     ctx: &RequestContext<'_>,
-    input: CreateMicrovmAuthTokenInput,
+    m: hearth_store::Microvm,
+    kind: TokenKind,
+    ports: Vec<(u16, u16)>,
+    expiration_in_minutes: i32,
 ) -> Result<AuthToken, ApiError> {
-    let m = microvms::existing(ctx, &input.microvm_identifier).await?;
-    if !(1..=MAX_EXPIRATION_MINUTES).contains(&input.expiration_in_minutes) {
+    if !(1..=MAX_EXPIRATION_MINUTES).contains(&expiration_in_minutes) {
         return Err(ApiError::Validation(format!(
-            "expirationInMinutes: {} is outside 1..={MAX_EXPIRATION_MINUTES}",
-            input.expiration_in_minutes
+            "expirationInMinutes: {expiration_in_minutes} is outside 1..={MAX_EXPIRATION_MINUTES}"
         )));
     }
-    let ports = port_ranges(&input.allowed_ports)?;
     let key = ctx.state.proxy_tokens.as_ref().ok_or_else(|| {
         ApiError::Validation(
             "this server runs no endpoint proxy (hearth serve --no-proxy), so it mints no tokens"
@@ -81,23 +83,46 @@ async fn create(
     let token = key.mint(&Claims {
         account_id: m.account_id.to_string(),
         microvm_id: m.microvm_id,
-        kind: TokenKind::Http,
+        kind,
         ports,
-        expires_at_secs: now + i64::from(input.expiration_in_minutes) * 60,
+        expires_at_secs: now + i64::from(expiration_in_minutes) * 60,
     });
     Ok(AuthToken {
         auth_token: [(TOKEN_HEADER.to_string(), token)].into_iter().collect(),
     })
 }
 
+async fn create(
+    ctx: &RequestContext<'_>,
+    input: CreateMicrovmAuthTokenInput,
+) -> Result<AuthToken, ApiError> {
+    let m = microvms::existing(ctx, &input.microvm_identifier).await?;
+    let ports = port_ranges(&input.allowed_ports)?;
+    mint(ctx, m, TokenKind::Http, ports, input.expiration_in_minutes)
+}
+
 async fn create_shell(
     ctx: &RequestContext<'_>,
     input: CreateMicrovmShellAuthTokenInput,
 ) -> Result<AuthToken, ApiError> {
-    microvms::existing(ctx, &input.microvm_identifier).await?;
-    Err(NotYet {
-        operation: ctx.operation,
-        arrives: "shell tokens arrive with the shell connector (SHELL_INGRESS)",
+    let m = microvms::existing(ctx, &input.microvm_identifier).await?;
+    let connectors: Option<Vec<String>> = m
+        .doc
+        .get("ingressNetworkConnectors")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if !hearth_control::connectors::IngressRules::of(connectors.as_deref()).shell {
+        return Err(ApiError::Validation(format!(
+            "microVM {} does not accept shell sessions: its ingressNetworkConnectors do not \
+             include SHELL_INGRESS or ALL_INGRESS (they are fixed at RunMicrovm; run a new \
+             microVM with one of them)",
+            m.microvm_id
+        )));
     }
-    .into())
+    mint(
+        ctx,
+        m,
+        TokenKind::Shell,
+        Vec::new(),
+        input.expiration_in_minutes,
+    )
 }

@@ -106,6 +106,7 @@ async fn create(
     if let Some(t) = &input.tags {
         tags::check_new(t)?;
     }
+    super::microvms::check_egress(ctx, input.egress_network_connectors.as_deref())?;
     let config = to_doc(&version_config!(input))?;
     let image_id = hearth_store::ids::new_image_id();
     let arn = format!(
@@ -166,6 +167,7 @@ async fn update(
     input: UpdateMicrovmImageInput,
 ) -> Result<UpdateMicrovmImageOutput, ApiError> {
     let image = find(ctx, &input.image_identifier).await?;
+    super::microvms::check_egress(ctx, input.egress_network_connectors.as_deref())?;
     let config = to_doc(&version_config!(input))?;
     let created = ctx
         .state

@@ -74,10 +74,20 @@ const CONNECTORS: &[&str] = &[
 ];
 
 /// Connector lists: each a known connector ARN of this region, of the
-/// right direction. Egress for microVMs is not available yet: asking for
-/// it is refused rather than silently ignored.
+/// right direction, and `NO_INGRESS` alone when it is given.
 fn check_connectors(ctx: &RequestContext<'_>, input: &RunMicrovmInput) -> Result<(), ApiError> {
-    for arn in input.ingress_network_connectors.iter().flatten() {
+    let ingress = input.ingress_network_connectors.as_deref().unwrap_or(&[]);
+    if ingress.len() > 1
+        && ingress
+            .iter()
+            .any(|a| connector_name(ctx, a) == Some("NO_INGRESS"))
+    {
+        return Err(ApiError::Validation(
+            "ingressNetworkConnectors: NO_INGRESS cannot be combined with other ingress connectors"
+                .into(),
+        ));
+    }
+    for arn in ingress {
         match connector_name(ctx, arn) {
             Some(n) if n.ends_with("_INGRESS") => {}
             _ => {
@@ -88,14 +98,22 @@ fn check_connectors(ctx: &RequestContext<'_>, input: &RunMicrovmInput) -> Result
             }
         }
     }
-    if let Some(arn) = input.egress_network_connectors.iter().flatten().next() {
-        return Err(ApiError::Validation(match connector_name(ctx, arn) {
-            Some("INTERNET_EGRESS") => "egressNetworkConnectors: internet egress for microVMs is not available on this server yet (image builds have it); run the microVM without egress".into(),
-            _ => format!(
+    check_egress(ctx, input.egress_network_connectors.as_deref())
+}
+
+/// An egress connector list (RunMicrovm's, or an image's for its builds):
+/// each the `INTERNET_EGRESS` ARN of this region.
+pub(super) fn check_egress(
+    ctx: &RequestContext<'_>,
+    arns: Option<&[String]>,
+) -> Result<(), ApiError> {
+    for arn in arns.into_iter().flatten() {
+        if connector_name(ctx, arn) != Some("INTERNET_EGRESS") {
+            return Err(ApiError::Validation(format!(
                 "egressNetworkConnectors: {arn:?} is not an egress network connector ARN of {} (arn:aws:lambda:{}:aws:network-connector:aws-network-connector:INTERNET_EGRESS)",
                 ctx.state.region, ctx.state.region
-            ),
-        }));
+            )));
+        }
     }
     Ok(())
 }

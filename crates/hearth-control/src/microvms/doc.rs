@@ -68,6 +68,10 @@ pub struct EngineDoc {
     /// Unix seconds of the last traffic through the proxy (written at suspend and on
     /// state changes; the running task keeps the live value in memory).
     pub last_activity_at: i64,
+    /// How its shells run (from its image version's build; absent for
+    /// versions built before profiles were kept: root in `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<hearth_builder::ShellProfile>,
 }
 
 impl EngineDoc {
@@ -181,6 +185,11 @@ mod tests {
                 },
                 suspended_at: Some(1_700_000_100),
                 last_activity_at: 1_700_000_050,
+                shell: Some(hearth_builder::ShellProfile {
+                    user: Some("app".into()),
+                    workdir: "/srv".into(),
+                    env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                }),
             },
         }
     }

@@ -19,6 +19,7 @@ pub mod doc;
 pub mod hooks;
 mod pool;
 mod recover;
+pub mod shell;
 pub mod task;
 
 use std::collections::HashMap;
@@ -32,7 +33,10 @@ use hearth_vmm::{
 };
 use tokio::sync::oneshot;
 
+use hearth_builder::{GuestEgress, ShellProfile};
+
 use crate::config::VersionConfig;
+use crate::connectors;
 use crate::images::blocking;
 use crate::writes::now_secs;
 use crate::ControlError;
@@ -61,6 +65,9 @@ pub struct MicrovmSetup {
     /// Where apps' output logs go (`<logs>/<account>/microvms/<id>.log`);
     /// `None`: not kept.
     pub logs_dir: Option<std::path::PathBuf>,
+    /// The egress network microVMs with `INTERNET_EGRESS` use (the one
+    /// image builds use); `None`: such a RunMicrovm is refused.
+    pub egress: Option<GuestEgress>,
 }
 
 impl MicrovmSetup {
@@ -75,6 +82,7 @@ impl MicrovmSetup {
             prestart_depth: 0,
             max_running: 0,
             logs_dir: None,
+            egress: None,
         }
     }
 
@@ -186,6 +194,8 @@ pub enum ConnectError {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a warm-up request may take.
 const WARM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long each step of bringing a clone's network up may take.
+const NETWORK_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a graceful stop waits for warm-pool refills under way.
 const SHUTDOWN_REFILL_WAIT: Duration = Duration::from_secs(60);
 
@@ -253,10 +263,14 @@ impl MicrovmControl {
                     ),
                     source: Box::new(source),
                 })?;
+        let egress = self.egress_for(&req, &snapshot, &version)?;
         self.shared
             .pool
             .set_owner(snapshot.id.as_str(), &req.image.image_id, &version.version);
-        let vm = self.take_or_launch(&backend, &snapshot).await?;
+        let vm = match &egress {
+            None => self.take_or_launch(&backend, &snapshot).await?,
+            Some(e) => launch_with_egress(&backend, &snapshot, e).await?,
+        };
         let id = vm.id().to_string();
         let now = now_secs();
         let doc = MicrovmDoc {
@@ -277,6 +291,7 @@ impl MicrovmControl {
                 hooks: launch.hooks,
                 suspended_at: None,
                 last_activity_at: now,
+                shell: Some(launch.shell.clone()),
             },
         };
         if let Some(secs) = launch.hooks.run_timeout_secs {
@@ -311,6 +326,35 @@ impl MicrovmControl {
         );
         self.refill(&snapshot, launch.warm);
         Ok(row)
+    }
+
+    /// The egress network a RunMicrovm asks for, if any: refused when this
+    /// server has none or the version's snapshot has no network slot.
+    fn egress_for(
+        &self,
+        req: &RunRequest,
+        snapshot: &Snapshot,
+        version: &ImageVersion,
+    ) -> Result<Option<GuestEgress>, ControlError> {
+        if !connectors::wants_internet(req.egress_network_connectors.as_deref()) {
+            return Ok(None);
+        }
+        let Some(egress) = &self.shared.setup.egress else {
+            return Err(ControlError::Invalid(
+                "egressNetworkConnectors: this server has no egress network (it was started \
+                 with --no-egress); run the microVM without INTERNET_EGRESS"
+                    .into(),
+            ));
+        };
+        if !snapshot.record.machine.nic_slot {
+            return Err(ControlError::Invalid(format!(
+                "egressNetworkConnectors: version {} of image {} was built before microVMs could \
+                 have egress (its snapshot has no network slot); update the image to build a new \
+                 version",
+                version.version, req.image.name
+            )));
+        }
+        Ok(Some(egress.clone()))
     }
 
     async fn insert(
@@ -352,7 +396,7 @@ impl MicrovmControl {
                 }
             }
         }
-        launch_clone(backend, snapshot).await
+        launch_clone(backend, snapshot, None).await
     }
 
     /// Keep the pool of warmed clones of `snapshot` full, off the request
@@ -555,6 +599,66 @@ impl MicrovmControl {
         })
     }
 
+    /// What the microVM's endpoint lets in (its ingress connectors), without
+    /// touching the microVM.
+    pub fn ingress(
+        &self,
+        account: &AccountId,
+        id: &str,
+    ) -> Result<connectors::IngressRules, OpenRefusal> {
+        self.handle(account, id)
+            .map(|h| h.ingress)
+            .ok_or_else(|| OpenRefusal::NotFound(id.to_string()))
+    }
+
+    /// Start an interactive shell on a terminal of `size`, resuming the
+    /// microVM first when it is SUSPENDED and its idle policy resumes
+    /// automatically. Counts as activity.
+    pub async fn open_shell(
+        &self,
+        account: &AccountId,
+        id: &str,
+        size: hearth_proto::v2::PtySize,
+    ) -> Result<shell::ShellSession, shell::ShellError> {
+        let h = self
+            .handle(account, id)
+            .ok_or_else(|| OpenRefusal::NotFound(id.to_string()))?;
+        if !h.ingress.shell {
+            return Err(shell::ShellError::NotAllowed { id: id.to_string() });
+        }
+        h.touch();
+        // Subscribed before the microVM is known to run: a suspend that
+        // follows is not missed.
+        let ends = h.ends.subscribe();
+        let (reply, rx) = oneshot::channel();
+        h.tx.send(Command::Open { reply })
+            .await
+            .map_err(|_| OpenRefusal::NotFound(id.to_string()))?;
+        let agent = rx
+            .await
+            .map_err(|_| OpenRefusal::NotFound(id.to_string()))??;
+        let process = agent
+            .exec(
+                shell::shell_exec(&h.shell, size),
+                shell::SHELL_START_TIMEOUT,
+            )
+            .await
+            .map_err(|e| shell::ShellError::Start {
+                id: id.to_string(),
+                detail: e.to_string(),
+            })?;
+        let (input, mut events) = process.into_split();
+        events.close_on_drop();
+        let activity_handle = h.clone();
+        Ok(shell::ShellSession {
+            session_id: shell::new_session_id(),
+            input,
+            events,
+            ends,
+            activity: Arc::new(move || activity_handle.touch()),
+        })
+    }
+
     /// A microVM's app log: its file, and while the microVM lives, its
     /// progress (followers stop once it ends).
     pub async fn open_log(
@@ -614,6 +718,7 @@ struct Launchable {
     snapshot_id: String,
     hooks: MicrovmHooksConfig,
     warm: WarmTarget,
+    shell: ShellProfile,
 }
 
 impl Launchable {
@@ -639,6 +744,15 @@ impl Launchable {
             .get("appPort")
             .and_then(|v| v.as_u64())
             .and_then(|p| u16::try_from(p).ok());
+        let shell = match build.get("shell") {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+                ControlError::Corrupt(format!(
+                    "version {}: hearthBuild.shell: {e}",
+                    version.version
+                ))
+            })?,
+            None => ShellProfile::default(),
+        };
         let cfg: VersionConfig = serde_json::from_value(version.doc.clone())
             .map_err(|e| ControlError::Corrupt(format!("version {}: {e}", version.version)))?;
         let hooks = MicrovmHooksConfig::from_version(cfg.hooks.as_ref());
@@ -652,6 +766,7 @@ impl Launchable {
             snapshot_id,
             hooks,
             warm,
+            shell,
         })
     }
 }
@@ -711,8 +826,13 @@ async fn pick_version(
     .await
 }
 
-/// A new persistent clone of `snapshot`, named with a new microVM id.
-async fn launch_clone(backend: &QemuBackend, snapshot: &Snapshot) -> Result<QemuVm, ControlError> {
+/// A new persistent clone of `snapshot`, named with a new microVM id, with
+/// a network interface in `nic`'s namespace when given.
+async fn launch_clone(
+    backend: &QemuBackend,
+    snapshot: &Snapshot,
+    nic: Option<hearth_vmm::NicSpec>,
+) -> Result<QemuVm, ControlError> {
     let id = hearth_store::ids::new_microvm_id();
     let vm_id = VmId::new(id.clone()).map_err(|e| ControlError::Internal {
         what: "microVM id",
@@ -724,6 +844,7 @@ async fn launch_clone(backend: &QemuBackend, snapshot: &Snapshot) -> Result<Qemu
             LaunchSpec {
                 id: vm_id,
                 lifetime: Lifetime::Persistent,
+                nic,
             },
         )
         .await
@@ -733,13 +854,65 @@ async fn launch_clone(backend: &QemuBackend, snapshot: &Snapshot) -> Result<Qemu
         })
 }
 
+/// A clone with internet egress: launched with a NIC (never from the warm
+/// pool, whose clones have none), the guest's network slot bound with its
+/// own MAC, addressed, routed and given the host's resolvers.
+async fn launch_with_egress(
+    backend: &QemuBackend,
+    snapshot: &Snapshot,
+    egress: &GuestEgress,
+) -> Result<QemuVm, ControlError> {
+    let vm = launch_clone(backend, snapshot, Some(egress.nic.clone())).await?;
+    if let Err(detail) = configure_network(&vm, egress).await {
+        let id = vm.id().to_string();
+        let _ = vm.terminate().await;
+        return Err(ControlError::Internal {
+            what: "configuring a microVM's network",
+            detail: format!("{id}: {detail}"),
+        });
+    }
+    Ok(vm)
+}
+
+async fn configure_network(vm: &QemuVm, egress: &GuestEgress) -> Result<(), String> {
+    let agent = vm.agent();
+    let mut commands = vec![hearth_net::guest_attach_command(&hearth_net::guest_mac(
+        vm.id().as_str(),
+    ))];
+    commands.extend(egress.setup_commands.iter().cloned());
+    for argv in &commands {
+        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = agent
+            .run(&words, NETWORK_SETUP_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{:?} failed ({:?}): {}",
+                words.first(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    agent
+        .write_file(
+            hearth_net::GUEST_RESOLV_CONF_PATH,
+            egress.resolv_conf.as_bytes(),
+            Some(0o644),
+            NETWORK_SETUP_TIMEOUT,
+        )
+        .await
+        .map_err(|e| format!("writing {}: {e}", hearth_net::GUEST_RESOLV_CONF_PATH))
+}
+
 /// A clone that has served one request from inside the guest.
 async fn warmed_clone(
     backend: &QemuBackend,
     snapshot: &Snapshot,
     warm: WarmTarget,
 ) -> Result<QemuVm, ControlError> {
-    let vm = launch_clone(backend, snapshot).await?;
+    let vm = launch_clone(backend, snapshot, None).await?;
     if let Err(e) = hooks::warm(vm.agent(), warm, WARM_TIMEOUT).await {
         let id = vm.id().to_string();
         let _ = vm.terminate().await;

@@ -24,7 +24,7 @@ use hearth_domain::{
 use hearth_store::{AccountId, StateUpdate};
 use hearth_vmm::agent::stream::StreamEvent;
 use hearth_vmm::{AgentClient, MicroVm, QemuVm, SuspendedVm, VmBackend};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::doc::MicrovmDoc;
 use super::hooks;
@@ -85,6 +85,14 @@ pub(crate) struct Handle {
     pub state: watch::Receiver<MicrovmState>,
     /// The app's output log, while this server writes it.
     pub log: Option<Arc<LogWriter>>,
+    /// What its endpoint lets in.
+    pub ingress: crate::connectors::IngressRules,
+    /// How its shells run.
+    pub shell: hearth_builder::ShellProfile,
+    /// Sessions (shells) that must end when the microVM stops running
+    /// subscribe here; the task sends the reason before it suspends,
+    /// terminates or loses the microVM.
+    pub ends: broadcast::Sender<String>,
 }
 
 impl Handle {
@@ -119,6 +127,8 @@ pub(crate) struct Task {
     log: Option<Arc<LogWriter>>,
     /// The task copying the app's output into `log`.
     log_pump: Option<tokio::task::AbortHandle>,
+    /// See [`Handle::ends`].
+    ends: broadcast::Sender<String>,
 }
 
 /// Start a running microVM's task (`vm` RUNNING) or a suspended one's.
@@ -139,12 +149,16 @@ pub(crate) fn spawn(
             .ok()
             .map(Arc::new)
     });
+    let (ends, _) = broadcast::channel(4);
     let handle = Handle {
         account: account.clone(),
         tx,
         last_activity: last_activity.clone(),
         state: state_rx,
         log: log.clone(),
+        ingress: crate::connectors::IngressRules::of(doc.ingress_network_connectors.as_deref()),
+        shell: doc.hearth.shell.clone().unwrap_or_default(),
+        ends: ends.clone(),
     };
     let task = Task {
         shared: shared.clone(),
@@ -163,6 +177,7 @@ pub(crate) fn spawn(
         suspend_not_before: None,
         log,
         log_pump: None,
+        ends,
     };
     shared.handles.lock().unwrap().insert(id, handle.clone());
     tokio::spawn(task.run());
@@ -436,8 +451,14 @@ impl Task {
         }
     }
 
+    /// Tell open sessions the microVM stops running, and why.
+    fn end_sessions(&self, reason: &str) {
+        let _ = self.ends.send(reason.to_string());
+    }
+
     async fn suspend(&mut self) -> Result<(), ControlError> {
         self.record(MicrovmEvent::SuspendBegan).await?;
+        self.end_sessions("the microVM was suspended");
         let timeout = self.doc.hearth.hooks.suspend_timeout_secs;
         self.hook("suspend", timeout, hooks::microvm_body(&self.id))
             .await;
@@ -516,6 +537,7 @@ impl Task {
     /// End the microVM: hooks, process, files; TERMINATED with `reason`.
     async fn terminate(&mut self, reason: Option<String>) -> Result<(), ControlError> {
         self.record(MicrovmEvent::TerminateBegan).await?;
+        self.end_sessions("the microVM was terminated");
         let timeout = self.doc.hearth.hooks.terminate_timeout_secs;
         self.hook("terminate", timeout, hooks::microvm_body(&self.id))
             .await;
@@ -539,6 +561,7 @@ impl Task {
     /// The microVM died under us: record it TERMINATED with `reason` and
     /// remove what is left of it.
     async fn lost(&mut self, reason: String) -> Result<(), ControlError> {
+        self.end_sessions("the microVM stopped unexpectedly");
         if let Held::Running(vm) = std::mem::replace(&mut self.held, Held::Nothing) {
             let _ = vm.terminate().await;
         }

@@ -93,7 +93,7 @@ impl StreamReceiver {
     }
 
     /// Close the stream when dropped instead of draining it.
-    pub(super) fn close_on_drop(&mut self) {
+    pub fn close_on_drop(&mut self) {
         self.on_drop = OnDrop::Close;
     }
 
@@ -136,6 +136,39 @@ pub struct Process {
     pub events: StreamReceiver,
 }
 
+/// The input side of a [`Process`] ([`Process::into_split`]). The stream
+/// stays open as long as its [`StreamReceiver`] does.
+#[derive(Clone)]
+pub struct ProcessInput {
+    client: AgentClient,
+    stream: u64,
+}
+
+impl ProcessInput {
+    /// As [`Process::write_stdin`].
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), AgentClientError> {
+        self.client.stream_write(self.stream, data).await
+    }
+
+    /// As [`Process::resize`].
+    pub async fn resize(&self, size: PtySize, timeout: Duration) -> Result<(), AgentClientError> {
+        match self
+            .client
+            .request(
+                Request::Resize {
+                    stream: self.stream,
+                    size,
+                },
+                timeout,
+            )
+            .await?
+        {
+            Response::Resized => Ok(()),
+            other => Err(unexpected("resize", &other)),
+        }
+    }
+}
+
 /// Collected result of [`AgentClient::run`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -175,20 +208,24 @@ impl Process {
 
     /// Set the terminal size of a PTY process.
     pub async fn resize(&self, size: PtySize, timeout: Duration) -> Result<(), AgentClientError> {
-        match self
-            .client()
-            .request(
-                Request::Resize {
-                    stream: self.stream,
-                    size,
-                },
-                timeout,
-            )
-            .await?
-        {
-            Response::Resized => Ok(()),
-            other => Err(unexpected("resize", &other)),
+        ProcessInput {
+            client: self.client().clone(),
+            stream: self.stream,
         }
+        .resize(size, timeout)
+        .await
+    }
+
+    /// Split into the way in (stdin or terminal input, resizes) and the
+    /// events, so that one task can write while another reads: a terminal
+    /// whose program is blocked writing output reads no input until its
+    /// output is read.
+    pub fn into_split(self) -> (ProcessInput, StreamReceiver) {
+        let input = ProcessInput {
+            client: self.events.client.clone(),
+            stream: self.stream,
+        };
+        (input, self.events)
     }
 
     /// Collect output until the (final) exit.
