@@ -77,6 +77,7 @@ pub mod guest;
 pub mod host;
 pub mod netns;
 mod rules;
+pub mod testing;
 
 pub use cidr::Ipv4Cidr;
 pub use egress::{teardown, EgressConfig, EgressNet, DEFAULT_LINK_NET, NETNS_DIR, NS_INTERFACE};

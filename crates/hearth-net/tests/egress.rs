@@ -7,145 +7,18 @@
 //! and `nft`: without them the tests fail, they never skip. Everything
 //! they create is removed by guards, also when an assertion fails.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hearth_net::testing::{
+    greet as greet_within, ip, primary_address, serve_greeting as serve, EgressGuard, Peer,
+};
 use hearth_net::{in_netns, EgressConfig, EgressNet};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .expect("run ip (iproute2 must be installed)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_quiet(args: &[&str]) {
-    let _ = Command::new("ip")
-        .args(args)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output();
-}
-
-/// Removes an egress network when dropped.
-struct EgressGuard(String);
-
-impl Drop for EgressGuard {
-    fn drop(&mut self) {
-        if let Err(e) = hearth_net::teardown(&self.0) {
-            eprintln!("teardown {}: {e}", self.0);
-        }
-    }
-}
-
-/// A namespace standing in for some other machine: a veth from the host
-/// with `net.1` on the host and `net.2` inside, where the listeners go.
-struct Peer {
-    name: String,
-    host_if: String,
-    addr: Ipv4Addr,
-}
-
-impl Peer {
-    fn create(name: &str, host_if: &str, net: Ipv4Addr) -> Peer {
-        ip_quiet(&["link", "del", host_if]);
-        ip_quiet(&["netns", "delete", name]);
-        let base = u32::from(net);
-        let (host, inside) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
-        let peer = Peer {
-            name: name.into(),
-            host_if: host_if.into(),
-            addr: inside,
-        };
-        ip(&["netns", "add", name]);
-        ip(&[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name,
-        ]);
-        ip(&["addr", "add", &format!("{host}/30"), "dev", host_if]);
-        ip(&["link", "set", host_if, "up"]);
-        ip(&[
-            "-n",
-            name,
-            "addr",
-            "add",
-            &format!("{inside}/30"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", name, "link", "set", "eth0", "up"]);
-        ip(&["-n", name, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &host.to_string(),
-        ]);
-        peer
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        ip_quiet(&["link", "del", &self.host_if]);
-        ip_quiet(&["netns", "delete", &self.name]);
-    }
-}
-
-/// A TCP listener (in `netns`, or the host's namespace) that greets every
-/// connection with `hello` and, after `bulk_bytes` of zeros, closes it.
-fn serve(netns: Option<&Path>, addr: Ipv4Addr, bulk_bytes: usize) -> SocketAddr {
-    let bind = || TcpListener::bind((addr, 0)).expect("bind a listener");
-    let listener = match netns {
-        Some(p) => in_netns(p, bind).expect("enter the peer namespace"),
-        None => bind(),
-    };
-    let local = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            std::thread::spawn(move || {
-                let _ = c.write_all(b"hello");
-                let zeros = vec![0u8; 64 << 10];
-                let mut left = bulk_bytes;
-                while left > 0 {
-                    let n = left.min(zeros.len());
-                    if c.write_all(&zeros[..n]).is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
-        }
-    });
-    local
-}
-
-/// Connect and read the greeting.
-fn greet(to: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)?;
-    s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-    let mut buf = [0u8; 5];
-    s.read_exact(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
 
 /// `greet` from inside the egress namespace.
 fn greet_from(egress: &EgressNet, to: SocketAddr) -> std::io::Result<String> {
@@ -166,22 +39,6 @@ fn assert_refused(egress: &EgressNet, to: SocketAddr, what: &str) {
         "{what} ({to}): the connection timed out instead of being refused"
     );
     assert!(t.elapsed() < CONNECT_TIMEOUT, "{what}: {e}");
-}
-
-/// The host's primary address: the source it would use toward the
-/// internet (a routing lookup only; nothing is sent).
-fn primary_address() -> Ipv4Addr {
-    let out = Command::new("ip")
-        .args(["-j", "route", "get", "1.1.1.1"])
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .expect("ip route get");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j route get");
-    v[0]["prefsrc"]
-        .as_str()
-        .expect("a route to the internet with a source address")
-        .parse()
-        .unwrap()
 }
 
 /// One DNS query for `name` (type A) over UDP; the answer's record count.
@@ -417,4 +274,9 @@ fn ensure_is_idempotent_repairs_a_missing_veth_and_teardown_removes_everything()
     );
     // Tearing down what is gone is not an error.
     hearth_net::teardown(name).expect("a second teardown");
+}
+
+/// Connect and read the greeting.
+fn greet(to: SocketAddr) -> std::io::Result<String> {
+    greet_within(to, CONNECT_TIMEOUT)
 }

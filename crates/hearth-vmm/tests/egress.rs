@@ -12,165 +12,24 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hearth_net::testing::{
+    greet as greet_within, primary_address, serve_greeting as serve, EgressGuard, Peer,
+};
 use hearth_net::{
     guest_attach_command, guest_mac, guest_release_command, guest_resolv_conf,
-    guest_setup_commands, in_netns, EgressConfig, EgressNet, GUEST_GATEWAY, GUEST_RESOLV_CONF_PATH,
+    guest_setup_commands, EgressConfig, EgressNet, GUEST_GATEWAY, GUEST_RESOLV_CONF_PATH,
 };
 use hearth_vmm::{MicroVm, NicSpec, SnapshotMode, VmBackend, VmError, VmId, VmState};
 use serde_json::Value;
 use support::*;
 
-const TOOLS_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// Bytes the public listener sends after its greeting (the bulk test).
 const BULK_BYTES: usize = 16 << 20;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .env("PATH", TOOLS_PATH)
-        .output()
-        .expect("run ip (iproute2 must be installed)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_quiet(args: &[&str]) {
-    let _ = Command::new("ip")
-        .args(args)
-        .env("PATH", TOOLS_PATH)
-        .output();
-}
-
-struct EgressGuard(String);
-
-impl Drop for EgressGuard {
-    fn drop(&mut self) {
-        if let Err(e) = hearth_net::teardown(&self.0) {
-            eprintln!("teardown {}: {e}", self.0);
-        }
-    }
-}
-
-/// A namespace standing in for another machine: `net.1` on the host's end
-/// of a veth, `net.2` inside.
-struct Peer {
-    name: String,
-    host_if: String,
-    addr: Ipv4Addr,
-}
-
-impl Peer {
-    fn create(name: &str, host_if: &str, net: Ipv4Addr) -> Peer {
-        ip_quiet(&["link", "del", host_if]);
-        ip_quiet(&["netns", "delete", name]);
-        let base = u32::from(net);
-        let (host, inside) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
-        let peer = Peer {
-            name: name.into(),
-            host_if: host_if.into(),
-            addr: inside,
-        };
-        ip(&["netns", "add", name]);
-        ip(&[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", name,
-        ]);
-        ip(&["addr", "add", &format!("{host}/30"), "dev", host_if]);
-        ip(&["link", "set", host_if, "up"]);
-        ip(&[
-            "-n",
-            name,
-            "addr",
-            "add",
-            &format!("{inside}/30"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", name, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &host.to_string(),
-        ]);
-        peer
-    }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        ip_quiet(&["link", "del", &self.host_if]);
-        ip_quiet(&["netns", "delete", &self.name]);
-    }
-}
-
-/// A listener (in `netns`, or the host's namespace) that sends `hello`,
-/// then `bulk_bytes` zeros, then closes.
-fn serve(netns: Option<&Path>, addr: Ipv4Addr, bulk_bytes: usize) -> SocketAddr {
-    let bind = || TcpListener::bind((addr, 0)).expect("bind a listener");
-    let listener = match netns {
-        Some(p) => in_netns(p, bind).expect("enter the peer namespace"),
-        None => bind(),
-    };
-    let local = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut c) = conn else { continue };
-            std::thread::spawn(move || {
-                let _ = c.write_all(b"hello");
-                let zeros = vec![0u8; 64 << 10];
-                let mut left = bulk_bytes;
-                while left > 0 {
-                    let n = left.min(zeros.len());
-                    if c.write_all(&zeros[..n]).is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
-        }
-    });
-    local
-}
-
-fn greet(to: SocketAddr) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    let mut buf = [0u8; 5];
-    s.read_exact(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-fn primary_address() -> Ipv4Addr {
-    let out = Command::new("ip")
-        .args(["-j", "route", "get", "1.1.1.1"])
-        .env("PATH", TOOLS_PATH)
-        .output()
-        .expect("ip route get");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j route get");
-    v[0]["prefsrc"]
-        .as_str()
-        .expect("a route to the internet with a source address")
-        .parse()
-        .unwrap()
-}
 
 /// Run in the guest: resolve a name, try each target (connect, read the
 /// greeting), then time connects to and a bulk read from the public
@@ -554,4 +413,9 @@ async fn futures_join(vms: &[hearth_vmm::QemuVm], script: &str) -> Vec<String> {
         out.push(sh(vm, script).await);
     }
     out
+}
+
+/// Connect and read the greeting.
+fn greet(to: SocketAddr) -> std::io::Result<String> {
+    greet_within(to, Duration::from_secs(3))
 }
