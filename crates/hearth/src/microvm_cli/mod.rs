@@ -1,15 +1,19 @@
-//! `hearth run|ls|get|suspend|resume|terminate|token|curl`: microVMs
-//! through the API of a running `hearth serve`, and HTTP to them through
-//! its endpoint proxy.
+//! `hearth run|ls|get|suspend|resume|terminate|token|curl|shell`: microVMs
+//! through the API of a running `hearth serve`, and HTTP and shells to them
+//! through its endpoint proxy.
 //!
 //! The commands own nothing but their arguments and output; the API client
 //! is [`crate::client`] (endpoint, region, credentials as for
-//! `hearth image`), the proxy transport of `hearth curl` is [`curl`]. Each
+//! `hearth image`), the proxy transport of `hearth curl` is [`curl`], the
+//! interactive session of `hearth shell` is [`shell`]. Each
 //! runs on the CLI's Tokio runtime, on the main task. An API error is
 //! printed as the aws CLI prints it and exits 255; `hearth curl` exits 22
-//! (as `curl --fail`) when the endpoint answers a status other than 2xx.
+//! (as `curl --fail`) when the endpoint answers a status other than 2xx;
+//! `hearth shell` exits as ssh does (the shell's exit code, 255 for its own
+//! failures).
 
 pub(crate) mod curl;
+pub(crate) mod shell;
 pub(crate) mod view;
 
 use std::io::Write;
@@ -60,6 +64,25 @@ pub enum MicrovmCmd {
     /// print the answer's body (a token is minted for it); exits 22 on a
     /// status other than 2xx.
     Curl(CurlArgs),
+    /// Open an interactive shell in a microVM, like ssh (the microVM needs
+    /// the SHELL_INGRESS or ALL_INGRESS connector).
+    ///
+    /// Mints a shell token (CreateMicrovmShellAuthToken) and opens a
+    /// WebSocket to the microVM's endpoint through the endpoint proxy
+    /// (`wss://<endpoint>/`, trusting the data directory's proxy CA, as
+    /// `hearth curl`). When standard input is a terminal it is put in raw
+    /// mode for the session (every key, ^C included, goes to the shell) and
+    /// the window's size follows it. When it is not (a pipe or a file), the
+    /// input is sent as it comes, and at its end the output is still read
+    /// until the shell ends (end the input with `exit`):
+    /// `printf 'uname -a; exit 3\n' | hearth shell ID`.
+    ///
+    /// Exits with the shell's exit code, or 128+N when signal N ended it
+    /// (or ended `hearth shell`: SIGHUP, SIGTERM, SIGINT); 255 when the
+    /// session could not be set up (an API error, the proxy refusing it, a
+    /// connection failure), the connection was lost, or the platform ended
+    /// the session (e.g. `shell ended: microVM suspended (idle)`).
+    Shell(shell::ShellArgs),
     /// Print the app's stdout and stderr in a microVM (kept across its
     /// suspends); with -f, follow it until the microVM ends.
     Logs(LogsArgs),
@@ -291,6 +314,7 @@ async fn dispatch(g: &Global, cmd: MicrovmCmd) -> Result<i32> {
         MicrovmCmd::Suspend(a) | MicrovmCmd::Resume(a) | MicrovmCmd::Terminate(a) => &a.client,
         MicrovmCmd::Token(a) => &a.client,
         MicrovmCmd::Curl(a) => &a.client,
+        MicrovmCmd::Shell(a) => &a.client,
         MicrovmCmd::Logs(a) => &a.client,
     };
     let api = Api::new(client, &g.data_dir)?;
@@ -303,6 +327,7 @@ async fn dispatch(g: &Global, cmd: MicrovmCmd) -> Result<i32> {
         MicrovmCmd::Terminate(a) => lifecycle(&api, Lifecycle::Terminate, a).await.map(|()| 0),
         MicrovmCmd::Token(a) => token(&api, a).await.map(|()| 0),
         MicrovmCmd::Curl(a) => curl_microvm(&api, g, a).await,
+        MicrovmCmd::Shell(a) => shell::shell(&api, g, a).await,
         MicrovmCmd::Logs(a) => app_logs(&api, a).await.map(|()| 0),
     }
 }
