@@ -242,8 +242,8 @@ class WebSocket:
         self.body = b""
         if self.status == 101:
             want = base64.b64encode(hashlib.sha1(
-                (key + "258EAFA5-E914-47DA-95CA-C5AB0DC11B85").encode()).digest()).decode()
-            check(self.headers.get("sec-websocket-accept") == want, f"Sec-WebSocket-Accept: {self.headers}")
+                (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            check(self.headers.get("sec-websocket-accept") == want, f"Sec-WebSocket-Accept (RFC 6455 4.2.2): {self.headers}")
         else:
             n = int(self.headers.get("content-length", "0"))
             self.body = self._exact(n)

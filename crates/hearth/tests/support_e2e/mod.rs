@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod shell;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;

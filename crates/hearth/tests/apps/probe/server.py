@@ -31,7 +31,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 
 _lock = threading.Lock()
