@@ -45,7 +45,9 @@ fn now_secs() -> i64 {
 /// as the image's USER in its WORKDIR with its ENV; a resize seen by
 /// `stty size`; `exit 7` ends with an exit frame of 7 and close 1000 "shell
 /// exited". A shell token (signed by the server) for a NO_INGRESS microVM
-/// is refused. A shell open at suspend is closed (1001) with the reason,
+/// is refused. `hearth shell` under a pseudo-terminal sees the terminal's
+/// size and its change, exits with the shell's code and restores the
+/// terminal. A shell open at suspend is closed (1001) with the reason,
 /// and the next shell resumes the microVM (auto-resume) with its memory
 /// intact. Typing counts as activity: a shell typed into for longer than
 /// the idle limit keeps the microVM RUNNING; once typing stops the
@@ -115,6 +117,9 @@ fn e2e_shells_run_as_the_image_user_resize_exit_and_follow_suspend_resume_and_id
     ));
     assert_eq!(refused.as_ref().err().and_then(refused_status), Some(403));
 
+    // `hearth shell` under a pseudo-terminal, as a user types into it.
+    cli_shell_under_a_pty(&w, &s, str_of(&r, "both"));
+
     // Suspend with the shell open: closed with the reason.
     let v = scenario(&w, &s, "suspend", &[("id", &id)]);
     assert_eq!(str_of(&v, "state"), "SUSPENDED");
@@ -159,6 +164,142 @@ fn e2e_shells_run_as_the_image_user_resize_exit_and_follow_suspend_resume_and_id
     assert_eq!(
         str_of(&scenario(&w, &s, "state", &[("id", &id)]), "state"),
         "SUSPENDED"
+    );
+}
+
+/// A pseudo-terminal pair; the child side becomes `hearth shell`'s
+/// controlling terminal.
+struct Pty {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+fn open_pty(cols: u16, rows: u16) -> Pty {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut sl) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two new fds into m and sl; the name and
+    // termios pointers may be null, the winsize is read.
+    let rc = unsafe { libc::openpty(&mut m, &mut sl, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened and are owned by nothing else.
+    unsafe {
+        Pty {
+            master: std::fs::File::from_raw_fd(m),
+            slave: std::fs::File::from_raw_fd(sl),
+        }
+    }
+}
+
+fn set_size(pty: &Pty, cols: u16, rows: u16) {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize; the kernel signals SIGWINCH to
+    // the terminal's foreground process group.
+    let rc = unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0);
+}
+
+fn local_flags(pty: &Pty) -> libc::tcflag_t {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed termios is a valid out-parameter for tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr fills `t` for an open terminal fd.
+    let rc = unsafe { libc::tcgetattr(pty.slave.as_raw_fd(), &mut t) };
+    assert_eq!(rc, 0);
+    t.c_lflag
+}
+
+/// Run `hearth shell ID` on a pseudo-terminal of 100x30: it sees the
+/// size (`stty size`), follows a resize to 140x50 (SIGWINCH), runs
+/// commands, exits with the shell's code (3), and leaves the terminal as
+/// it found it (canonical mode and echo back on).
+fn cli_shell_under_a_pty(w: &Work, s: &Serve, id: &str) {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let pty = open_pty(100, 30);
+    let before = local_flags(&pty);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"));
+    cmd.arg("--data-dir")
+        .arg(w.data())
+        .args(["shell", "--endpoint-url", &s.api, id])
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave.try_clone().unwrap());
+    // SAFETY: between fork and exec only async-signal-safe calls: a new
+    // session, and the terminal on stdin as its controlling terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("start hearth shell");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = pty.master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str| {
+        let deadline = Instant::now() + MINUTE;
+        while !seen.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(_) => panic!("hearth shell never showed {needle:?}; it showed {seen:?}"),
+            }
+        }
+        seen.clear();
+    };
+    let mut master = pty.master.try_clone().unwrap();
+    let mut type_in = |keys: &str| master.write_all(keys.as_bytes()).unwrap();
+    wait_for("appuser@");
+    type_in("echo \"size=$(stty size)\"\n");
+    wait_for("size=30 100");
+    set_size(&pty, 140, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    type_in("echo \"size=$(stty size) user=$(id -un)\"\n");
+    wait_for("size=50 140 user=appuser");
+    type_in("exit 3\n");
+    let deadline = Instant::now() + MINUTE;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hearth shell did not end after exit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "hearth shell exits with the shell's code"
+    );
+    let after = local_flags(&pty);
+    assert_eq!(
+        after & (libc::ICANON | libc::ECHO),
+        before & (libc::ICANON | libc::ECHO),
+        "the terminal is restored"
     );
 }
 

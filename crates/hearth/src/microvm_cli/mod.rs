@@ -128,9 +128,46 @@ pub struct RunArgs {
     /// The run hook's payload (what the app's run hook receives).
     #[arg(long)]
     payload: Option<String>,
+    /// What the endpoint lets in (ingress network connectors; repeat or
+    /// separate with commas). Default: the server's, HTTP only.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    ingress: Vec<IngressArg>,
+    /// Give the microVM the internet (the INTERNET_EGRESS connector):
+    /// outbound connections through the server's filtered egress network.
+    #[arg(long)]
+    egress: bool,
     /// Print JSON: the microVM with `elapsedMs`, the call's duration.
     #[arg(long)]
     json: bool,
+}
+
+/// The ingress network connectors, by their short names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressArg {
+    /// HTTP and the shell (ALL_INGRESS).
+    All,
+    /// Nothing (NO_INGRESS).
+    No,
+    /// HTTP and WebSocket requests to the app (HTTP_INGRESS).
+    Http,
+    /// The interactive shell (SHELL_INGRESS).
+    Shell,
+}
+
+impl IngressArg {
+    fn connector(self) -> &'static str {
+        match self {
+            IngressArg::All => "ALL_INGRESS",
+            IngressArg::No => "NO_INGRESS",
+            IngressArg::Http => "HTTP_INGRESS",
+            IngressArg::Shell => "SHELL_INGRESS",
+        }
+    }
+}
+
+/// A network connector's ARN in `region`.
+fn connector_arn(region: &str, name: &str) -> String {
+    format!("arn:aws:lambda:{region}:aws:network-connector:aws-network-connector:{name}")
 }
 
 impl RunArgs {
@@ -389,7 +426,17 @@ async fn run_microvm(api: &Api, a: RunArgs) -> Result<()> {
         .set_image_version(a.version.clone())
         .set_idle_policy(a.idle_policy()?)
         .set_maximum_duration_in_seconds(a.max_duration)
-        .set_run_hook_payload(a.payload.clone());
+        .set_run_hook_payload(a.payload.clone())
+        .set_ingress_network_connectors((!a.ingress.is_empty()).then(|| {
+            a.ingress
+                .iter()
+                .map(|i| connector_arn(&api.region, i.connector()))
+                .collect()
+        }))
+        .set_egress_network_connectors(
+            a.egress
+                .then(|| vec![connector_arn(&api.region, "INTERNET_EGRESS")]),
+        );
     let started = Instant::now();
     let out = req.send().await.map_err(|e| api.error("RunMicrovm", e))?;
     let took = started.elapsed();
@@ -727,6 +774,15 @@ mod tests {
         assert_eq!(r.version.as_deref(), Some("3"));
         assert_eq!(r.max_duration, Some(600));
         assert_eq!(r.payload.as_deref(), Some("{\"a\":1}"));
+        assert!(r.ingress.is_empty() && !r.egress);
+        let r = run_args(&["hello", "--ingress", "shell,http", "--egress"]);
+        assert_eq!(r.ingress, vec![IngressArg::Shell, IngressArg::Http]);
+        assert!(r.egress);
+        assert_eq!(
+            connector_arn("eu-west-1", IngressArg::Shell.connector()),
+            "arn:aws:lambda:eu-west-1:aws:network-connector:aws-network-connector:SHELL_INGRESS"
+        );
+        assert!(parse(&["run", "hello", "--ingress", "ftp"]).is_err());
         assert!(parse(&["run", "hello", "--idle-seconds", "-1"]).is_err());
         assert!(parse(&["run", "hello", "--max-duration", "0"]).is_err());
         assert!(parse(&["run"]).is_err(), "the image is required");
