@@ -85,7 +85,10 @@ mod tests {
     fn no_connectors_mean_http_only() {
         assert_eq!(IngressRules::of(None), IngressRules::DEFAULT);
         assert_eq!(IngressRules::of(Some(&[])), IngressRules::DEFAULT);
-        assert!(IngressRules::DEFAULT.http && !IngressRules::DEFAULT.shell);
+        assert_eq!(
+            (IngressRules::DEFAULT.http, IngressRules::DEFAULT.shell),
+            (true, false)
+        );
     }
 
     #[test]
