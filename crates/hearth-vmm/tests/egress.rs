@@ -161,26 +161,7 @@ async fn e2e_a_guest_with_a_nic_reaches_public_addresses_and_dns_but_not_the_hos
     );
 
     // Configure the guest as a builder would.
-    let gcfg = egress.guest_config();
-    for argv in guest_setup_commands(&gcfg) {
-        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = vm.agent().run(&words, T).await.expect("agent run");
-        assert!(
-            out.status.success(),
-            "{argv:?}: {:?} {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    vm.agent()
-        .write_file(
-            GUEST_RESOLV_CONF_PATH,
-            guest_resolv_conf(&gcfg).as_bytes(),
-            Some(0o644),
-            T,
-        )
-        .await
-        .expect("write resolv.conf");
+    configure(&vm, &egress, vec![]).await;
 
     let target = |a: SocketAddr| serde_json::json!([a.ip().to_string(), a.port()]);
     let request = serde_json::json!({
@@ -263,8 +244,18 @@ async fn e2e_a_guest_with_a_nic_reaches_public_addresses_and_dns_but_not_the_hos
 
 /// Bring a clone's released network slot up as the control plane does.
 async fn attach_and_configure(vm: &hearth_vmm::QemuVm, egress: &EgressNet) {
+    configure(
+        vm,
+        egress,
+        vec![guest_attach_command(&guest_mac(vm.id().as_str()))],
+    )
+    .await;
+}
+
+/// Run `first`, then the guest's network setup, and write its resolvers.
+async fn configure(vm: &hearth_vmm::QemuVm, egress: &EgressNet, first: Vec<Vec<String>>) {
     let gcfg = egress.guest_config();
-    let mut cmds = vec![guest_attach_command(&guest_mac(vm.id().as_str()))];
+    let mut cmds = first;
     cmds.extend(guest_setup_commands(&gcfg));
     for argv in cmds {
         let words: Vec<&str> = argv.iter().map(String::as_str).collect();

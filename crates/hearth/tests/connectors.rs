@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hearth_net::testing::{primary_address, serve_greeting, Peer};
-use hearth_token::{Claims, TokenKey, TokenKind};
+use hearth_token::{Claims, TokenKind};
 use serde_json::Value;
 use support_e2e::shell::{open, refused_status, shell_protocols, ShellClient};
 use support_e2e::*;
@@ -32,13 +32,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// Shells through the proxy, from Rust: two at once on one microVM, each
@@ -101,14 +94,16 @@ fn e2e_shells_run_as_the_image_user_resize_exit_and_follow_suspend_resume_and_id
     // A shell token for a NO_INGRESS microVM: the API never mints one
     // (checked by the scenario); one signed with the server's key is
     // refused by the proxy all the same.
-    let key = TokenKey::load_or_create(&w.data().join("proxy").join("token.key")).unwrap();
-    let forged = key.mint(&Claims {
-        account_id: str_of(&r, "account").into(),
-        microvm_id: str_of(&r, "none").into(),
-        kind: TokenKind::Shell,
-        ports: vec![],
-        expires_at_secs: now_secs() + 600,
-    });
+    let forged = mint(
+        &w,
+        &Claims {
+            account_id: str_of(&r, "account").into(),
+            microvm_id: str_of(&r, "none").into(),
+            kind: TokenKind::Shell,
+            ports: vec![],
+            expires_at_secs: now_secs() + 600,
+        },
+    );
     let refused = rt.block_on(open(
         &proxy,
         &ca,

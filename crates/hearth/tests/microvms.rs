@@ -16,7 +16,7 @@ mod support_e2e;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hearth_token::{Claims, TokenKey, TokenKind};
+use hearth_token::{Claims, TokenKind};
 use serde_json::Value;
 use support_e2e::*;
 
@@ -57,21 +57,6 @@ fn account_of(arn: &str) -> &str {
     arn.split(':')
         .nth(4)
         .unwrap_or_else(|| panic!("not an ARN: {arn}"))
-}
-
-/// A token signed with the server's own key (`<data>/proxy/token.key`):
-/// what the API would never mint (expired, another account's, a shell
-/// token) but the proxy must still judge by its claims.
-fn mint(w: &Work, claims: &Claims) -> String {
-    let key = TokenKey::load_or_create(&w.data().join("proxy").join("token.key")).unwrap();
-    key.mint(claims)
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 // --- tests -------------------------------------------------------------------

@@ -576,14 +576,7 @@ impl MicrovmControl {
         let h = self
             .handle(account, id)
             .ok_or_else(|| OpenRefusal::NotFound(id.to_string()))?;
-        h.touch();
-        let (reply, rx) = oneshot::channel();
-        h.tx.send(Command::Open { reply })
-            .await
-            .map_err(|_| OpenRefusal::NotFound(id.to_string()))?;
-        let agent = rx
-            .await
-            .map_err(|_| OpenRefusal::NotFound(id.to_string()))??;
+        let agent = open_agent(&h, id).await?;
         let stream = agent
             .tcp_connect(port, CONNECT_TIMEOUT)
             .await
@@ -626,17 +619,10 @@ impl MicrovmControl {
         if !h.ingress.shell {
             return Err(shell::ShellError::NotAllowed { id: id.to_string() });
         }
-        h.touch();
         // Subscribed before the microVM is known to run: a suspend that
         // follows is not missed.
         let ends = h.ends.subscribe();
-        let (reply, rx) = oneshot::channel();
-        h.tx.send(Command::Open { reply })
-            .await
-            .map_err(|_| OpenRefusal::NotFound(id.to_string()))?;
-        let agent = rx
-            .await
-            .map_err(|_| OpenRefusal::NotFound(id.to_string()))??;
+        let agent = open_agent(&h, id).await?;
         let process = agent
             .exec(
                 shell::shell_exec(&h.shell, size),
@@ -711,6 +697,19 @@ impl MicrovmControl {
             b.drain_all_pools();
         }
     }
+}
+
+/// The agent of the running microVM of `h`, through its task (which
+/// resumes it first when it is SUSPENDED and resumes automatically).
+/// Counts as activity.
+async fn open_agent(h: &Handle, id: &str) -> Result<hearth_vmm::AgentClient, OpenRefusal> {
+    h.touch();
+    let (reply, rx) = oneshot::channel();
+    h.tx.send(Command::Open { reply })
+        .await
+        .map_err(|_| OpenRefusal::NotFound(id.to_string()))?;
+    rx.await
+        .map_err(|_| OpenRefusal::NotFound(id.to_string()))?
 }
 
 /// What a version needs to be launched.

@@ -380,7 +380,8 @@ pub fn request_headers(
 }
 
 /// A connected stream to the proxy, TLS or not.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A connected stream to the proxy, TLS or not.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long each step took, for `--verbose`.
@@ -403,6 +404,54 @@ pub struct Answer {
     pub last_byte: Option<u8>,
 }
 
+/// How `hearth curl` and `hearth shell` reach the endpoint proxy.
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// Trust only this CA (PEM) for the proxy's certificate (default: the
+    /// data directory's proxy/ca.pem, when it exists, and the system's
+    /// roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Speak plain HTTP to the proxy (`hearth serve --proxy-plain-http`).
+    #[arg(long, conflicts_with = "ca")]
+    pub plain_http: bool,
+    /// Connect to this HOST:PORT instead of the endpoint's address (the
+    /// request, or the WebSocket upgrade, still names the endpoint).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect_to: Option<String>,
+    /// Give up when connecting to the proxy (TCP and TLS) takes longer.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_secs: u64,
+}
+
+impl ProxyArgs {
+    /// The TLS trust, or `None` for plain HTTP.
+    pub fn trust(&self, data_dir: &Path) -> Result<Option<Trust>, CurlError> {
+        if self.plain_http {
+            return Ok(None);
+        }
+        trust(self.ca.as_deref(), data_dir).map(Some)
+    }
+
+    /// The way to `endpoint`'s proxy with `trust` (from [`Self::trust`]).
+    pub fn reach<'a>(
+        &self,
+        endpoint: &str,
+        trust: Option<&'a Trust>,
+    ) -> Result<(Target, Transport<'a>), CurlError> {
+        let target = Target::parse(endpoint, trust.is_some())?;
+        let dial = dial_for(&target, self.connect_to.as_deref())?;
+        Ok((
+            target,
+            Transport {
+                dial,
+                tls: trust,
+                connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            },
+        ))
+    }
+}
+
 /// How to reach the proxy.
 pub struct Transport<'a> {
     pub dial: Dial,
@@ -411,7 +460,9 @@ pub struct Transport<'a> {
     pub connect_timeout: Duration,
 }
 
-async fn open(t: &Transport<'_>, target: &Target) -> Result<(Box<dyn Io>, String), CurlError> {
+/// TCP (no Nagle: keystrokes and small requests go at once), then TLS
+/// unless plain, to the proxy; the stream and the peer's address.
+pub async fn open(t: &Transport<'_>, target: &Target) -> Result<(Box<dyn Io>, String), CurlError> {
     let tcp = match &t.dial {
         Dial::Addr(a) => TcpStream::connect(a).await,
         Dial::Name { host, port } => {

@@ -17,7 +17,6 @@ pub(crate) mod shell;
 pub(crate) mod view;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -265,21 +264,8 @@ pub struct CurlArgs {
     /// Print the answer's status line and headers before its body.
     #[arg(short = 'i', long = "include")]
     include: bool,
-    /// Trust only this CA (PEM) for the proxy's certificate (default: the
-    /// data directory's proxy/ca.pem, when it exists, and the system's
-    /// roots).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Speak plain HTTP to the proxy (`hearth serve --proxy-plain-http`).
-    #[arg(long, conflicts_with = "ca")]
-    plain_http: bool,
-    /// Connect to this HOST:PORT instead of the endpoint's address (the
-    /// request still names the endpoint).
-    #[arg(long, value_name = "HOST:PORT")]
-    connect_to: Option<String>,
-    /// Give up when connecting to the proxy (TCP and TLS) takes longer.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    connect_timeout_secs: u64,
+    #[command(flatten)]
+    proxy: curl::ProxyArgs,
     /// Print the steps and their durations to standard error.
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -640,12 +626,7 @@ async fn curl_microvm(api: &Api, g: &Global, a: CurlArgs) -> Result<i32> {
         headers: user_headers,
         body,
     };
-    let tls = !a.plain_http;
-    let trust = if tls {
-        Some(curl::trust(a.ca.as_deref(), &g.data_dir)?)
-    } else {
-        None
-    };
+    let trust = a.proxy.trust(&g.data_dir)?;
 
     let t0 = Instant::now();
     let m = get_view(api, &a.id).await?;
@@ -653,8 +634,7 @@ async fn curl_microvm(api: &Api, g: &Global, a: CurlArgs) -> Result<i32> {
         &format!("GetMicrovm ({}, {})", m.state, m.endpoint),
         t0.elapsed(),
     );
-    let target = curl::Target::parse(&m.endpoint, tls)?;
-    let dial = curl::dial_for(&target, a.connect_to.as_deref())?;
+    let (target, transport) = a.proxy.reach(&m.endpoint, trust.as_ref())?;
     let t1 = Instant::now();
     let token_headers = mint(
         api,
@@ -665,11 +645,6 @@ async fn curl_microvm(api: &Api, g: &Global, a: CurlArgs) -> Result<i32> {
     .await?;
     verbose("CreateMicrovmAuthToken", t1.elapsed());
     let headers = curl::request_headers(&spec, &target, &token_headers, a.port)?;
-    let transport = curl::Transport {
-        dial,
-        tls: trust.as_ref(),
-        connect_timeout: Duration::from_secs(a.connect_timeout_secs),
-    };
     let mut stdout = tokio::io::stdout();
     let answer =
         curl::exchange(&transport, &target, &spec, headers, a.include, &mut stdout).await?;
@@ -842,7 +817,7 @@ mod tests {
             ("/state", Some("PUT"), Some("x=1"))
         );
         assert_eq!(c.headers, ["A: 1", "B: 2"]);
-        assert!(c.include && !c.plain_http);
+        assert!(c.include && !c.proxy.plain_http);
         assert_eq!(c.port, 9000);
         let MicrovmCmd::Curl(c) = parse(&["curl", "mvm-a"]).unwrap() else {
             panic!("not curl")

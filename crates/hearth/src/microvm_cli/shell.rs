@@ -35,7 +35,6 @@
 
 use std::io::{self, IsTerminal, Read};
 use std::os::fd::RawFd;
-use std::path::PathBuf;
 use std::pin::{pin, Pin};
 use std::sync::{Mutex, Once};
 use std::task::{ready, Context, Poll};
@@ -45,9 +44,7 @@ use clap::Args;
 use futures_util::stream::BoxStream;
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL, USER_AGENT};
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -57,7 +54,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::curl::{self, CurlError, Dial, Target, Transport};
+use super::curl::{self, open, CurlError, Io, Target};
 use super::view;
 use crate::client::{error_chain, Api, ApiCallError, ClientArgs};
 use crate::Global;
@@ -91,21 +88,8 @@ pub struct ShellArgs {
     /// within it).
     #[arg(long, default_value_t = DEFAULT_TOKEN_MINUTES, value_parser = clap::value_parser!(i32).range(1..=60))]
     minutes: i32,
-    /// Trust only this CA (PEM) for the proxy's certificate (default: the
-    /// data directory's proxy/ca.pem, when it exists, and the system's
-    /// roots).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Speak plain HTTP to the proxy (`hearth serve --proxy-plain-http`).
-    #[arg(long, conflicts_with = "ca")]
-    plain_http: bool,
-    /// Connect to this HOST:PORT instead of the endpoint's address (the
-    /// upgrade request still names the endpoint).
-    #[arg(long, value_name = "HOST:PORT")]
-    connect_to: Option<String>,
-    /// Give up when connecting to the proxy (TCP and TLS) takes longer.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    connect_timeout_secs: u64,
+    #[command(flatten)]
+    proxy: curl::ProxyArgs,
     /// Give up when the shell has not started after this long: each of the
     /// WebSocket upgrade and the session's start (which may resume a
     /// suspended microVM).
@@ -534,55 +518,6 @@ where
     }
 }
 
-/// A connected stream to the proxy, TLS or not.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// TCP, then TLS unless plain, to the proxy (as `hearth curl` connects);
-/// the stream and the peer's address.
-async fn open(t: &Transport<'_>, target: &Target) -> Result<(Box<dyn Io>, String), CurlError> {
-    let tcp = match &t.dial {
-        Dial::Addr(a) => TcpStream::connect(a).await,
-        Dial::Name { host, port } => {
-            let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|source| CurlError::Resolve {
-                    host: host.clone(),
-                    source,
-                })?
-                .collect();
-            TcpStream::connect(&addrs[..]).await
-        }
-    }
-    .map_err(|source| CurlError::Connect {
-        addr: t.dial.to_string(),
-        host: target.host.clone(),
-        source,
-    })?;
-    let peer = tcp
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| t.dial.to_string());
-    // Keystrokes are small: send each at once.
-    let _ = tcp.set_nodelay(true);
-    let Some(trust) = t.tls else {
-        return Ok((Box::new(tcp), peer));
-    };
-    let name = ServerName::try_from(target.host.clone()).map_err(|_| CurlError::Endpoint {
-        endpoint: target.authority.clone(),
-    })?;
-    let tls = tokio_rustls::TlsConnector::from(trust.config.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|source| CurlError::Tls {
-            addr: peer.clone(),
-            host: target.host.clone(),
-            roots: trust.description.clone(),
-            source,
-        })?;
-    Ok((Box::new(tls), peer))
-}
-
 /// Why `hearth shell` stopped before or instead of a session's end.
 enum Failure {
     /// Printed as the aws CLI prints it, by [`crate::client::finish`].
@@ -637,34 +572,23 @@ async fn open_session(
             eprintln!("* {what}: {}", view::elapsed_text(took));
         }
     };
-    let tls = !a.plain_http;
-    let trust = if tls {
-        Some(curl::trust(a.ca.as_deref(), &g.data_dir)?)
-    } else {
-        None
-    };
+    let trust = a.proxy.trust(&g.data_dir)?;
     let t = Instant::now();
     let m = super::get_view(api, &a.id).await?;
     verbose(
         &format!("GetMicrovm ({}, {})", m.state, m.endpoint),
         t.elapsed(),
     );
-    let target = Target::parse(&m.endpoint, tls)?;
-    let dial = curl::dial_for(&target, a.connect_to.as_deref())?;
+    let (target, transport) = a.proxy.reach(&m.endpoint, trust.as_ref())?;
     let t = Instant::now();
     let token = mint_shell_token(api, &a.id, a.minutes).await?;
     verbose("CreateMicrovmShellAuthToken", t.elapsed());
-    let transport = Transport {
-        dial,
-        tls: trust.as_ref(),
-        connect_timeout: Duration::from_secs(a.connect_timeout_secs),
-    };
     let t = Instant::now();
     let (io, peer) = tokio::time::timeout(transport.connect_timeout, open(&transport, &target))
         .await
         .map_err(|_| CurlError::ConnectTimeout {
             addr: transport.dial.to_string(),
-            timeout_secs: a.connect_timeout_secs,
+            timeout_secs: a.proxy.connect_timeout_secs,
         })??;
     verbose(&format!("connect to {peer}"), t.elapsed());
     let opts = SessionOptions {
@@ -674,7 +598,7 @@ async fn open_session(
     let t = Instant::now();
     let ws = tokio::time::timeout(
         opts.start_timeout,
-        handshake(io, &target, tls, &token, &peer),
+        handshake(io, &target, trust.is_some(), &token, &peer),
     )
     .await
     .map_err(|_| ShellError::StartTimeout {
@@ -1491,7 +1415,7 @@ mod tests {
             panic!("not shell")
         };
         assert_eq!(
-            (a.id.as_str(), a.minutes, a.plain_http),
+            (a.id.as_str(), a.minutes, a.proxy.plain_http),
             ("mvm-a", 60, false)
         );
         let Ok(super::super::MicrovmCmd::Shell(a)) = parse(&[
@@ -1506,8 +1430,8 @@ mod tests {
             panic!("not shell")
         };
         assert_eq!(a.minutes, 5);
-        assert!(a.plain_http);
-        assert_eq!(a.connect_to.as_deref(), Some("127.0.0.1:9"));
+        assert!(a.proxy.plain_http);
+        assert_eq!(a.proxy.connect_to.as_deref(), Some("127.0.0.1:9"));
         for bad in [
             &["shell"][..],
             &["shell", "mvm-a", "--minutes", "0"],

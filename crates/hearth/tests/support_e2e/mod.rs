@@ -470,3 +470,20 @@ pub fn qemu_of(w: &Work, id: &str) -> Option<Proc> {
         .into_iter()
         .find(|p| is_qemu(p) && holds_file_under(p.pid, &dir))
 }
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A token signed with the server's own key (`<data>/proxy/token.key`):
+/// what the API would never mint (expired, another account's, a shell
+/// token for a microVM without the shell) but the proxy must still judge by
+/// its claims.
+pub fn mint(w: &Work, claims: &hearth_token::Claims) -> String {
+    let key =
+        hearth_token::TokenKey::load_or_create(&w.data().join("proxy").join("token.key")).unwrap();
+    key.mint(claims)
+}
