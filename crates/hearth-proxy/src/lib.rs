@@ -37,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admit;
 mod body;
 mod conn;
 mod ctx;

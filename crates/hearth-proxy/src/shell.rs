@@ -32,9 +32,9 @@
 //! reading from the client goes on while a write waits (so pings, closes
 //! and keystrokes still flow).
 
+use crate::admit::{self, Admit, Opening};
 use crate::body::{empty, ProxyBody, Reject};
 use crate::ctx::{spawn_guarded, stopped, ConnCtx, Shared, Stop};
-use crate::forward::{self, Admit, Opening};
 use crate::headers::{Credentials, WS_MARKER};
 use crate::io::Tap;
 use crate::{Shell, ShellInput, ShellOutput, TermSize};
@@ -101,14 +101,14 @@ pub(crate) async fn open(
         ));
     }
     let accept = accept_key(&req)?;
-    forward::rate_limit(shared, claims, microvm_id)?;
-    forward::require_ingress(shared, claims, microvm_id, Admit::Shell).await?;
+    admit::rate_limit(shared, claims, microvm_id)?;
+    admit::require_ingress(shared, claims, microvm_id, Admit::Shell).await?;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let shell = shared
         .upstreams
         .open_shell(&claims.account_id, &claims.microvm_id, TermSize::default())
         .await
-        .map_err(|e| forward::open_reject(e, microvm_id, Opening::Shell))?;
+        .map_err(|e| admit::open_reject(e, microvm_id, Opening::Shell))?;
     (shell.activity)();
     tracing::info!(
         peer = %ctx.peer,
