@@ -323,10 +323,10 @@ where
                     }
                 }
             }
-            Message::Ping(_) | Message::Pong(_) => {
-                activity();
-                None
-            }
+            // Keepalives hold the connection open (its bytes cross the
+            // client socket) but are not use: a client that only pings
+            // lets the microVM go idle, and its shell closes with it.
+            Message::Ping(_) | Message::Pong(_) => None,
             Message::Close(_) => return End::ClientClosed,
             Message::Frame(_) => None,
         };

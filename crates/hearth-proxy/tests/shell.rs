@@ -343,6 +343,21 @@ async fn shell_traffic_counts_as_activity() {
         // The keystroke and its echo.
         assert!(count() >= before + 2, "{} -> {}", before, count());
     }
+    // A keepalive is not use.
+    let before = count();
+    ws.send(Message::Ping(b"keepalive".to_vec().into()))
+        .await
+        .unwrap();
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"keepalive");
+                break;
+            }
+            other => panic!("expected the pong, got {other:?}"),
+        }
+    }
+    assert_eq!(count(), before, "a ping counted as activity");
 }
 
 #[tokio::test]

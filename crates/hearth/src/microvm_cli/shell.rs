@@ -71,6 +71,9 @@ pub const DEFAULT_TOKEN_MINUTES: i32 = 60;
 /// the shell's own exit (as ssh's).
 pub const FAILURE_EXIT_CODE: i32 = 255;
 /// The most keystroke bytes sent in one frame.
+/// How often an idle session pings the proxy (its connections end after
+/// 300 s without a byte).
+const KEEPALIVE: Duration = Duration::from_secs(60);
 const INPUT_CHUNK_BYTES: usize = 16 * 1024;
 /// How long a close we send may take before we stop waiting for it.
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -374,10 +377,19 @@ where
             session_id: session_id.clone(),
             status,
         };
+        // Keepalives: the proxy drops a connection nothing crossed for a
+        // while; pings are not activity for the microVM's idle policy.
+        let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
             let sending = status.is_none() && send_failed.is_none();
             let far = Instant::now() + Duration::from_secs(86_400);
             tokio::select! {
+                _ = keepalive.tick(), if sending => {
+                    if let Err(e) = ws.send(Message::Ping(Vec::new().into())).await {
+                        send_failed = Some(e);
+                        deadline = Some(Instant::now() + exit_grace);
+                    }
+                }
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Binary(b))) => {
                         let written = match output.write_all(&b).await {
