@@ -129,18 +129,18 @@ pub struct MicrovmArgs {
 /// The Markdown section this bench owns.
 const HEADING: &str = "## MicroVMs (hearth bench microvm)";
 /// The server's region.
-const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 /// The port both apps listen on (the proxy's default port).
 const APP_PORT: u16 = 8080;
 /// The example the launch, resume, latency and density figures run.
-const HELLO: &str = "hello-stdlib";
+pub(crate) const HELLO: &str = "hello-stdlib";
 /// The base image both apps build FROM.
-const BASE_IMAGE: &str = "debian-12-python";
+pub(crate) const BASE_IMAGE: &str = "debian-12-python";
 /// The bench app, built into this binary.
 const DIRTY_DOCKERFILE: &str = include_str!("bench_apps/dirty/Dockerfile");
 const DIRTY_SERVER_PY: &str = include_str!("bench_apps/dirty/server.py");
 /// `hearth serve`'s default --max-running-microvms.
-const SERVE_MAX_RUNNING: usize = 64;
+pub(crate) const SERVE_MAX_RUNNING: usize = 64;
 /// Longest an image build may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// How often a build's and an image's state are read while waiting.
@@ -154,10 +154,10 @@ const QUIET_WINDOW: Duration = Duration::from_millis(400);
 const QUIET_CORES: f64 = 0.08;
 const QUIET_CORES_PER_QEMU: f64 = 0.02;
 /// Longest one guest request (or agent call) may take.
-const T: Duration = Duration::from_secs(120);
+pub(crate) const T: Duration = Duration::from_secs(120);
 /// Least time between two proxied requests to one microVM in the latency
 /// figure: the proxy allows 100 per second per microVM.
-const LATENCY_PACE: Duration = Duration::from_millis(15);
+pub(crate) const LATENCY_PACE: Duration = Duration::from_millis(15);
 /// The targets printed beside the figures (not asserted).
 const TARGET_LAUNCH_WARM_MS: f64 = 60.0;
 const TARGET_AUTO_RESUME_MS: f64 = 150.0;
@@ -184,7 +184,7 @@ fn target_cell(limit: f64, unit: &str, p50: Option<f64>) -> String {
 }
 
 /// One Markdown table row; an empty cell is `| |`.
-fn md_row(cells: &[&str]) -> String {
+pub(crate) fn md_row(cells: &[&str]) -> String {
     let mut row = String::from("|");
     for c in cells {
         if c.is_empty() {
@@ -315,7 +315,7 @@ fn running_pids(engine_dir: &Path, id: &str) -> Option<(u32, u32)> {
 /// SIGKILL every supervisor and QEMU the records under `engine_dir` name
 /// as running, when they are still the processes recorded: what a failed
 /// run leaves (persistent microVMs outlive this process otherwise).
-fn kill_leftovers(engine_dir: &Path) {
+pub(crate) fn kill_leftovers(engine_dir: &Path) {
     let Ok(dir) = std::fs::read_dir(engine_dir.join("vms")) else {
         return;
     };
@@ -339,7 +339,7 @@ fn kill_leftovers(engine_dir: &Path) {
 
 /// An HTTP/1.1 client connection (to the proxy, or straight to a guest
 /// port), driven by a task of its own until dropped.
-struct HttpConn {
+pub(crate) struct HttpConn {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     driver: tokio::task::JoinHandle<()>,
 }
@@ -367,7 +367,7 @@ impl HttpConn {
     /// `GET path` with `Host: host` (and the auth token, for the proxy);
     /// the body is read to its end. Returns its length; an answer other
     /// than 200 is an error.
-    async fn get(&mut self, host: &str, token: Option<&str>, path: &str) -> Result<u64> {
+    pub(crate) async fn get(&mut self, host: &str, token: Option<&str>, path: &str) -> Result<u64> {
         self.sender.ready().await.context("the connection closed")?;
         let mut req = http::Request::builder()
             .method(http::Method::GET)
@@ -435,40 +435,44 @@ fn proxy_tls(ca_pem: &Path) -> Result<tokio_rustls::TlsConnector> {
 // ------------------------------------------------------------ the server
 
 /// An image the bench built, and what the engine keeps of it.
-struct Built {
-    arn: String,
+pub(crate) struct Built {
+    pub(crate) arn: String,
     image: Image,
     version: String,
-    snapshot: Snapshot,
+    pub(crate) snapshot: Snapshot,
 }
 
-/// A server assembled in this process as `hearth serve` assembles one.
-struct Server {
+/// A server assembled in this process as `hearth serve` assembles one
+/// (`hearth bench connectors` runs one too).
+pub(crate) struct Server {
     engine_dir: PathBuf,
     store: Arc<dyn Store>,
     backend: QemuBackend,
-    control: MicrovmControl,
-    account: AccountId,
-    api: Api,
-    proxy_addr: SocketAddr,
-    tls: tokio_rustls::TlsConnector,
+    pub(crate) control: MicrovmControl,
+    pub(crate) account: AccountId,
+    pub(crate) api: Api,
+    pub(crate) proxy_addr: SocketAddr,
+    pub(crate) tls: tokio_rustls::TlsConnector,
     warm_pool_depth: usize,
     stop_tx: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     /// Every microVM RunMicrovm gave on this server.
-    handed_out: HashSet<String>,
+    pub(crate) handed_out: HashSet<String>,
     /// Those not terminated yet.
-    live: HashSet<String>,
+    pub(crate) live: HashSet<String>,
     /// Snapshots whose pools this server fills.
     snapshots: Vec<Snapshot>,
 }
 
 impl Server {
-    async fn start(
+    /// `egress`: the network microVMs with INTERNET_EGRESS get (`None`:
+    /// such a RunMicrovm is refused); image builds never have egress.
+    pub(crate) async fn start(
         g: &Global,
         data_dir: &Path,
         warm_pool_depth: usize,
         max_running: usize,
+        egress: Option<hearth_builder::GuestEgress>,
     ) -> Result<Server> {
         let dd = DataDir::open(data_dir)
             .with_context(|| format!("open the data dir {}", data_dir.display()))?;
@@ -547,7 +551,7 @@ impl Server {
                 prestart_depth: 1,
                 max_running,
                 logs_dir: Some(dd.path.join("logs")),
-                egress: None,
+                egress,
             },
         );
         control
@@ -607,7 +611,7 @@ impl Server {
     }
 
     /// Terminate what is still running, stop the pools and both listeners.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // A refill under way would put a clone in a pool after the drain.
         if let Err(e) = self.settle().await {
             note!("stopping an unsettled server: {e:#}");
@@ -632,13 +636,13 @@ impl Server {
     }
 
     /// `Host` of a microVM's endpoint.
-    fn host(&self, id: &str) -> String {
+    pub(crate) fn host(&self, id: &str) -> String {
         format!("{id}.localhost:{}", self.proxy_addr.port())
     }
 
     /// Fill `snapshot`'s pools ahead of the first RunMicrovm, as a server
     /// that has run the image before would have them.
-    async fn prepare(&mut self, b: &Built) -> Result<()> {
+    pub(crate) async fn prepare(&mut self, b: &Built) -> Result<()> {
         self.control
             .prepare(&self.account, &b.image, &b.version)
             .await
@@ -671,7 +675,7 @@ impl Server {
         Ok(id)
     }
 
-    async fn token(&self, id: &str) -> Result<String> {
+    pub(crate) async fn token(&self, id: &str) -> Result<String> {
         let out = self
             .api
             .sdk
@@ -710,7 +714,7 @@ impl Server {
         Ok(())
     }
 
-    async fn terminate(&mut self, id: &str) -> Result<()> {
+    pub(crate) async fn terminate(&mut self, id: &str) -> Result<()> {
         self.api
             .sdk
             .terminate_microvm()
@@ -723,7 +727,7 @@ impl Server {
     }
 
     /// A new HTTPS connection to a microVM's endpoint through the proxy.
-    async fn proxied(&self, id: &str) -> Result<HttpConn> {
+    pub(crate) async fn proxied(&self, id: &str) -> Result<HttpConn> {
         let tcp = tokio::net::TcpStream::connect(self.proxy_addr).await?;
         tcp.set_nodelay(true)?;
         let name = rustls::pki_types::ServerName::try_from(format!("{id}.localhost"))?;
@@ -737,7 +741,7 @@ impl Server {
 
     /// A new stream to the app's port the way the proxy opens one (the
     /// control plane's connect), without the proxy.
-    async fn direct(&self, id: &str) -> Result<HttpConn> {
+    pub(crate) async fn direct(&self, id: &str) -> Result<HttpConn> {
         let c = self
             .control
             .connect(&self.account, id, APP_PORT)
@@ -770,7 +774,7 @@ impl Server {
 
     /// Wait until every snapshot this server serves has its warmed clones
     /// and a pre-started QEMU again, and this process's QEMUs are idle.
-    async fn settle(&self) -> Result<()> {
+    pub(crate) async fn settle(&self) -> Result<()> {
         let started = Instant::now();
         let hz = clock_ticks_per_sec();
         loop {
@@ -832,7 +836,7 @@ fn sdk_client(api_url: &str, data_dir: &Path) -> Result<Api> {
 }
 
 /// Build `dir` as a new image `name` through the API, to CREATED.
-async fn build_image(s: &Server, dir: &Path, name: &str) -> Result<Built> {
+pub(crate) async fn build_image(s: &Server, dir: &Path, name: &str) -> Result<Built> {
     let api = &s.api;
     let code_uri = code::code_uri(api, CodeArg::Dir(dir.to_path_buf())).await?;
     let out = api
@@ -1356,7 +1360,7 @@ async fn phase_warm(
 }
 
 /// One GET on a kept connection through the proxy, timed.
-async fn time_proxied(
+pub(crate) async fn time_proxied(
     kept: &mut HttpConn,
     host: &str,
     token: &str,
@@ -1369,7 +1373,12 @@ async fn time_proxied(
 
 /// One GET over a new direct guest stream, its opening timed too; and the
 /// body's length.
-async fn time_direct(s: &Server, id: &str, host: &str, path: &str) -> Result<(Duration, u64)> {
+pub(crate) async fn time_direct(
+    s: &Server,
+    id: &str,
+    host: &str,
+    path: &str,
+) -> Result<(Duration, u64)> {
     let t0 = Instant::now();
     let n = s.direct(id).await?.get(host, None, path).await?;
     Ok((t0.elapsed(), n))
@@ -1564,7 +1573,7 @@ async fn measure(g: &Global, a: &MicrovmArgs, work: &Path, hello_dir: &Path) -> 
     let mut m = Measured::default();
 
     note!("server 1: --warm-pool-depth 1");
-    let mut s = Server::start(g, &data, 1, SERVE_MAX_RUNNING).await?;
+    let mut s = Server::start(g, &data, 1, SERVE_MAX_RUNNING, None).await?;
     let r = phase_warm(g, a, &mut s, (hello_dir, &dirty_dir), work, &mut m).await;
     s.stop().await;
     let (hello, _dirty) = r?;
@@ -1573,7 +1582,7 @@ async fn measure(g: &Global, a: &MicrovmArgs, work: &Path, hello_dir: &Path) -> 
         "server 2: --warm-pool-depth 0 --max-running-microvms {}",
         a.density.max(1)
     );
-    let mut s = Server::start(g, &data, 0, a.density.max(1)).await?;
+    let mut s = Server::start(g, &data, 0, a.density.max(1), None).await?;
     let r = phase_cold(a, &mut s, &hello, &mut m).await;
     s.stop().await;
     r?;
@@ -1582,7 +1591,7 @@ async fn measure(g: &Global, a: &MicrovmArgs, work: &Path, hello_dir: &Path) -> 
 
 // ------------------------------------------------------------ the report
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -1593,7 +1602,7 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
-fn mem_total_mib() -> u64 {
+pub(crate) fn mem_total_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -1607,7 +1616,7 @@ fn mem_total_mib() -> u64 {
 }
 
 /// `YYYY-MM-DD` (UTC) of a Unix time.
-fn utc_date(unix_secs: u64) -> String {
+pub(crate) fn utc_date(unix_secs: u64) -> String {
     // Days to a civil date (proleptic Gregorian), H. Hinnant's algorithm.
     let z = (unix_secs / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
@@ -1623,7 +1632,7 @@ fn utc_date(unix_secs: u64) -> String {
 
 /// JSON as `serde_json`'s pretty printer writes it, except that arrays of
 /// numbers stay on one line (the samples of a figure).
-fn json_text(v: &Value) -> String {
+pub(crate) fn json_text(v: &Value) -> String {
     fn write(out: &mut String, v: &Value, indent: usize) {
         let pad = |n: usize| "  ".repeat(n);
         match v {

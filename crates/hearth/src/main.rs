@@ -7,6 +7,7 @@
 mod bench;
 mod bench_api;
 mod bench_build;
+mod bench_connectors;
 mod bench_microvm;
 mod bench_stats;
 mod client;
@@ -150,6 +151,8 @@ enum BenchCmd {
     Build(bench_build::BuildArgs),
     /// MicroVMs: launch, auto-resume, suspend, proxy overhead and density, with baselines.
     Microvm(bench_microvm::MicrovmArgs),
+    /// Network connectors: shell keystroke round trip through the proxy, proxy overhead, egress connect and throughput, with baselines.
+    Connectors(bench_connectors::ConnectorsArgs),
 }
 
 fn default_data_dir() -> PathBuf {
@@ -269,6 +272,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench(BenchCmd::Api(a)) => bench::api(&g, a).await,
         Cmd::Bench(BenchCmd::Build(a)) => bench_build::build(&g, a).await,
         Cmd::Bench(BenchCmd::Microvm(a)) => bench_microvm::microvm(&g, a).await,
+        Cmd::Bench(BenchCmd::Connectors(a)) => bench_connectors::connectors(&g, a).await,
         Cmd::Serve(a) => serve::serve(&g, a).await,
         Cmd::Account(c) => serve::account(&g, c),
         Cmd::Key(c) => serve::key(&g, c),
