@@ -295,7 +295,8 @@ async fn guest_greet(vm: &hearth_vmm::QemuVm, to: SocketAddr) -> String {
 }
 
 /// A snapshot taken with an unplugged, released network slot: a clone
-/// without egress has no interface at all; clones with egress bind the
+/// without egress has no interface at all (and binding the slot itself
+/// gets it one that reaches nothing); clones with egress bind the
 /// slot, each with its own MAC, and reach a public peer but not the host;
 /// egress keeps working across suspend and resume.
 #[tokio::test]
@@ -345,6 +346,15 @@ async fn e2e_clones_of_a_snapshot_get_egress_only_when_asked_and_keep_it_across_
         .expect("launch without a NIC");
     assert_eq!(sh(&plain, "ls /sys/class/net").await, "lo");
     assert!(guest_greet(&plain, public_srv).await.starts_with("error"));
+    // A hostile guest binding the unplugged slot itself gets an interface
+    // with no backend: nothing leaves.
+    attach_and_configure(&plain, &egress).await;
+    assert_eq!(
+        sh(&plain, "ls /sys/class/net | tr '\\n' ' '").await,
+        "eth0 lo"
+    );
+    let unplugged = guest_greet(&plain, public_srv).await;
+    assert!(unplugged.starts_with("error"), "{unplugged}");
 
     // With egress: two clones at once, each its own MAC.
     let mut clones = Vec::new();
