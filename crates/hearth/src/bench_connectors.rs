@@ -55,8 +55,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::bench_microvm::{
-    build_image, cpu_model, json_text, kill_leftovers, md_row, mem_total_mib, time_direct,
-    time_proxied, utc_date, Server, BASE_IMAGE, HELLO, LATENCY_PACE, REGION, SERVE_MAX_RUNNING, T,
+    build_image, cpu_model, json_text, kill_leftovers, md_row, mem_total_mib, proxied_vs_direct,
+    utc_date, Server, BASE_IMAGE, HELLO, REGION, SERVE_MAX_RUNNING, T,
 };
 use crate::bench_stats::{round2, Samples};
 use crate::Global;
@@ -657,28 +657,7 @@ async fn phase_shell(
     );
 
     note!("GET / proxied and direct: {} each", a.samples);
-    let token = s.token(&id).await?;
-    let host = s.host(&id);
-    let mut kept = s.proxied(&id).await?;
-    for _ in 0..10 {
-        kept.get(&host, Some(&token), "/").await?;
-        s.direct(&id).await?.get(&host, None, "/").await?;
-        tokio::time::sleep(LATENCY_PACE).await;
-    }
-    s.settle().await?;
-    for i in 0..a.samples {
-        let (p, d) = if i % 2 == 0 {
-            let p = time_proxied(&mut kept, &host, &token, "/").await?;
-            (p, time_direct(s, &id, &host, "/").await?.0)
-        } else {
-            let d = time_direct(s, &id, &host, "/").await?.0;
-            (time_proxied(&mut kept, &host, &token, "/").await?, d)
-        };
-        m.http_proxied.push_ms(p);
-        m.http_direct.push_ms(d);
-        tokio::time::sleep(LATENCY_PACE).await;
-    }
-    drop(kept);
+    proxied_vs_direct(s, &id, a.samples, &mut m.http_proxied, &mut m.http_direct).await?;
     s.terminate(&id).await
 }
 

@@ -1299,30 +1299,14 @@ async fn phase_warm(
     );
     s.settle().await?;
     let id = s.run(&hello.arn, false).await?;
-    let token = s.token(&id).await?;
-    let host = s.host(&id);
-    let mut kept = s.proxied(&id).await?;
-    // Past the first requests' translation under TCG, on both paths.
-    for _ in 0..10 {
-        kept.get(&host, Some(&token), "/").await?;
-        s.direct(&id).await?.get(&host, None, "/").await?;
-        tokio::time::sleep(LATENCY_PACE).await;
-    }
-    s.settle().await?;
-    for i in 0..a.requests {
-        // Alternate which path goes first.
-        let (p, d) = if i % 2 == 0 {
-            let p = time_proxied(&mut kept, &host, &token, "/").await?;
-            (p, time_direct(s, &id, &host, "/").await?.0)
-        } else {
-            let d = time_direct(s, &id, &host, "/").await?.0;
-            (time_proxied(&mut kept, &host, &token, "/").await?, d)
-        };
-        m.latency_proxied.push_ms(p);
-        m.latency_direct.push_ms(d);
-        tokio::time::sleep(LATENCY_PACE).await;
-    }
-    drop(kept);
+    proxied_vs_direct(
+        s,
+        &id,
+        a.requests,
+        &mut m.latency_proxied,
+        &mut m.latency_direct,
+    )
+    .await?;
     s.terminate(&id).await?;
 
     s.settle().await?;
@@ -1357,6 +1341,41 @@ async fn phase_warm(
     drop(kept);
     s.terminate(&id).await?;
     Ok((hello, dirty))
+}
+
+/// `n` samples of `GET /` on microVM `id` through the proxy (one kept-alive
+/// connection) and directly (the control plane's connect), alternating
+/// which goes first, after 10 untimed rounds on both paths (past the first
+/// requests' translation under TCG).
+pub(crate) async fn proxied_vs_direct(
+    s: &Server,
+    id: &str,
+    n: usize,
+    proxied: &mut Samples,
+    direct: &mut Samples,
+) -> Result<()> {
+    let token = s.token(id).await?;
+    let host = s.host(id);
+    let mut kept = s.proxied(id).await?;
+    for _ in 0..10 {
+        kept.get(&host, Some(&token), "/").await?;
+        s.direct(id).await?.get(&host, None, "/").await?;
+        tokio::time::sleep(LATENCY_PACE).await;
+    }
+    s.settle().await?;
+    for i in 0..n {
+        let (p, d) = if i % 2 == 0 {
+            let p = time_proxied(&mut kept, &host, &token, "/").await?;
+            (p, time_direct(s, id, &host, "/").await?.0)
+        } else {
+            let d = time_direct(s, id, &host, "/").await?.0;
+            (time_proxied(&mut kept, &host, &token, "/").await?, d)
+        };
+        proxied.push_ms(p);
+        direct.push_ms(d);
+        tokio::time::sleep(LATENCY_PACE).await;
+    }
+    Ok(())
 }
 
 /// One GET on a kept connection through the proxy, timed.

@@ -88,7 +88,7 @@ pub(crate) struct Handle {
     /// What its endpoint lets in.
     pub ingress: crate::connectors::IngressRules,
     /// How its shells run.
-    pub shell: hearth_builder::ShellProfile,
+    pub shell: Arc<hearth_builder::ShellProfile>,
     /// Sessions (shells) that must end when the microVM stops running
     /// subscribe here; the task sends the reason before it suspends,
     /// terminates or loses the microVM.
@@ -157,7 +157,7 @@ pub(crate) fn spawn(
         state: state_rx,
         log: log.clone(),
         ingress: crate::connectors::IngressRules::of(doc.ingress_network_connectors.as_deref()),
-        shell: doc.hearth.shell.clone().unwrap_or_default(),
+        shell: Arc::new(doc.hearth.shell.clone().unwrap_or_default()),
         ends: ends.clone(),
     };
     let task = Task {
